@@ -1,0 +1,69 @@
+/*  sh_service.h - the skeleton every Shoal service runs on.
+
+    A service binds a ROUTER, decodes each request (envelope, then body,
+    never trusting either), rejects what is malformed, expired or unknown
+    with an error reply and a counter, answers the standard operations
+    (ping, info, load) itself and hands the rest to the handler registered
+    for the operation. A handler owns the request until it calls
+    sh_service_reply, which it may do later (after a Redis round trip).
+    SIGTERM/SIGINT start draining: new requests are refused with
+    UNAVAILABLE so callers go elsewhere, in-flight ones finish, then run()
+    returns.
+*/
+#ifndef SH_SERVICE_H_INCLUDED
+#define SH_SERVICE_H_INCLUDED
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sh_codec.h"
+#include "sh_config.h"
+#include "sh_loop.h"
+#include "sh_metrics.h"
+#include "sh_transport.h"
+
+typedef struct sh_service_t sh_service_t;
+
+/*  One request in flight. Handlers read env, op and body; the rest is the
+    service's. Strings in env and body live as long as the request.  */
+typedef struct {
+    sh_envelope_t env;
+    const sh_op_info_t *op;
+    void *body;                 /* decoded op->request struct */
+    char rid[SH_ID_MAX + 1];    /* request id, NUL-terminated, for logs */
+    int64_t received_us;        /* monotonic */
+    sh_frames_t frames;         /* [identity][envelope][body][raw...] */
+} sh_request_t;
+
+typedef void(sh_handler_fn)(sh_service_t *service, sh_request_t *request, void *arg);
+
+/*  Block SIGTERM/SIGINT (so every thread created later inherits it), bind
+    the ROUTER at `bind` and set up logging, metrics and workers. Call it
+    before anything creates threads. Returns NULL (error logged).  */
+sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, const char *bind);
+/*  Destroy the service; nulls *self_p.  */
+void sh_service_destroy(sh_service_t **self_p);
+
+/*  Route requests of operation `type` to fn. Returns 0 or -1.  */
+int sh_service_handle(sh_service_t *self, uint64_t type, sh_handler_fn *fn, void *arg);
+
+/*  Send the reply and free the request (*request_p is nulled). body is
+    the op's reply struct, or NULL for an empty one (error replies).  */
+void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t status,
+                      const char *error, const void *body);
+
+/*  Milliseconds until the request's deadline (at least 1; a request with
+    no deadline gets `fallback`).  */
+int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback);
+
+sh_loop_t *sh_service_loop(sh_service_t *self);
+sh_metrics_t *sh_service_metrics(sh_service_t *self);
+const char *sh_service_instance(const sh_service_t *self);
+const char *sh_service_endpoint(const sh_service_t *self);
+bool sh_service_draining(const sh_service_t *self);
+
+/*  Run the loop until a signal asks to stop and in-flight work drained
+    (or the drain timeout passed). Returns 0.  */
+int sh_service_run(sh_service_t *self);
+
+#endif

@@ -1,0 +1,184 @@
+/*  sh_transport.c - ZeroMQ sockets and framing.  */
+#include <assert.h>
+#include <errno.h>
+#include <string.h>
+
+#include "sh_transport.h"
+
+static void *s_ctx;
+/*  One reusable encoding buffer per thread: encoding is the hot path.  */
+
+void *sh_transport_ctx(void)
+{
+    if (!s_ctx) {
+        s_ctx = zmq_ctx_new();
+        assert(s_ctx);
+    }
+    return s_ctx;
+}
+
+static _Thread_local msgpack_sbuffer s_env_buf, s_body_buf;
+
+void sh_transport_shutdown(void)
+{
+    msgpack_sbuffer_destroy(&s_env_buf);
+    msgpack_sbuffer_destroy(&s_body_buf);
+    memset(&s_env_buf, 0, sizeof s_env_buf);
+    memset(&s_body_buf, 0, sizeof s_body_buf);
+    if (s_ctx) {
+        zmq_ctx_term(s_ctx);
+        s_ctx = NULL;
+    }
+}
+
+static void s_common_options(void *socket)
+{
+    int hwm = SH_TRANSPORT_HWM, linger = SH_TRANSPORT_LINGER_MS;
+    int ivl = SH_TRANSPORT_HEARTBEAT_MS, timeout = SH_TRANSPORT_HB_TIMEOUT;
+    zmq_setsockopt(socket, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(socket, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt(socket, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout);
+    zmq_setsockopt(socket, ZMQ_HEARTBEAT_TTL, &timeout, sizeof timeout);
+}
+
+void *sh_transport_router(const char *endpoint, char *bound, size_t bound_size)
+{
+    void *socket = zmq_socket(sh_transport_ctx(), ZMQ_ROUTER);
+    if (!socket)
+        return NULL;
+    int one = 1;
+    s_common_options(socket);
+    zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    if (zmq_bind(socket, endpoint) != 0) {
+        int err = errno;
+        zmq_close(socket);
+        errno = err;
+        return NULL;
+    }
+    if (bound) {
+        size_t size = bound_size;
+        if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, bound, &size) != 0 && bound_size)
+            bound[0] = 0;
+    }
+    return socket;
+}
+
+void *sh_transport_dealer(const char *endpoint)
+{
+    void *socket = zmq_socket(sh_transport_ctx(), ZMQ_DEALER);
+    if (!socket)
+        return NULL;
+    int one = 1, reconnect = 100, reconnect_max = 1000;
+    s_common_options(socket);
+    zmq_setsockopt(socket, ZMQ_IMMEDIATE, &one, sizeof one);
+    zmq_setsockopt(socket, ZMQ_RECONNECT_IVL, &reconnect, sizeof reconnect);
+    zmq_setsockopt(socket, ZMQ_RECONNECT_IVL_MAX, &reconnect_max, sizeof reconnect_max);
+    if (zmq_connect(socket, endpoint) != 0) {
+        int err = errno;
+        zmq_close(socket);
+        errno = err;
+        return NULL;
+    }
+    return socket;
+}
+
+void sh_transport_close(void **socket_p)
+{
+    if (*socket_p) {
+        zmq_close(*socket_p);
+        *socket_p = NULL;
+    }
+}
+
+bool sh_transport_readable(void *socket)
+{
+    int events = 0;
+    size_t size = sizeof events;
+    if (zmq_getsockopt(socket, ZMQ_EVENTS, &events, &size) != 0)
+        return false;
+    return (events & ZMQ_POLLIN) != 0;
+}
+
+int sh_transport_fd(void *socket)
+{
+    int fd = -1;
+    size_t size = sizeof fd;
+    zmq_getsockopt(socket, ZMQ_FD, &fd, &size);
+    return fd;
+}
+
+int sh_frames_recv(void *socket, sh_frames_t *frames)
+{
+    frames->count = 0;
+    frames->truncated = false;
+    int more = 1;
+    while (more) {
+        zmq_msg_t scratch;
+        bool keep = frames->count < SH_TRANSPORT_MAX_FRAMES;
+        zmq_msg_t *msg = keep ? &frames->frames[frames->count] : &scratch;
+        zmq_msg_init(msg);
+        if (zmq_msg_recv(msg, socket, ZMQ_DONTWAIT) < 0) {
+            int err = errno;
+            zmq_msg_close(msg);
+            sh_frames_close(frames);
+            errno = err;
+            return -1;
+        }
+        more = zmq_msg_more(msg);
+        if (keep)
+            frames->count++;
+        else {
+            /*  more frames than any message may have: consume and discard  */
+            frames->truncated = true;
+            zmq_msg_close(msg);
+        }
+    }
+    return 0;
+}
+
+void sh_frames_close(sh_frames_t *frames)
+{
+    for (int i = 0; i < frames->count; i++)
+        zmq_msg_close(&frames->frames[i]);
+    frames->count = 0;
+}
+
+
+int sh_transport_send(void *socket, zmq_msg_t *identity, const sh_envelope_t *env,
+                      const sh_codec_t *codec, const void *body, const void *const *raw,
+                      const size_t *raw_len, int raw_count)
+{
+    msgpack_sbuffer_clear(&s_env_buf);
+    msgpack_sbuffer_clear(&s_body_buf);
+    if (sh_codec_encode(&sh_envelope_codec, env, &s_env_buf)
+        || sh_codec_encode(codec, body, &s_body_buf) || s_env_buf.size > SH_PROTO_MAX_ENVELOPE
+        || s_body_buf.size > SH_PROTO_MAX_BODY || raw_count > SH_PROTO_MAX_RAW) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (identity) {
+        zmq_msg_t copy;
+        zmq_msg_init(&copy);
+        zmq_msg_copy(&copy, identity);
+        if (zmq_msg_send(&copy, socket, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+            int err = errno;
+            zmq_msg_close(&copy);
+            errno = err;
+            return -1;
+        }
+    }
+    /*  after the first frame is accepted the rest of the message is too  */
+    if (zmq_send(socket, s_env_buf.data, s_env_buf.size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    if (zmq_send(socket, s_body_buf.data, s_body_buf.size,
+                 (raw_count ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT)
+        < 0)
+        return -1;
+    for (int i = 0; i < raw_count; i++)
+        if (zmq_send(socket, raw[i], raw_len[i], (i + 1 < raw_count ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT)
+            < 0)
+            return -1;
+    return 0;
+}

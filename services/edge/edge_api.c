@@ -1,0 +1,363 @@
+/*  edge_api.c - the edge's routes: health, session, load, metrics.
+    JSON goes through jansson; service calls through sh_pool.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <jansson.h>
+
+#include "edge.h"
+#include "sh_log.h"
+#include "sh_util.h"
+
+#define EDGE_COOKIE_ATTR_MAX 256
+
+/*  --- replies -------------------------------------------------------------  */
+
+static void s_json(edge_req_t *req, int status, json_t *body, const char **names,
+                   const char **values)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    edge_resp_t resp = {status, "application/json", text ? text : "{}", text ? strlen(text) : 2,
+                        {NULL}, {NULL}};
+    for (int i = 0; names && names[i] && i < EDGE_RESP_HEADERS - 1; i++) {
+        resp.header_names[i] = names[i];
+        resp.header_values[i] = values[i];
+    }
+    edge_http_respond(req->conn, &resp);
+    free(text);
+    json_decref(body);
+}
+
+void edge_api_error(edge_t *edge, edge_req_t *req, int status, const char *code,
+                    const char *message)
+{
+    (void)edge;
+    const char *names[3] = {NULL}, *values[3] = {NULL};
+    if (status == 503) {
+        names[0] = "retry-after:";
+        values[0] = EDGE_RETRY_AFTER_S;
+    }
+    s_json(req, status, json_pack("{s:s, s:s}", "error", code, "message", message), names,
+           values);
+}
+
+void edge_api_count(edge_t *edge, int status, int64_t started_us)
+{
+    char labels[32];
+    snprintf(labels, sizeof labels, "code=\"%d\"", status);
+    (*sh_metrics_counter(edge->metrics, "shoal_http_responses_total", "HTTP responses by status",
+                         labels))++;
+    sh_histogram_observe(edge->latency, (double)(sh_clock_mono_us() - started_us) / 1e6);
+}
+
+static void s_method_not_allowed(edge_t *edge, edge_req_t *req, const char *allow)
+{
+    const char *names[2] = {"allow:", NULL}, *values[2] = {allow, NULL};
+    (void)edge;
+    s_json(req, 405, json_pack("{s:s, s:s}", "error", "method_not_allowed", "message",
+                               "method not allowed on this path"),
+           names, values);
+}
+
+/*  A service call's outcome: the reply to send, or an error mapped from
+    its status. Returns true when the call succeeded.  */
+static bool s_call_ok(edge_t *edge, edge_req_t *req, const sh_reply_t *reply)
+{
+    if (reply->status == SH_STATUS_OK && reply->body)
+        return true;
+    int http = sh_status_http(reply->status);
+    if (reply->status != SH_STATUS_NOT_FOUND && reply->status != SH_STATUS_INVALID)
+        sh_warn("call failed: %s (%s)", sh_status_code(reply->status), reply->error);
+    edge_api_error(edge, req, http, sh_status_code(reply->status),
+                   reply->error[0] ? reply->error : "request failed");
+    return false;
+}
+
+/*  Per-call context: the request fields a reply needs, copied, because the
+    reply arrives after edge_api_handle returned.  */
+typedef struct {
+    edge_t *edge;
+    edge_conn_t *conn;
+    int64_t started_us;
+} s_call_t;
+
+static s_call_t *s_call_new(edge_t *edge, edge_req_t *req)
+{
+    s_call_t *call = malloc(sizeof *call);
+    if (!call) {
+        edge_api_error(edge, req, 500, "internal", "out of memory");
+        return NULL;
+    }
+    *call = (s_call_t){edge, req->conn, req->started_us};
+    return call;
+}
+
+static edge_req_t s_req_of(const s_call_t *call)
+{
+    edge_req_t req;
+    memset(&req, 0, sizeof req);
+    req.conn = call->conn;
+    req.started_us = call->started_us;
+    return req;
+}
+
+static sh_call_opts_t s_opts(edge_t *edge, edge_req_t *req, char *traceparent)
+{
+    char trace[33], span[17];
+    sh_random_hex(trace, 16);
+    sh_random_hex(span, 8);
+    snprintf(traceparent, SH_TRACE_MAX + 1, "00-%s-%s-01", trace, span);
+    sh_call_opts_t opts = {sh_clock_wall_ms() + edge->config->request_timeout_ms, traceparent,
+                           req->cookie, NULL};
+    return opts;
+}
+
+/*  --- /health ---------------------------------------------------------------  */
+
+static void s_health(edge_t *edge, edge_req_t *req)
+{
+    if (req->method != EDGE_GET) {
+        s_method_not_allowed(edge, req, "GET");
+        return;
+    }
+    if (strcmp(req->path, "/health/live") == 0) {
+        s_json(req, 200, json_pack("{s:s}", "status", "live"), NULL, NULL);
+        return;
+    }
+    if (strcmp(req->path, "/health/ready") == 0) {
+        const char *reason = edge->draining                   ? "draining"
+                             : !sh_pool_ready(edge->sessions) ? "no session instance answers"
+                                                              : NULL;
+        if (reason)
+            s_json(req, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", reason),
+                   NULL, NULL);
+        else
+            s_json(req, 200, json_pack("{s:s}", "status", "ready"), NULL, NULL);
+        return;
+    }
+    edge_api_error(edge, req, 404, "not_found", "no such path");
+}
+
+/*  --- /api/session ---------------------------------------------------------  */
+
+static void s_cookie(edge_t *edge, const char *id, long max_age, char *out, size_t size)
+{
+    snprintf(out, size, "%s=%s; Path=/; Max-Age=%ld; HttpOnly; SameSite=Lax%s", EDGE_COOKIE_NAME,
+             id, max_age, edge->config->cookie_secure ? "; Secure" : "");
+}
+
+static void s_on_touch(void *arg, const sh_reply_t *reply)
+{
+    s_call_t *call = arg;
+    edge_t *edge = call->edge;
+    edge_req_t req = s_req_of(call);
+    free(call);
+    if (!s_call_ok(edge, &req, reply))
+        return;
+    const sh_session_touch_rep_t *rec = reply->body;
+    char id[SH_SESSION_MAX + 1], instance[SH_ID_MAX + 1];
+    sh_str_copy(rec->id, id, sizeof id);
+    sh_str_copy(reply->env->instance, instance, sizeof instance);
+    json_t *body = json_pack("{s:I, s:I, s:s, s:s}", "views", (json_int_t)rec->views,
+                             "created_at", (json_int_t)rec->created_at, "edge",
+                             edge->config->base.instance, "session_instance", instance);
+    const char *names[2] = {NULL}, *values[2] = {NULL};
+    char cookie[EDGE_COOKIE_ATTR_MAX];
+    if (rec->created) {
+        /*  the browser keeps the cookie as long as the session can live  */
+        s_cookie(edge, id, 86400L * 365, cookie, sizeof cookie);
+        names[0] = "set-cookie:";
+        values[0] = cookie;
+    }
+    s_json(&req, 200, body, names, values);
+}
+
+static void s_on_destroy(void *arg, const sh_reply_t *reply)
+{
+    s_call_t *call = arg;
+    edge_t *edge = call->edge;
+    edge_req_t req = s_req_of(call);
+    free(call);
+    if (!s_call_ok(edge, &req, reply))
+        return;
+    char cookie[EDGE_COOKIE_ATTR_MAX];
+    s_cookie(edge, "", 0, cookie, sizeof cookie);
+    edge_resp_t resp = {204, NULL, NULL, 0, {"set-cookie:"}, {cookie}};
+    edge_http_respond(req.conn, &resp);
+}
+
+/*  State-changing requests must come from our own pages: a cross-site
+    Origin or Sec-Fetch-Site is refused.  */
+static bool s_same_origin(edge_t *edge, edge_req_t *req)
+{
+    if (req->fetch_site[0] && strcmp(req->fetch_site, "same-origin") != 0
+        && strcmp(req->fetch_site, "none") != 0)
+        return false;
+    if (!req->origin[0])
+        return true;
+    const char *at = strstr(req->origin, "://");
+    if (at && strcmp(at + 3, req->host) == 0)
+        return true;
+    /*  configured origins, comma-separated, compared whole  */
+    const char *list = edge->config->allowed_origins;
+    size_t olen = strlen(req->origin);
+    for (const char *p = list; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        if (n == olen && strncmp(p, req->origin, n) == 0)
+            return true;
+        p = comma ? comma + 1 : NULL;
+    }
+    return false;
+}
+
+static void s_session(edge_t *edge, edge_req_t *req)
+{
+    char traceparent[SH_TRACE_MAX + 1];
+    if (req->method == EDGE_GET) {
+        s_call_t *call = s_call_new(edge, req);
+        if (!call)
+            return;
+        sh_session_touch_req_t body = {sh_str(req->cookie), true, 0};
+        sh_call_opts_t opts = s_opts(edge, req, traceparent);
+        uint64_t handle =
+            sh_pool_send(edge->sessions, SH_OP_session_touch, &body, &opts, s_on_touch, call);
+        edge_http_await(req->conn, edge->sessions, handle);
+        sh_pool_drain(edge->sessions);
+    }
+    else if (req->method == EDGE_DELETE) {
+        if (!s_same_origin(edge, req)) {
+            edge_api_error(edge, req, 403, "forbidden", "cross-origin request refused");
+            return;
+        }
+        s_call_t *call = s_call_new(edge, req);
+        if (!call)
+            return;
+        sh_session_destroy_req_t body = {sh_str(req->cookie), 0};
+        sh_call_opts_t opts = s_opts(edge, req, traceparent);
+        uint64_t handle =
+            sh_pool_send(edge->sessions, SH_OP_session_destroy, &body, &opts, s_on_destroy, call);
+        edge_http_await(req->conn, edge->sessions, handle);
+        sh_pool_drain(edge->sessions);
+    }
+    else
+        s_method_not_allowed(edge, req, "GET, DELETE");
+}
+
+/*  --- /api/load ------------------------------------------------------------  */
+
+static void s_on_load(void *arg, const sh_reply_t *reply)
+{
+    s_call_t *call = arg;
+    edge_t *edge = call->edge;
+    edge_req_t req = s_req_of(call);
+    free(call);
+    if (!s_call_ok(edge, &req, reply))
+        return;
+    const sh_load_rep_t *rep = reply->body;
+    char instance[SH_ID_MAX + 1];
+    sh_str_copy(rep->instance, instance, sizeof instance);
+    s_json(&req, 200,
+           json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)rep->ms, "service", "session",
+                     "instance", instance),
+           NULL, NULL);
+}
+
+/*  Runs on a worker thread: reads only job->ms.  */
+static void s_burn(void *arg)
+{
+    const edge_job_t *job = arg;
+    sh_workers_burn_cpu(job->ms);
+}
+
+static void s_load(edge_t *edge, edge_req_t *req)
+{
+    if (req->method != EDGE_GET) {
+        s_method_not_allowed(edge, req, "GET");
+        return;
+    }
+    char buf[64], sbuf[64];
+    const char *ms_text = edge_http_arg(req->conn, "ms", buf, sizeof buf);
+    const char *service = edge_http_arg(req->conn, "service", sbuf, sizeof sbuf);
+    int64_t ms;
+    if (!ms_text || sh_parse_int(ms_text, 0, edge->config->base.load_max_ms, &ms)) {
+        char why[96];
+        snprintf(why, sizeof why, "ms must be a whole number from 0 to %lld",
+                 (long long)edge->config->base.load_max_ms);
+        edge_api_error(edge, req, 400, "invalid", why);
+        return;
+    }
+    if (!service || strcmp(service, "edge") == 0) {
+        edge_job_t *job = calloc(1, sizeof *job);
+        if (!job) {
+            edge_api_error(edge, req, 500, "internal", "out of memory");
+            return;
+        }
+        job->ms = (uint64_t)ms;
+        job->conn = req->conn;
+        if (sh_workers_submit(edge->workers, s_burn, job)) {
+            free(job);
+            edge_api_error(edge, req, 503, "unavailable", "busy: load queue full");
+            return;
+        }
+        edge_http_await_job(req->conn, job);
+        return;
+    }
+    if (strcmp(service, "session") != 0) {
+        edge_api_error(edge, req, 400, "invalid", "service must be edge or session");
+        return;
+    }
+    s_call_t *call = s_call_new(edge, req);
+    if (!call)
+        return;
+    char traceparent[SH_TRACE_MAX + 1];
+    sh_load_req_t body = {(uint64_t)ms, 0};
+    sh_call_opts_t opts = s_opts(edge, req, traceparent);
+    /*  the service needs the whole burn time inside the deadline  */
+    opts.deadline_ms += ms;
+    uint64_t handle = sh_pool_send(edge->sessions, SH_OP_load, &body, &opts, s_on_load, call);
+    edge_http_await(req->conn, edge->sessions, handle);
+    sh_pool_drain(edge->sessions);
+}
+
+/*  --- /metrics --------------------------------------------------------------  */
+
+static void s_metrics(edge_t *edge, edge_req_t *req)
+{
+    if (req->method != EDGE_GET) {
+        s_method_not_allowed(edge, req, "GET");
+        return;
+    }
+    *sh_metrics_gauge(edge->metrics, "shoal_rss_bytes", "Resident memory", NULL) =
+        (int64_t)sh_process_rss();
+    *sh_metrics_gauge(edge->metrics, "shoal_in_flight", "Calls waiting for a service", NULL) =
+        sh_pool_in_flight(edge->sessions);
+    sh_buf_t text = {0};
+    if (sh_metrics_render(edge->metrics, &text)) {
+        edge_api_error(edge, req, 500, "internal", "out of memory");
+        return;
+    }
+    edge_resp_t resp = {200, "text/plain; version=0.0.4; charset=utf-8", text.data, text.len,
+                        {NULL}, {NULL}};
+    edge_http_respond(req->conn, &resp);
+    sh_buf_free(&text);
+}
+
+int edge_api_handle(edge_t *edge, edge_req_t *req)
+{
+    const char *path = req->path;
+    if (strncmp(path, "/health/", 8) == 0 || strcmp(path, "/health") == 0)
+        s_health(edge, req);
+    else if (strcmp(path, "/metrics") == 0)
+        s_metrics(edge, req);
+    else if (strcmp(path, "/api/session") == 0)
+        s_session(edge, req);
+    else if (strcmp(path, "/api/load") == 0)
+        s_load(edge, req);
+    else if (strncmp(path, "/api/", 5) == 0 || strcmp(path, "/api") == 0)
+        edge_api_error(edge, req, 404, "not_found", "no such API path");
+    else
+        return 0;
+    return 1;
+}

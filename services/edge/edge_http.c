@@ -1,0 +1,527 @@
+/*  edge_http.c - libwebsockets adapter of the edge (the only file that
+    includes it): one thread, one lws event loop, with the ZeroMQ sockets'
+    fds and a signalfd adopted into it as raw files.
+
+    Replies to service calls arrive on ZeroMQ; they reach the connection
+    through the pool's request-id map, and a connection that closes cancels
+    its pending call, so no reply ever touches a freed connection.
+*/
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <libwebsockets.h>
+
+#include "edge.h"
+#include "sh_log.h"
+#include "sh_transport.h"
+
+#define EDGE_TICK_US          10000
+#define EDGE_HEADERS_RESERVE  2048
+#define EDGE_STATIC_HEADERS   1024
+#define EDGE_IMMUTABLE        "public, max-age=31536000, immutable"
+#define EDGE_CSP                                                                                   \
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "              \
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+
+struct edge_conn_t {
+    struct lws *wsi;
+    sh_pool_t *pool;
+    uint64_t handle;
+    edge_job_t *job;
+    unsigned char *out; /* LWS_PRE bytes, then the response */
+    size_t out_len;
+    bool close_after;
+    int64_t started_us;
+};
+
+static struct {
+    edge_t *edge;
+    struct lws_context *context;
+    struct lws_vhost *vhost;
+    lws_sorted_usec_list_t tick;
+    int signal_fd;
+    char root[PATH_MAX]; /* realpath of the static dir, "" if missing */
+} s_http;
+
+/*  --- responses ---------------------------------------------------------  */
+
+static const char *s_default_header_names[] = {"x-content-type-options:", "x-frame-options:",
+                                               "referrer-policy:"};
+static const char *s_default_header_values[] = {"nosniff", "DENY", "same-origin"};
+
+static int s_add_header(struct lws *wsi, const char *name, const char *value, unsigned char **p,
+                        unsigned char *end)
+{
+    return lws_add_http_header_by_name(wsi, (const unsigned char *)name,
+                                       (const unsigned char *)value, (int)strlen(value), p, end);
+}
+
+void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp)
+{
+    struct lws *wsi = conn->wsi;
+    conn->pool = NULL;
+    conn->handle = 0;
+    conn->job = NULL;
+    free(conn->out);
+    size_t cap = LWS_PRE + EDGE_HEADERS_RESERVE + resp->body_len;
+    conn->out = malloc(cap);
+    if (!conn->out) {
+        conn->close_after = true;
+        lws_callback_on_writable(wsi);
+        return;
+    }
+    unsigned char *start = conn->out + LWS_PRE, *p = start, *end = conn->out + cap;
+    int rc = lws_add_http_header_status(wsi, (unsigned int)resp->status, &p, end);
+    rc |= s_add_header(wsi, "content-type:",
+                       resp->content_type ? resp->content_type : "application/json", &p, end);
+    rc |= lws_add_http_header_content_length(wsi, resp->body_len, &p, end);
+    for (size_t i = 0; i < SH_ARRAY_SIZE(s_default_header_names); i++)
+        rc |= s_add_header(wsi, s_default_header_names[i], s_default_header_values[i], &p, end);
+    rc |= s_add_header(wsi, "cache-control:", "no-store", &p, end);
+    for (int i = 0; i < EDGE_RESP_HEADERS && resp->header_names[i]; i++)
+        rc |= s_add_header(wsi, resp->header_names[i], resp->header_values[i], &p, end);
+    if (conn->close_after || s_http.edge->draining) {
+        conn->close_after = true;
+        rc |= s_add_header(wsi, "connection:", "close", &p, end);
+    }
+    rc |= lws_finalize_http_header(wsi, &p, end);
+    if (rc) {
+        /*  headers did not fit: a bug in a route, never client input  */
+        sh_error("response headers too large for status %d", resp->status);
+        conn->close_after = true;
+        conn->out_len = 0;
+    }
+    else {
+        if (resp->body_len)
+            memcpy(p, resp->body, resp->body_len);
+        conn->out_len = (size_t)(p - start) + resp->body_len;
+    }
+    edge_api_count(s_http.edge, resp->status, conn->started_us);
+    lws_callback_on_writable(wsi);
+}
+
+void edge_http_await(edge_conn_t *conn, sh_pool_t *pool, uint64_t handle)
+{
+    if (handle) {
+        conn->pool = pool;
+        conn->handle = handle;
+    }
+}
+
+void edge_http_await_job(edge_conn_t *conn, edge_job_t *job)
+{
+    conn->job = job;
+}
+
+const char *edge_http_arg(edge_conn_t *conn, const char *name, char *buf, int len)
+{
+    char key[64];
+    snprintf(key, sizeof key, "%s=", name);
+    return lws_get_urlarg_by_name(conn->wsi, key, buf, len);
+}
+
+/*  --- static files ---------------------------------------------------------  */
+
+static const struct {
+    const char *ext;
+    const char *mime;
+} s_mime[] = {
+    {".html", "text/html; charset=utf-8"},
+    {".js", "text/javascript; charset=utf-8"},
+    {".mjs", "text/javascript; charset=utf-8"},
+    {".css", "text/css; charset=utf-8"},
+    {".json", "application/json"},
+    {".map", "application/json"},
+    {".svg", "image/svg+xml"},
+    {".png", "image/png"},
+    {".jpg", "image/jpeg"},
+    {".jpeg", "image/jpeg"},
+    {".gif", "image/gif"},
+    {".webp", "image/webp"},
+    {".ico", "image/x-icon"},
+    {".woff", "font/woff"},
+    {".woff2", "font/woff2"},
+    {".txt", "text/plain; charset=utf-8"},
+    {".wasm", "application/wasm"},
+};
+
+static const char *s_mime_for(const char *path)
+{
+    const char *dot = strrchr(path, '.');
+    const char *slash = strrchr(path, '/');
+    if (dot && (!slash || dot > slash))
+        for (size_t i = 0; i < SH_ARRAY_SIZE(s_mime); i++)
+            if (strcmp(dot, s_mime[i].ext) == 0)
+                return s_mime[i].mime;
+    return "application/octet-stream";
+}
+
+/*  Resolves a URL path to a file inside the static root. Returns 0 and the
+    file in out, or -1 (not found / outside the root).  */
+static int s_resolve(const char *url_path, char *out, bool *is_index)
+{
+    char candidate[PATH_MAX];
+    *is_index = false;
+    if (!s_http.root[0] || strstr(url_path, "..") || url_path[0] != '/')
+        return -1;
+    const char *last = strrchr(url_path, '/');
+    bool has_ext = last && strchr(last, '.');
+    if (strcmp(url_path, "/") == 0) {
+        if (snprintf(candidate, sizeof candidate, "%s/index.html", s_http.root)
+            >= (int)sizeof candidate)
+            return -1;
+        *is_index = true;
+    }
+    else if (snprintf(candidate, sizeof candidate, "%s%s", s_http.root, url_path)
+             >= (int)sizeof candidate)
+        return -1;
+    struct stat st;
+    if (realpath(candidate, out) && stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
+        size_t root_len = strlen(s_http.root);
+        if (strncmp(out, s_http.root, root_len) == 0 && out[root_len] == '/')
+            return 0;
+        return -1;
+    }
+    if (has_ext)
+        return -1;
+    /*  a client-side route of the single-page app: serve index.html  */
+    if (snprintf(candidate, sizeof candidate, "%s/index.html", s_http.root)
+        >= (int)sizeof candidate)
+        return -1;
+    *is_index = true;
+    return realpath(candidate, out) && stat(out, &st) == 0 ? 0 : -1;
+}
+
+static int s_serve_static(edge_req_t *req)
+{
+    edge_conn_t *conn = req->conn;
+    if (req->method != EDGE_GET) {
+        edge_resp_t resp = {405, NULL, NULL, 0, {"allow:"}, {"GET"}};
+        const char *body = "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}";
+        resp.body = body;
+        resp.body_len = strlen(body);
+        edge_http_respond(conn, &resp);
+        return 0;
+    }
+    char file[PATH_MAX];
+    bool is_index;
+    if (s_resolve(req->path, file, &is_index)) {
+        edge_api_error(s_http.edge, req, 404, "not_found", "no such file");
+        return 0;
+    }
+    unsigned char headers[EDGE_STATIC_HEADERS], *p = headers, *end = headers + sizeof headers;
+    int rc = 0;
+    for (size_t i = 0; i < SH_ARRAY_SIZE(s_default_header_names); i++)
+        rc |= s_add_header(conn->wsi, s_default_header_names[i], s_default_header_values[i], &p,
+                           end);
+    rc |= s_add_header(conn->wsi, "content-security-policy:", EDGE_CSP, &p, end);
+    bool hashed = strncmp(req->path, "/assets/", 8) == 0 && !is_index;
+    rc |= s_add_header(conn->wsi, "cache-control:", hashed ? EDGE_IMMUTABLE : "no-cache", &p, end);
+    if (rc) {
+        edge_api_error(s_http.edge, req, 500, "internal", "header space");
+        return 0;
+    }
+    edge_api_count(s_http.edge, 200, req->started_us);
+    int n = lws_serve_http_file(conn->wsi, file, s_mime_for(file), (const char *)headers,
+                                (int)(p - headers));
+    if (n < 0 || (n > 0 && lws_http_transaction_completed(conn->wsi)))
+        return -1;
+    return 0;
+}
+
+/*  --- request intake ---------------------------------------------------------  */
+
+static edge_method_t s_method(struct lws *wsi)
+{
+    static const struct {
+        enum lws_token_indexes token;
+        edge_method_t method;
+    } methods[] = {{WSI_TOKEN_GET_URI, EDGE_GET},         {WSI_TOKEN_POST_URI, EDGE_POST},
+                   {WSI_TOKEN_DELETE_URI, EDGE_DELETE},   {WSI_TOKEN_PUT_URI, EDGE_PUT},
+                   {WSI_TOKEN_PATCH_URI, EDGE_PATCH},     {WSI_TOKEN_OPTIONS_URI, EDGE_OPTIONS},
+                   {WSI_TOKEN_HEAD_URI, EDGE_HEAD}};
+    for (size_t i = 0; i < SH_ARRAY_SIZE(methods); i++)
+        if (lws_hdr_total_length(wsi, methods[i].token) > 0)
+            return methods[i].method;
+    return EDGE_OTHER;
+}
+
+static void s_copy_header(struct lws *wsi, enum lws_token_indexes token, char *buf, int len)
+{
+    buf[0] = 0;
+    if (lws_hdr_total_length(wsi, token) < len)
+        lws_hdr_copy(wsi, buf, len, token);
+}
+
+static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
+{
+    edge_t *edge = s_http.edge;
+    free(conn->out);
+    memset(conn, 0, sizeof *conn);
+    conn->wsi = wsi;
+    conn->started_us = sh_clock_mono_us();
+    (*edge->http_requests)++;
+
+    edge_req_t req = {0};
+    req.conn = conn;
+    req.path = path;
+    req.method = s_method(wsi);
+    req.started_us = conn->started_us;
+    req.content_length = -1;
+    char value[EDGE_HEADER_SMALL];
+    s_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value);
+    if (value[0] && sh_parse_int(value, 0, INT64_MAX, &req.content_length)) {
+        conn->close_after = true;
+        edge_api_error(edge, &req, 400, "bad_request", "invalid Content-Length");
+        return 0;
+    }
+    s_copy_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, value, sizeof value);
+    if (value[0]) {
+        /*  lws cannot stream chunked request bodies: ask for a length  */
+        conn->close_after = true;
+        edge_api_error(edge, &req, 411, "length_required",
+                       "chunked request bodies are not accepted; send Content-Length");
+        return 0;
+    }
+    if (req.content_length > edge->config->max_body_bytes) {
+        conn->close_after = true;
+        edge_api_error(edge, &req, 413, "too_large", "request body exceeds the size limit");
+        return 0;
+    }
+    /*  no route reads a body yet: answer, then close instead of parsing the
+        unread body as the next request  */
+    if (req.content_length > 0)
+        conn->close_after = true;
+    s_copy_header(wsi, WSI_TOKEN_ORIGIN, req.origin, sizeof req.origin);
+    s_copy_header(wsi, WSI_TOKEN_HOST, req.host, sizeof req.host);
+    if (lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) > 0
+        && lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) < (int)sizeof req.fetch_site)
+        lws_hdr_custom_copy(wsi, req.fetch_site, sizeof req.fetch_site, "sec-fetch-site:", 15);
+    size_t cookie_len = sizeof req.cookie;
+    if (lws_http_cookie_get(wsi, EDGE_COOKIE_NAME, req.cookie, &cookie_len))
+        req.cookie[0] = 0;
+    if (edge_api_handle(edge, &req))
+        return 0;
+    return s_serve_static(&req);
+}
+
+static int s_on_writeable(struct lws *wsi, edge_conn_t *conn)
+{
+    if (!conn->out)
+        return conn->close_after ? -1 : 0;
+    int n = conn->out_len ? lws_write(wsi, conn->out + LWS_PRE, conn->out_len, LWS_WRITE_HTTP_FINAL)
+                          : 0;
+    free(conn->out);
+    conn->out = NULL;
+    if (n < 0 || conn->close_after || conn->out_len == 0)
+        return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static void s_on_closed(edge_conn_t *conn)
+{
+    if (conn->pool && conn->handle) {
+        sh_pool_cancel(conn->pool, conn->handle);
+        (*s_http.edge->late_replies)++;
+    }
+    if (conn->job)
+        conn->job->conn = NULL;
+    free(conn->out);
+    conn->out = NULL;
+    conn->pool = NULL;
+    conn->handle = 0;
+    conn->job = NULL;
+}
+
+static int s_callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                           size_t len)
+{
+    edge_conn_t *conn = user;
+    switch (reason) {
+    case LWS_CALLBACK_HTTP:
+        return s_on_request(wsi, conn, in ? (const char *)in : "/");
+    case LWS_CALLBACK_HTTP_BODY:
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return 0;
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return s_on_writeable(wsi, conn);
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (conn)
+            s_on_closed(conn);
+        return 0;
+    case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
+        (*s_http.edge->connections)++;
+        break;
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        (*s_http.edge->connections)--;
+        break;
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/*  --- ZeroMQ, workers and signals in the lws loop --------------------------  */
+
+static void s_drain_workers(edge_t *edge)
+{
+    void *done;
+    while (sh_workers_recv(edge->workers, &done) == 0) {
+        edge_job_t *job = done;
+        if (job->conn) {
+            char body[64];
+            int n = snprintf(body, sizeof body, "{\"ms\":%llu,\"service\":\"edge\"}",
+                             (unsigned long long)job->ms);
+            edge_resp_t resp = {200, NULL, body, (size_t)n, {NULL}, {NULL}};
+            job->conn->job = NULL;
+            edge_http_respond(job->conn, &resp);
+        }
+        free(job);
+    }
+}
+
+static void s_drain_all(edge_t *edge)
+{
+    sh_pool_drain(edge->sessions);
+    s_drain_workers(edge);
+}
+
+static void s_on_signal(edge_t *edge)
+{
+    struct signalfd_siginfo info;
+    while (read(s_http.signal_fd, &info, sizeof info) == (ssize_t)sizeof info) {
+        if (edge->draining) {
+            sh_warn("second signal %u: exiting now", info.ssi_signo);
+            edge->stop = true;
+        }
+        else {
+            edge->draining = true;
+            edge->drain_started_ms = sh_clock_mono_ms();
+            sh_info("signal %u: draining (%lld calls in flight)", info.ssi_signo,
+                    (long long)sh_pool_in_flight(edge->sessions));
+        }
+    }
+}
+
+static int s_callback_raw(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                          size_t len)
+{
+    edge_t *edge = s_http.edge;
+    if (reason == LWS_CALLBACK_RAW_RX_FILE) {
+        if (lws_get_socket_fd(wsi) == s_http.signal_fd)
+            s_on_signal(edge);
+        else
+            s_drain_all(edge);
+        return 0;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+static void s_on_tick(lws_sorted_usec_list_t *sul)
+{
+    edge_t *edge = s_http.edge;
+    sh_pool_tick(edge->sessions);
+    s_drain_all(edge);
+    if (edge->draining) {
+        int64_t elapsed = sh_clock_mono_ms() - edge->drain_started_ms;
+        bool idle = sh_pool_in_flight(edge->sessions) == 0
+                    && sh_workers_outstanding(edge->workers) == 0;
+        if ((idle && elapsed >= edge->config->drain_grace_ms)
+            || elapsed >= edge->config->base.drain_timeout_ms)
+            edge->stop = true;
+    }
+    if (edge->stop)
+        lws_cancel_service(s_http.context);
+    else
+        lws_sul_schedule(s_http.context, 0, sul, s_on_tick, EDGE_TICK_US);
+}
+
+static int s_adopt(int fd, const char *protocol)
+{
+    lws_sock_file_fd_type desc;
+    desc.filefd = fd;
+    if (!lws_adopt_descriptor_vhost(s_http.vhost, LWS_ADOPT_RAW_FILE_DESC, desc, protocol, NULL)) {
+        sh_error("cannot adopt fd %d into the event loop", fd);
+        return -1;
+    }
+    return 0;
+}
+
+static const struct lws_protocols s_protocols[] = {
+    {"http", s_callback_http, sizeof(edge_conn_t), 0, 0, NULL, 0},
+    {"shoal-raw", s_callback_raw, 0, 0, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+static void s_lws_log(int level, const char *line)
+{
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    sh_log(level == LLL_ERR ? SH_LOG_ERROR : SH_LOG_WARN, NULL, "lws: %.*s", (int)n, line);
+}
+
+int edge_http_start(edge_t *edge)
+{
+    s_http.edge = edge;
+    if (!realpath(edge->config->static_dir, s_http.root)) {
+        sh_warn("static dir %s not found: only the API is served", edge->config->static_dir);
+        s_http.root[0] = 0;
+    }
+    lws_set_log_level(LLL_ERR | LLL_WARN, s_lws_log);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.port = (int)edge->config->http_port;
+    info.iface = edge->config->http_addr;
+    info.protocols = s_protocols;
+    /*  Debian's lws listens on every interface for "127.0.0.1" unless IPv6 is off  */
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.max_http_header_data = (unsigned short)edge->config->max_header_bytes;
+    info.max_http_header_pool = (unsigned short)edge->config->max_connections;
+    info.fd_limit_per_thread = (unsigned int)edge->config->max_connections + 64;
+    info.keepalive_timeout = 5;
+    info.timeout_secs = 10;
+    info.server_string = "shoal";
+    s_http.context = lws_create_context(&info);
+    if (!s_http.context) {
+        sh_error("cannot listen on %s:%lld", edge->config->http_addr,
+                 (long long)edge->config->http_port);
+        return -1;
+    }
+    s_http.vhost = lws_get_vhost_by_name(s_http.context, "default");
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    s_http.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
+        return -1;
+    void *sockets[SH_POOL_MAX_INSTANCES + 1];
+    int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_MAX_INSTANCES);
+    sockets[n++] = sh_workers_socket(edge->workers);
+    for (int i = 0; i < n; i++)
+        /*  lws closes what it adopts: give it a dup of ZMQ_FD  */
+        if (s_adopt(dup(sh_transport_fd(sockets[i])), "shoal-raw"))
+            return -1;
+    lws_sul_schedule(s_http.context, 0, &s_http.tick, s_on_tick, EDGE_TICK_US);
+    sh_info("edge listening on http://%s:%lld", edge->config->http_addr,
+            (long long)edge->config->http_port);
+    return 0;
+}
+
+int edge_http_run(edge_t *edge)
+{
+    while (!edge->stop)
+        if (lws_service(s_http.context, 0) < 0)
+            break;
+    lws_context_destroy(s_http.context);
+    s_http.context = NULL;
+    return 0;
+}

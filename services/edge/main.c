@@ -1,0 +1,120 @@
+/*  shoal-edge - the HTTP/WebSocket front of Shoal. Stateless: every API
+    call goes over ZeroMQ to a service instance.
+*/
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "edge.h"
+#include "sh_log.h"
+#include "sh_transport.h"
+
+#define SH_CONFIG_T edge_config_t
+static const sh_setting_t s_settings[] = {
+    SH_BASE_SETTINGS,
+    SH_SETTING(STR, "http_addr", http_addr, "127.0.0.1", 0, 255,
+               "address to listen on (0.0.0.0 for every interface)"),
+    SH_SETTING(INT, "http_port", http_port, "8081", 1, 65535, "HTTP port"),
+    SH_SETTING(STR, "session_endpoints", session_endpoints, "tcp://127.0.0.1:7101", 0, 4095,
+               "comma-separated ZeroMQ endpoints of the session instances"),
+    SH_SETTING(STR, "static_dir", static_dir, "frontend/dist", 0, 1023,
+               "directory of the built front end"),
+    SH_SETTING(INT, "request_timeout_ms", request_timeout_ms, "2000", 10, 600000,
+               "deadline of one API call, end to end"),
+    SH_SETTING(BOOL, "cookie_secure", cookie_secure, "false", 0, 0,
+               "mark the session cookie Secure (set it when clients use HTTPS)"),
+    SH_SETTING(STR, "allowed_origins", allowed_origins, "", 0, 4095,
+               "comma-separated origins besides the request's own host allowed to change state"),
+    SH_SETTING(INT, "max_body_bytes", max_body_bytes, "1048576", 0, 1073741824,
+               "largest request body accepted (413 beyond)"),
+    SH_SETTING(INT, "max_header_bytes", max_header_bytes, "8192", 1024, 65535,
+               "largest request header block accepted (431 beyond)"),
+    SH_SETTING(INT, "max_connections", max_connections, "4096", 16, 65535,
+               "HTTP connections served at once"),
+    SH_SETTING(INT, "drain_grace_ms", drain_grace_ms, "0", 0, 600000,
+               "on SIGTERM, keep serving at least this long (while /health/ready says 503) so "
+               "the load balancer notices before the edge exits"),
+};
+#undef SH_CONFIG_T
+
+static int s_add_endpoints(sh_pool_t *pool, const char *list)
+{
+    char *copy = strdup(list), *save = NULL;
+    int added = 0;
+    for (char *ep = strtok_r(copy, ",", &save); ep; ep = strtok_r(NULL, ",", &save)) {
+        while (*ep == ' ')
+            ep++;
+        if (!*ep)
+            continue;
+        if (sh_pool_add(pool, ep)) {
+            fprintf(stderr, "invalid session endpoint \"%s\"\n", ep);
+            free(copy);
+            return -1;
+        }
+        added++;
+    }
+    free(copy);
+    if (!added)
+        fprintf(stderr, "session_endpoints names no endpoint\n");
+    return added ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    static edge_config_t config;
+    int rc = sh_config_load(s_settings, SH_ARRAY_SIZE(s_settings), &config, "edge",
+                            "The Shoal edge: HTTP API, static front end, calls to services.", argc,
+                            argv);
+    if (rc == 0 && sh_config_base_finish(&config.base, "edge"))
+        rc = -1;
+    if (rc != 0) {
+        sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
+        return rc > 0 ? 0 : 2;
+    }
+    /*  block the stop signals before any thread exists; a signalfd reads them  */
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &mask, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    sh_crypto_init();
+    sh_log_init("edge", config.base.instance,
+                (sh_log_level_t)sh_log_level_parse(config.base.log_level), config.base.log_json);
+
+    edge_t edge = {0};
+    edge.config = &config;
+    edge.metrics = sh_metrics_new("edge", config.base.instance);
+    edge.sessions = sh_pool_new("session", edge.metrics);
+    edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
+    if (!edge.metrics || !edge.sessions || !edge.workers
+        || s_add_endpoints(edge.sessions, config.session_endpoints)) {
+        rc = 2;
+        goto done;
+    }
+    edge.http_requests = sh_metrics_counter(edge.metrics, "shoal_http_requests_total",
+                                            "HTTP requests received", NULL);
+    edge.http_rejected = sh_metrics_counter(edge.metrics, "shoal_http_rejected_total",
+                                            "HTTP requests refused as bad input", NULL);
+    edge.late_replies = sh_metrics_counter(edge.metrics, "shoal_http_abandoned_total",
+                                           "Requests whose client left before the reply", NULL);
+    edge.connections = sh_metrics_gauge(edge.metrics, "shoal_http_connections",
+                                        "Open HTTP connections", NULL);
+    edge.latency = sh_metrics_histogram(edge.metrics, "shoal_http_request_seconds",
+                                        "Time from request to response", NULL);
+    if (edge_http_start(&edge)) {
+        rc = 1;
+        goto done;
+    }
+    edge_http_run(&edge);
+    sh_info("stopped");
+    rc = 0;
+done:
+    sh_pool_destroy(&edge.sessions);
+    sh_workers_destroy(&edge.workers);
+    sh_metrics_destroy(&edge.metrics);
+    sh_transport_shutdown();
+    sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
+    return rc;
+}

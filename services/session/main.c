@@ -1,0 +1,91 @@
+/*  shoal-session - sessions, view counters and (later) rate-limit windows in
+    Redis, served over ZeroMQ. Holds no session state of its own: any
+    instance serves any session.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "session_server.h"
+#include "session_store.h"
+#include "sh_log.h"
+#include "sh_service.h"
+
+typedef struct {
+    sh_base_config_t base;
+    char *bind;
+    char *redis_host;
+    int64_t redis_port;
+    char *redis_password;
+    int64_t redis_db;
+    char *redis_prefix;
+    int64_t redis_timeout_ms;
+    int64_t redis_max_pending;
+    int64_t session_idle_timeout;
+    int64_t session_absolute_timeout;
+} session_config_t;
+
+#define SH_CONFIG_T session_config_t
+static const sh_setting_t s_settings[] = {
+    SH_BASE_SETTINGS,
+    SH_SETTING(STR, "bind", bind, "tcp://127.0.0.1:7101", 0, 255,
+               "ZeroMQ endpoint the request ROUTER binds (port 0 picks a free port)"),
+    SH_SETTING(STR, "redis_host", redis_host, "127.0.0.1", 0, 255, "Redis host"),
+    SH_SETTING(INT, "redis_port", redis_port, "6379", 1, 65535, "Redis port"),
+    SH_SETTING(STR, "redis_password", redis_password, "", 0, 255,
+               "Redis AUTH password (empty: none)"),
+    SH_SETTING(INT, "redis_db", redis_db, "0", 0, 255, "Redis database number"),
+    SH_SETTING(STR, "redis_prefix", redis_prefix, "shoal:", 0, 64, "prefix of every Redis key"),
+    SH_SETTING(INT, "redis_timeout_ms", redis_timeout_ms, "500", 10, 60000,
+               "deadline of one Redis call (capped by the request's own deadline)"),
+    SH_SETTING(INT, "redis_max_pending", redis_max_pending, "10000", 1, 1000000,
+               "Redis calls waiting for a reply at most; more get 503"),
+    SH_SETTING(INT, "session_idle_timeout", session_idle_timeout, "1800", 1, 31536000,
+               "seconds of inactivity after which a session expires"),
+    SH_SETTING(INT, "session_absolute_timeout", session_absolute_timeout, "86400", 1, 31536000,
+               "seconds after creation at which a session expires regardless of use"),
+};
+#undef SH_CONFIG_T
+
+int main(int argc, char **argv)
+{
+    session_config_t config = {0};
+    int rc = sh_config_load(s_settings, SH_ARRAY_SIZE(s_settings), &config, "session",
+                            "The Shoal session service: sessions and view counters in Redis.",
+                            argc, argv);
+    if (rc == 0 && sh_config_base_finish(&config.base, "session"))
+        rc = -1;
+    if (rc != 0) {
+        sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
+        return rc > 0 ? 0 : 2;
+    }
+    sh_service_t *service = sh_service_new("session", &config.base, config.bind);
+    if (!service) {
+        sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
+        return 1;
+    }
+    session_store_config_t store_config = {
+        config.redis_host,
+        (int)config.redis_port,
+        config.redis_password,
+        (int)config.redis_db,
+        config.redis_prefix,
+        config.redis_timeout_ms,
+        config.session_idle_timeout * 1000,
+        config.session_absolute_timeout * 1000,
+        config.redis_max_pending,
+    };
+    session_store_t *store =
+        session_store_new(sh_service_loop(service), &store_config, sh_service_metrics(service));
+    if (!store) {
+        sh_error("cannot create the session store");
+        sh_service_destroy(&service);
+        return 1;
+    }
+    session_server_register(service, store);
+    sh_service_run(service);
+    session_store_destroy(&store);
+    sh_service_destroy(&service);
+    sh_transport_shutdown();
+    sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
+    return 0;
+}

@@ -1,0 +1,120 @@
+/*  session_server.c - session operations: validate, call the store, reply.  */
+#include <stdlib.h>
+#include <string.h>
+
+#include "session_server.h"
+#include "sh_log.h"
+
+#define S_FALLBACK_TIMEOUT_MS 1000
+
+typedef struct {
+    sh_service_t *service;
+    sh_request_t *request;
+} s_call_t;
+
+static s_call_t *s_call_new(sh_service_t *service, sh_request_t *request)
+{
+    s_call_t *call = malloc(sizeof *call);
+    if (call)
+        *call = (s_call_t){service, request};
+    else
+        sh_service_reply(service, &request, SH_STATUS_INTERNAL, "out of memory", NULL);
+    return call;
+}
+
+static const char *s_status_text(uint64_t status)
+{
+    switch (status) {
+    case SH_STATUS_NOT_FOUND:
+        return "no such session";
+    case SH_STATUS_UNAVAILABLE:
+        return "session store unavailable";
+    default:
+        return "session store error";
+    }
+}
+
+static void s_on_record(void *arg, uint64_t status, const session_record_t *rec)
+{
+    s_call_t *call = arg;
+    if (status == SH_STATUS_OK) {
+        sh_session_touch_rep_t rep = {sh_str(rec->id), rec->views, rec->created_at,
+                                      rec->last_seen, rec->created, 0};
+        sh_service_reply(call->service, &call->request, status, NULL, &rep);
+    }
+    else
+        sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);
+    free(call);
+}
+
+static void s_on_touch(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    session_store_t *store = arg;
+    sh_session_touch_req_t *req = request->body;
+    char id[SESSION_ID_LEN + 1] = "", new_id[SESSION_ID_LEN + 1];
+    if (session_id_valid(req->id))
+        sh_str_copy(req->id, id, sizeof id);
+    else if (!req->create) {
+        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such session", NULL);
+        return;
+    }
+    /*  a new session always gets a server-made id: never adopt the client's  */
+    session_id_new(new_id);
+    s_call_t *call = s_call_new(service, request);
+    if (call)
+        session_store_touch(store, id, new_id, req->create,
+                            sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_record,
+                            call);
+}
+
+static void s_on_get(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    session_store_t *store = arg;
+    sh_session_get_req_t *req = request->body;
+    if (!session_id_valid(req->id)) {
+        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such session", NULL);
+        return;
+    }
+    char id[SESSION_ID_LEN + 1];
+    sh_str_copy(req->id, id, sizeof id);
+    s_call_t *call = s_call_new(service, request);
+    if (call)
+        session_store_get(store, id, sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS),
+                          s_on_record, call);
+}
+
+static void s_on_removed(void *arg, uint64_t status, const session_record_t *rec)
+{
+    s_call_t *call = arg;
+    if (status == SH_STATUS_OK) {
+        sh_session_destroy_rep_t rep = {rec->views > 0, 0};
+        sh_service_reply(call->service, &call->request, status, NULL, &rep);
+    }
+    else
+        sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);
+    free(call);
+}
+
+static void s_on_destroy(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    session_store_t *store = arg;
+    sh_session_destroy_req_t *req = request->body;
+    if (!session_id_valid(req->id)) {
+        sh_session_destroy_rep_t rep = {false, 0};
+        sh_service_reply(service, &request, SH_STATUS_OK, NULL, &rep);
+        return;
+    }
+    char id[SESSION_ID_LEN + 1];
+    sh_str_copy(req->id, id, sizeof id);
+    s_call_t *call = s_call_new(service, request);
+    if (call)
+        session_store_remove(store, id, sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS),
+                             s_on_removed, call);
+}
+
+void session_server_register(sh_service_t *service, session_store_t *store)
+{
+    sh_service_handle(service, SH_OP_session_touch, s_on_touch, store);
+    sh_service_handle(service, SH_OP_session_get, s_on_get, store);
+    sh_service_handle(service, SH_OP_session_destroy, s_on_destroy, store);
+}
