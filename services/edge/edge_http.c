@@ -24,6 +24,7 @@
 #define EDGE_TICK_US          10000
 #define EDGE_HEADERS_RESERVE  2048
 #define EDGE_STATIC_HEADERS   1024
+#define EDGE_HEADER_SPACE_FACTOR 2 /* lws header buffer vs. the limit we enforce */
 #define EDGE_IMMUTABLE        "public, max-age=31536000, immutable"
 #define EDGE_CSP                                                                                   \
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "              \
@@ -259,6 +260,17 @@ static void s_copy_header(struct lws *wsi, enum lws_token_indexes token, char *b
         lws_hdr_copy(wsi, buf, len, token);
 }
 
+/*  Bytes of the headers lws knows by name. lws 4.1 cannot enumerate
+    unknown headers; those count against its own buffer (twice the limit),
+    past which it closes the connection without a reply.  */
+static int s_header_bytes(struct lws *wsi)
+{
+    int total = 0;
+    for (int t = 0; t < WSI_TOKEN_COUNT; t++)
+        total += lws_hdr_total_length(wsi, (enum lws_token_indexes)t);
+    return total;
+}
+
 static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
 {
     edge_t *edge = s_http.edge;
@@ -274,10 +286,18 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
     req.method = s_method(wsi);
     req.started_us = conn->started_us;
     req.content_length = -1;
+    if (s_header_bytes(wsi) > edge->config->max_header_bytes) {
+        conn->close_after = true;
+        (*edge->http_rejected)++;
+        edge_api_error(edge, &req, 431, "headers_too_large",
+                       "request header block exceeds the size limit");
+        return 0;
+    }
     char value[EDGE_HEADER_SMALL];
     s_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value);
     if (value[0] && sh_parse_int(value, 0, INT64_MAX, &req.content_length)) {
         conn->close_after = true;
+        (*edge->http_rejected)++;
         edge_api_error(edge, &req, 400, "bad_request", "invalid Content-Length");
         return 0;
     }
@@ -285,12 +305,14 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
     if (value[0]) {
         /*  lws cannot stream chunked request bodies: ask for a length  */
         conn->close_after = true;
+        (*edge->http_rejected)++;
         edge_api_error(edge, &req, 411, "length_required",
                        "chunked request bodies are not accepted; send Content-Length");
         return 0;
     }
     if (req.content_length > edge->config->max_body_bytes) {
         conn->close_after = true;
+        (*edge->http_rejected)++;
         edge_api_error(edge, &req, 413, "too_large", "request body exceeds the size limit");
         return 0;
     }
@@ -483,7 +505,8 @@ int edge_http_start(edge_t *edge)
     info.protocols = s_protocols;
     /*  Debian's lws listens on every interface for "127.0.0.1" unless IPv6 is off  */
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
-    info.max_http_header_data = (unsigned short)edge->config->max_header_bytes;
+    int64_t header_space = edge->config->max_header_bytes * EDGE_HEADER_SPACE_FACTOR;
+    info.max_http_header_data = (unsigned short)(header_space > UINT16_MAX ? UINT16_MAX : header_space);
     info.max_http_header_pool = (unsigned short)edge->config->max_connections;
     info.fd_limit_per_thread = (unsigned int)edge->config->max_connections + 64;
     info.keepalive_timeout = 5;

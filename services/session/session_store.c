@@ -62,7 +62,8 @@ typedef struct s_pending_t {
     int64_t deadline_ms;
     session_store_fn *fn;
     void *arg;
-    session_record_t rec; /* id filled for touch-create */
+    session_record_t rec;           /* id: the session the call is about */
+    char new_id[SESSION_ID_LEN + 1]; /* touch: the id a created session gets */
 } s_pending_t;
 
 struct session_store_t {
@@ -167,6 +168,8 @@ static uint64_t s_decode(session_store_t *self, s_pending_t *p, const redisReply
         p->rec.views = (uint64_t)s_int(r->element[0]);
         p->rec.created_at = s_int(r->element[1]);
         p->rec.created = s_int(r->element[2]) == 1;
+        if (p->rec.created)
+            memcpy(p->rec.id, p->new_id, sizeof p->rec.id);
         p->rec.last_seen = sh_clock_wall_ms();
         return SH_STATUS_OK;
     case S_GET:
@@ -446,7 +449,8 @@ void session_store_touch(session_store_t *self, const char *id, const char *new_
     if (id && *id)
         s_key(self, id, old_key);
     s_key(self, new_id, new_key);
-    snprintf(p->rec.id, sizeof p->rec.id, "%s", new_id);
+    snprintf(p->rec.id, sizeof p->rec.id, "%s", id ? id : "");
+    snprintf(p->new_id, sizeof p->new_id, "%s", new_id);
     char now[24], idle[24], absolute[24];
     snprintf(now, sizeof now, "%lld", (long long)sh_clock_wall_ms());
     snprintf(idle, sizeof idle, "%lld", (long long)self->config.idle_ms);
