@@ -167,45 +167,45 @@ static int s_open(s_cursor_t *cur, const msgpack_object *root)
 /*  --- Expansion of the model -------------------------------------------  */
 
 #define SH_GEN_COUNT(kind, name, max) +1
-#define SH_GEN_PUT(kind, name, max)                                                                \
-    if (s_put_##kind(pk, msg->name, max))                                                          \
+#define SH_GEN_PUT(kind, name, max)       \
+    if (s_put_##kind(pk, msg->name, max)) \
         return -1;
-#define SH_GEN_GET(kind, name, max)                                                                \
-    if ((rc = s_get_##kind(&cur, &msg->name, max)) != 0)                                           \
+#define SH_GEN_GET(kind, name, max)                      \
+    if ((rc = s_get_##kind(&cur, &msg->name, max)) != 0) \
         return rc;
 
-#define SH_GEN_CODEC(tname, FIELDS, limit)                                                         \
-    static int s_encode_##tname(const void *msg_, msgpack_packer *pk)                              \
-    {                                                                                              \
-        const sh_##tname##_t *msg = msg_;                                                          \
-        (void)msg;                                                                                 \
-        if (msgpack_pack_array(pk, 0 FIELDS(SH_GEN_COUNT)))                                        \
-            return -1;                                                                             \
-        FIELDS(SH_GEN_PUT)                                                                         \
-        return 0;                                                                                  \
-    }                                                                                              \
-    static int s_decode_##tname(void *msg_, const msgpack_object *root)                            \
-    {                                                                                              \
-        sh_##tname##_t *msg = msg_;                                                                \
-        s_cursor_t cur;                                                                            \
-        int rc = s_open(&cur, root);                                                               \
-        (void)msg;                                                                                 \
-        if (rc)                                                                                    \
-            return rc;                                                                             \
-        FIELDS(SH_GEN_GET)                                                                         \
-        return 0;                                                                                  \
-    }                                                                                              \
-    const sh_codec_t sh_##tname##_codec = {#tname, sizeof(sh_##tname##_t), limit,                  \
+#define SH_GEN_CODEC(tname, FIELDS, limit)                                        \
+    static int s_encode_##tname(const void *msg_, msgpack_packer *pk)             \
+    {                                                                             \
+        const sh_##tname##_t *msg = msg_;                                         \
+        (void)msg;                                                                \
+        if (msgpack_pack_array(pk, 0 FIELDS(SH_GEN_COUNT)))                       \
+            return -1;                                                            \
+        FIELDS(SH_GEN_PUT)                                                        \
+        return 0;                                                                 \
+    }                                                                             \
+    static int s_decode_##tname(void *msg_, const msgpack_object *root)           \
+    {                                                                             \
+        sh_##tname##_t *msg = msg_;                                               \
+        s_cursor_t cur;                                                           \
+        int rc = s_open(&cur, root);                                              \
+        (void)msg;                                                                \
+        if (rc)                                                                   \
+            return rc;                                                            \
+        FIELDS(SH_GEN_GET)                                                        \
+        return 0;                                                                 \
+    }                                                                             \
+    const sh_codec_t sh_##tname##_codec = {#tname, sizeof(sh_##tname##_t), limit, \
                                            s_encode_##tname, s_decode_##tname};
 
 SH_GEN_CODEC(envelope, SH_FIELDS_envelope, SH_PROTO_MAX_ENVELOPE)
 
-#define SH_GEN_OP_CODECS(num, name, REQ, REP, idem)                                                \
-    SH_GEN_CODEC(name##_req, REQ, SH_PROTO_MAX_BODY)                                               \
+#define SH_GEN_OP_CODECS(num, name, REQ, REP, idem)  \
+    SH_GEN_CODEC(name##_req, REQ, SH_PROTO_MAX_BODY) \
     SH_GEN_CODEC(name##_rep, REP, SH_PROTO_MAX_BODY)
 SH_OP_LIST(SH_GEN_OP_CODECS)
 
-#define SH_GEN_OP_ROW(num, name, REQ, REP, idem)                                                   \
+#define SH_GEN_OP_ROW(num, name, REQ, REP, idem) \
     {num, #name, &sh_##name##_req_codec, &sh_##name##_rep_codec, idem},
 const sh_op_info_t sh_op_table[] = {SH_OP_LIST(SH_GEN_OP_ROW)};
 const size_t sh_op_count = sizeof(sh_op_table) / sizeof(sh_op_table[0]);
@@ -261,28 +261,78 @@ static int s_prescan(const uint8_t *p, size_t size)
             skip = b & 0x1f;
         else {
             switch (b) {
-            case 0xc4: case 0xd9: lenbytes = 1; break; /* bin8, str8 */
-            case 0xc5: case 0xda: lenbytes = 2; break;
-            case 0xc6: case 0xdb: lenbytes = 4; break;
-            case 0xc7: lenbytes = 1, skip = 1; break; /* ext: + type byte */
-            case 0xc8: lenbytes = 2, skip = 1; break;
-            case 0xc9: lenbytes = 4, skip = 1; break;
-            case 0xca: skip = 4; break;
-            case 0xcb: skip = 8; break;
-            case 0xcc: case 0xd0: skip = 1; break;
-            case 0xcd: case 0xd1: skip = 2; break;
-            case 0xce: case 0xd2: skip = 4; break;
-            case 0xcf: case 0xd3: skip = 8; break;
-            case 0xd4: skip = 2; break; /* fixext: type + data */
-            case 0xd5: skip = 3; break;
-            case 0xd6: skip = 5; break;
-            case 0xd7: skip = 9; break;
-            case 0xd8: skip = 17; break;
-            case 0xdc: lenbytes = 2, is_container = 1; break;
-            case 0xdd: lenbytes = 4, is_container = 1; break;
-            case 0xde: lenbytes = 2, is_container = 2; break;
-            case 0xdf: lenbytes = 4, is_container = 2; break;
-            default: return SH_DECODE_BAD_MSGPACK; /* 0xc1 is never used */
+            case 0xc4:
+            case 0xd9:
+                lenbytes = 1;
+                break; /* bin8, str8 */
+            case 0xc5:
+            case 0xda:
+                lenbytes = 2;
+                break;
+            case 0xc6:
+            case 0xdb:
+                lenbytes = 4;
+                break;
+            case 0xc7:
+                lenbytes = 1, skip = 1;
+                break; /* ext: + type byte */
+            case 0xc8:
+                lenbytes = 2, skip = 1;
+                break;
+            case 0xc9:
+                lenbytes = 4, skip = 1;
+                break;
+            case 0xca:
+                skip = 4;
+                break;
+            case 0xcb:
+                skip = 8;
+                break;
+            case 0xcc:
+            case 0xd0:
+                skip = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                skip = 2;
+                break;
+            case 0xce:
+            case 0xd2:
+                skip = 4;
+                break;
+            case 0xcf:
+            case 0xd3:
+                skip = 8;
+                break;
+            case 0xd4:
+                skip = 2;
+                break; /* fixext: type + data */
+            case 0xd5:
+                skip = 3;
+                break;
+            case 0xd6:
+                skip = 5;
+                break;
+            case 0xd7:
+                skip = 9;
+                break;
+            case 0xd8:
+                skip = 17;
+                break;
+            case 0xdc:
+                lenbytes = 2, is_container = 1;
+                break;
+            case 0xdd:
+                lenbytes = 4, is_container = 1;
+                break;
+            case 0xde:
+                lenbytes = 2, is_container = 2;
+                break;
+            case 0xdf:
+                lenbytes = 4, is_container = 2;
+                break;
+            default:
+                return SH_DECODE_BAD_MSGPACK; /* 0xc1 is never used */
             }
             if (lenbytes) {
                 if (size - pos < (size_t)lenbytes)
@@ -303,8 +353,7 @@ static int s_prescan(const uint8_t *p, size_t size)
                     return SH_DECODE_TOO_DEEP;
                 pending[++depth] = count;
             }
-        }
-        else {
+        } else {
             if (skip > size - pos)
                 return SH_DECODE_BAD_MSGPACK;
             pos += skip;
@@ -345,8 +394,8 @@ int sh_codec_decode(const sh_codec_t *codec, void *msg, const void *data, size_t
 
 const char *sh_codec_strerror(int rc)
 {
-#define SH_GEN_DECODE_TEXT(name, value, text)                                                      \
-    case value:                                                                                    \
+#define SH_GEN_DECODE_TEXT(name, value, text) \
+    case value:                               \
         return text;
     switch (rc) {
     case 0:
@@ -358,18 +407,22 @@ const char *sh_codec_strerror(int rc)
 
 int sh_status_http(uint64_t status)
 {
-#define SH_GEN_STATUS_HTTP(name, value, http, code)                                                \
-    case value:                                                                                    \
+#define SH_GEN_STATUS_HTTP(name, value, http, code) \
+    case value:                                     \
         return http;
-    switch (status) { SH_STATUS_LIST(SH_GEN_STATUS_HTTP) }
+    switch (status) {
+        SH_STATUS_LIST(SH_GEN_STATUS_HTTP)
+    }
     return 500;
 }
 
 const char *sh_status_code(uint64_t status)
 {
-#define SH_GEN_STATUS_CODE(name, value, http, code)                                                \
-    case value:                                                                                    \
+#define SH_GEN_STATUS_CODE(name, value, http, code) \
+    case value:                                     \
         return code;
-    switch (status) { SH_STATUS_LIST(SH_GEN_STATUS_CODE) }
+    switch (status) {
+        SH_STATUS_LIST(SH_GEN_STATUS_CODE)
+    }
     return "internal";
 }

@@ -42,12 +42,12 @@ typedef struct {
 } sh_envelope_t;
 
 /*  Empty field lists still need one member in C.  */
-#define SH_GEN_OP_STRUCTS(num, name, REQ, REP, idem)                                               \
-    typedef struct {                                                                               \
-        REQ(SH_GEN_MEMBER) uint8_t unused_;                                                        \
-    } sh_##name##_req_t;                                                                           \
-    typedef struct {                                                                               \
-        REP(SH_GEN_MEMBER) uint8_t unused_;                                                        \
+#define SH_GEN_OP_STRUCTS(num, name, REQ, REP, idem) \
+    typedef struct {                                 \
+        REQ(SH_GEN_MEMBER) uint8_t unused_;          \
+    } sh_##name##_req_t;                             \
+    typedef struct {                                 \
+        REP(SH_GEN_MEMBER) uint8_t unused_;          \
     } sh_##name##_rep_t;
 SH_OP_LIST(SH_GEN_OP_STRUCTS)
 
@@ -58,14 +58,14 @@ typedef enum { SH_OP_LIST(SH_GEN_OP_ENUM) } sh_op_t;
 typedef enum { SH_STATUS_LIST(SH_GEN_STATUS_ENUM) } sh_status_t;
 
 /*  Decoder results (0 is success).  */
-#define SH_DECODE_RESULTS(R)                                                                       \
-    R(TOO_LARGE, -1, "frame exceeds the size limit")                                               \
-    R(BAD_MSGPACK, -2, "not valid msgpack")                                                        \
-    R(TOO_DEEP, -3, "nesting exceeds the depth limit")                                             \
-    R(BAD_COUNT, -4, "array or map longer than the limit or the frame")                            \
-    R(NOT_ARRAY, -5, "message is not an array")                                                    \
-    R(BAD_TYPE, -6, "field has the wrong type")                                                    \
-    R(BAD_LENGTH, -7, "string longer than its limit")                                              \
+#define SH_DECODE_RESULTS(R)                                            \
+    R(TOO_LARGE, -1, "frame exceeds the size limit")                    \
+    R(BAD_MSGPACK, -2, "not valid msgpack")                             \
+    R(TOO_DEEP, -3, "nesting exceeds the depth limit")                  \
+    R(BAD_COUNT, -4, "array or map longer than the limit or the frame") \
+    R(NOT_ARRAY, -5, "message is not an array")                         \
+    R(BAD_TYPE, -6, "field has the wrong type")                         \
+    R(BAD_LENGTH, -7, "string longer than its limit")                   \
     R(TRAILING, -8, "bytes after the message")
 #define SH_GEN_DECODE_ENUM(name, value, text) SH_DECODE_##name = value,
 enum { SH_DECODE_RESULTS(SH_GEN_DECODE_ENUM) };
@@ -92,8 +92,8 @@ typedef struct {
 } sh_op_info_t;
 
 extern const sh_codec_t sh_envelope_codec;
-#define SH_GEN_CODEC_DECL(num, name, REQ, REP, idem)                                               \
-    extern const sh_codec_t sh_##name##_req_codec;                                                 \
+#define SH_GEN_CODEC_DECL(num, name, REQ, REP, idem) \
+    extern const sh_codec_t sh_##name##_req_codec;   \
     extern const sh_codec_t sh_##name##_rep_codec;
 SH_OP_LIST(SH_GEN_CODEC_DECL)
 

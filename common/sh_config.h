@@ -24,8 +24,10 @@ typedef struct {
 } sh_setting_t;
 
 /*  A row for config struct SH_CONFIG_T (define it before use).  */
-#define SH_SETTING(type, name, field, def, min, max, help)                                         \
-    {name, SH_CFG_##type, def, min, max, help, offsetof(SH_CONFIG_T, field)}
+#define SH_SETTING(type, name, field, def, min, max, help)                     \
+    {                                                                          \
+        name, SH_CFG_##type, def, min, max, help, offsetof(SH_CONFIG_T, field) \
+    }
 
 /*  Settings every service has; embed as member `base` of its config.  */
 typedef struct {
@@ -37,17 +39,17 @@ typedef struct {
     int64_t drain_timeout_ms;
 } sh_base_config_t;
 
-#define SH_BASE_SETTINGS                                                                           \
-    SH_SETTING(STR, "instance", base.instance, "", 0, 63,                                          \
-               "instance name (default: <service>-<host>-<pid>)"),                                 \
-        SH_SETTING(STR, "log_level", base.log_level, "info", 0, 5, "debug, info, warn or error"),  \
-        SH_SETTING(BOOL, "log_json", base.log_json, "false", 0, 0,                                 \
-                   "log one JSON object per line instead of logfmt"),                              \
-        SH_SETTING(INT, "load_max_ms", base.load_max_ms, "1000", 0, 60000,                         \
-                   "cap for the `load` operation (ms of CPU per request)"),                        \
-        SH_SETTING(INT, "workers", base.workers, "2", 1, 64,                                       \
-                   "worker threads for blocking work such as `load`"),                             \
-        SH_SETTING(INT, "drain_timeout_ms", base.drain_timeout_ms, "5000", 0, 600000,              \
+#define SH_BASE_SETTINGS                                                                          \
+    SH_SETTING(STR, "instance", base.instance, "", 0, 63,                                         \
+               "instance name (default: <service>-<host>-<pid>)"),                                \
+        SH_SETTING(STR, "log_level", base.log_level, "info", 0, 5, "debug, info, warn or error"), \
+        SH_SETTING(BOOL, "log_json", base.log_json, "false", 0, 0,                                \
+                   "log one JSON object per line instead of logfmt"),                             \
+        SH_SETTING(INT, "load_max_ms", base.load_max_ms, "1000", 0, 60000,                        \
+                   "cap for the `load` operation (ms of CPU per request)"),                       \
+        SH_SETTING(INT, "workers", base.workers, "2", 1, 64,                                      \
+                   "worker threads for blocking work such as `load`"),                            \
+        SH_SETTING(INT, "drain_timeout_ms", base.drain_timeout_ms, "5000", 0, 600000,             \
                    "on SIGTERM, how long to wait for in-flight work before exiting")
 
 /*  Load settings into config (zeroed by the caller) from the table.

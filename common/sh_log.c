@@ -48,8 +48,7 @@ static void s_quote(sh_buf_t *out, const char *text)
         if (*p == '"' || *p == '\\') {
             char esc[2] = {'\\', (char)*p};
             sh_buf_append(out, esc, 2);
-        }
-        else if (*p == '\n')
+        } else if (*p == '\n')
             sh_buf_append(out, "\\n", 2);
         else if (*p < 0x20 || *p == 0x7f)
             sh_buf_printf(out, "\\u%04x", *p);
@@ -89,8 +88,7 @@ void sh_log(sh_log_level_t level, const char *rid, const char *fmt, ...)
         sh_buf_append(&line, ",\"msg\":", 7);
         s_quote(&line, msg);
         sh_buf_append(&line, "}\n", 2);
-    }
-    else {
+    } else {
         sh_buf_printf(&line, "ts=%s level=%s service=%s instance=%s rid=%s msg=", when,
                       s_level_names[level], s_log.service, s_log.instance, rid ? rid : "-");
         s_quote(&line, msg);

@@ -61,8 +61,8 @@ void sh_loop_destroy(sh_loop_t **self_p)
     *self_p = NULL;
 }
 
-static sh_loop_item_t *s_add(sh_loop_t *self, void *socket, int fd, short events,
-                             sh_loop_io_fn *fn, void *arg)
+static sh_loop_item_t *s_add(sh_loop_t *self, void *socket, int fd, short events, sh_loop_io_fn *fn,
+                             void *arg)
 {
     if (self->item_count >= SH_LOOP_MAX_ITEMS)
         return NULL;
@@ -74,15 +74,14 @@ static sh_loop_item_t *s_add(sh_loop_t *self, void *socket, int fd, short events
     return item;
 }
 
-sh_loop_item_t *sh_loop_add_socket(sh_loop_t *self, void *socket, short events,
-                                   sh_loop_io_fn *fn, void *arg)
+sh_loop_item_t *sh_loop_add_socket(sh_loop_t *self, void *socket, short events, sh_loop_io_fn *fn,
+                                   void *arg)
 {
     assert(socket);
     return s_add(self, socket, -1, events, fn, arg);
 }
 
-sh_loop_item_t *sh_loop_add_fd(sh_loop_t *self, int fd, short events, sh_loop_io_fn *fn,
-                               void *arg)
+sh_loop_item_t *sh_loop_add_fd(sh_loop_t *self, int fd, short events, sh_loop_io_fn *fn, void *arg)
 {
     assert(fd >= 0);
     return s_add(self, NULL, fd, events, fn, arg);
@@ -127,8 +126,12 @@ int sh_loop_timer(sh_loop_t *self, int64_t interval_ms, bool repeat, sh_loop_tim
     for (int i = 0; i < SH_LOOP_MAX_TIMERS; i++) {
         s_timer_t *t = &self->timers[i];
         if (t->id == 0) {
-            *t = (s_timer_t){++self->next_timer_id, interval_ms,
-                             sh_clock_mono_ms() + interval_ms, repeat, fn, arg};
+            *t = (s_timer_t){++self->next_timer_id,
+                             interval_ms,
+                             sh_clock_mono_ms() + interval_ms,
+                             repeat,
+                             fn,
+                             arg};
             return t->id;
         }
     }

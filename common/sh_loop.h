@@ -29,10 +29,9 @@ void sh_loop_destroy(sh_loop_t **self_p);
 
 /*  Watch a ZeroMQ socket or a file descriptor. Returns the item (owned by
     the loop) or NULL when the loop is full.  */
-sh_loop_item_t *sh_loop_add_socket(sh_loop_t *self, void *socket, short events,
-                                   sh_loop_io_fn *fn, void *arg);
-sh_loop_item_t *sh_loop_add_fd(sh_loop_t *self, int fd, short events, sh_loop_io_fn *fn,
-                               void *arg);
+sh_loop_item_t *sh_loop_add_socket(sh_loop_t *self, void *socket, short events, sh_loop_io_fn *fn,
+                                   void *arg);
+sh_loop_item_t *sh_loop_add_fd(sh_loop_t *self, int fd, short events, sh_loop_io_fn *fn, void *arg);
 /*  Change the events an item waits for (0 pauses it).  */
 void sh_loop_set_events(sh_loop_item_t *item, short events);
 short sh_loop_events(const sh_loop_item_t *item);

@@ -188,8 +188,7 @@ int sh_metrics_render(sh_metrics_t *self, sh_buf_t *out)
                 sh_buf_printf(out, " %.9g\n%s_count", s->v.hist.sum, f->name);
                 s_labels(out, self->base_labels, s->labels, NULL);
                 sh_buf_printf(out, " %llu\n", (unsigned long long)s->v.hist.count);
-            }
-            else {
+            } else {
                 sh_buf_append(out, f->name, strlen(f->name));
                 s_labels(out, self->base_labels, s->labels, NULL);
                 if (f->type == S_COUNTER)

@@ -39,7 +39,7 @@ struct sh_pool_t {
     s_instance_t instances[SH_POOL_MAX_INSTANCES];
     int count;
     int rotor;
-    zhashx_t *by_rid;     /* rid -> s_pending_t */
+    zhashx_t *by_rid; /* rid -> s_pending_t */
     s_pending_t *head, *tail;
     int64_t pending;
     uint64_t none_metric, late_metric, timeout_metric, sent_metric, bad_metric;
@@ -107,9 +107,9 @@ sh_pool_t *sh_pool_new(const char *service, sh_metrics_t *metrics)
     if (metrics) {
         self->none = sh_metrics_counter(metrics, "shoal_calls_no_instance_total",
                                         "Calls failed at once: no usable instance", labels);
-        self->late = sh_metrics_counter(metrics, "shoal_calls_late_replies_total",
-                                        "Replies dropped because their call was already over",
-                                        labels);
+        self->late =
+            sh_metrics_counter(metrics, "shoal_calls_late_replies_total",
+                               "Replies dropped because their call was already over", labels);
         self->timeouts = sh_metrics_counter(metrics, "shoal_calls_timeouts_total",
                                             "Calls that passed their deadline", labels);
         self->sent = sh_metrics_counter(metrics, "shoal_calls_total", "Calls sent", labels);
@@ -194,16 +194,16 @@ static uint64_t s_send_to(sh_pool_t *self, int only, uint64_t type, const void *
     p->fn = fn;
     p->arg = arg;
     p->instance = -1;
-    p->deadline_ms = sh_clock_mono_ms()
-                     + (opts->deadline_ms ? opts->deadline_ms - now_wall : SH_POOL_PING_DEADLINE_MS);
+    p->deadline_ms = sh_clock_mono_ms() +
+                     (opts->deadline_ms ? opts->deadline_ms - now_wall : SH_POOL_PING_DEADLINE_MS);
 
     sh_envelope_t env = {0};
     env.version = SH_PROTO_VERSION;
     env.kind = SH_KIND_REQUEST;
     env.type = type;
     env.request_id = sh_str(p->rid);
-    env.deadline_ms = (uint64_t)(opts->deadline_ms ? opts->deadline_ms
-                                                   : now_wall + SH_POOL_PING_DEADLINE_MS);
+    env.deadline_ms =
+        (uint64_t)(opts->deadline_ms ? opts->deadline_ms : now_wall + SH_POOL_PING_DEADLINE_MS);
     env.traceparent = sh_str(opts->traceparent);
     env.session = sh_str(opts->session);
     env.idem_key = sh_str(opts->idem_key);
@@ -219,8 +219,7 @@ static uint64_t s_send_to(sh_pool_t *self, int only, uint64_t type, const void *
         if (sh_transport_send(inst->socket, NULL, &env, op->request, body, NULL, NULL, 0) == 0) {
             p->instance = order[k];
             inst->in_flight++;
-        }
-        else if (errno == EMSGSIZE) {
+        } else if (errno == EMSGSIZE) {
             free(p);
             s_answer(fn, arg, SH_STATUS_TOO_LARGE, "request exceeds the message limits");
             return 0;
@@ -239,8 +238,8 @@ static uint64_t s_send_to(sh_pool_t *self, int only, uint64_t type, const void *
     return p->handle;
 }
 
-uint64_t sh_pool_send(sh_pool_t *self, uint64_t type, const void *body,
-                      const sh_call_opts_t *opts, sh_reply_fn *fn, void *arg)
+uint64_t sh_pool_send(sh_pool_t *self, uint64_t type, const void *body, const sh_call_opts_t *opts,
+                      sh_reply_fn *fn, void *arg)
 {
     sh_call_opts_t none = {0};
     return s_send_to(self, -1, type, body, opts ? opts : &none, fn, arg);
@@ -261,10 +260,10 @@ void sh_pool_cancel(sh_pool_t *self, uint64_t handle)
 static void s_on_frames(sh_pool_t *self, int index, sh_frames_t *frames)
 {
     sh_envelope_t env;
-    if (frames->count < 2
-        || sh_codec_decode(&sh_envelope_codec, &env, zmq_msg_data(&frames->frames[0]),
-                           zmq_msg_size(&frames->frames[0]))
-        || env.kind != SH_KIND_REPLY) {
+    if (frames->count < 2 ||
+        sh_codec_decode(&sh_envelope_codec, &env, zmq_msg_data(&frames->frames[0]),
+                        zmq_msg_size(&frames->frames[0])) ||
+        env.kind != SH_KIND_REPLY) {
         (*self->bad)++;
         return;
     }
@@ -297,8 +296,7 @@ static void s_on_frames(sh_pool_t *self, int index, sh_frames_t *frames)
             (*self->bad)++;
             reply.status = SH_STATUS_INTERNAL;
             reply.error = "malformed reply";
-        }
-        else
+        } else
             reply.body = body;
     }
     p->fn(p->arg, &reply);

@@ -30,8 +30,8 @@ typedef struct sh_pool_t sh_pool_t;
     unless status is OK) are valid only during the callback.  */
 typedef struct {
     uint64_t status;
-    const char *error;          /* text, never NULL */
-    const sh_envelope_t *env;   /* NULL when the pool answered itself */
+    const char *error;        /* text, never NULL */
+    const sh_envelope_t *env; /* NULL when the pool answered itself */
     const void *body;
 } sh_reply_t;
 
@@ -39,7 +39,7 @@ typedef void(sh_reply_fn)(void *arg, const sh_reply_t *reply);
 
 /*  Per-request options; every field may be zero.  */
 typedef struct {
-    int64_t deadline_ms;     /* absolute wall-clock ms */
+    int64_t deadline_ms; /* absolute wall-clock ms */
     const char *traceparent;
     const char *session;
     const char *idem_key;
@@ -56,8 +56,8 @@ int sh_pool_add(sh_pool_t *self, const char *endpoint);
 /*  Send request `type` with body (op request struct). fn is called exactly
     once with the reply, a timeout, or UNAVAILABLE (maybe before this
     returns). Returns a handle for sh_pool_cancel (0 when already answered).  */
-uint64_t sh_pool_send(sh_pool_t *self, uint64_t type, const void *body,
-                      const sh_call_opts_t *opts, sh_reply_fn *fn, void *arg);
+uint64_t sh_pool_send(sh_pool_t *self, uint64_t type, const void *body, const sh_call_opts_t *opts,
+                      sh_reply_fn *fn, void *arg);
 /*  Forget the callback of a pending request (its caller went away).  */
 void sh_pool_cancel(sh_pool_t *self, uint64_t handle);
 

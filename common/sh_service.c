@@ -11,15 +11,15 @@
 #include "sh_service.h"
 #include "sh_workers.h"
 
-#define SH_SERVICE_BATCH       256 /* requests read per wake-up before others get a turn */
-#define SH_SERVICE_LOAD_QUEUE  4   /* queued load jobs per worker */
-#define SH_SERVICE_TICK_MS     100
-#define SH_SERVICE_VERSION     "0.1.0"
+#define SH_SERVICE_BATCH      256 /* requests read per wake-up before others get a turn */
+#define SH_SERVICE_LOAD_QUEUE 4   /* queued load jobs per worker */
+#define SH_SERVICE_TICK_MS    100
+#define SH_SERVICE_VERSION    "0.1.0"
 
 typedef struct {
     sh_handler_fn *fn;
     void *arg;
-    uint64_t *requests;   /* shoal_requests_total{op} */
+    uint64_t *requests; /* shoal_requests_total{op} */
     sh_histogram_t *latency;
 } s_route_t;
 
@@ -200,8 +200,7 @@ static int s_on_workers(sh_loop_t *loop, short revents, void *arg)
 /*  --- intake ------------------------------------------------------------  */
 
 /*  Reply to a request that never reached a handler (no op accounting).  */
-static void s_reject(sh_service_t *self, sh_request_t **request_p, uint64_t status,
-                     const char *why)
+static void s_reject(sh_service_t *self, sh_request_t **request_p, uint64_t status, const char *why)
 {
     sh_log(SH_LOG_DEBUG, (*request_p)->rid, "rejected: %s", why);
     (*request_p)->op = NULL;
@@ -347,8 +346,8 @@ sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, con
     self->router = sh_transport_router(bind, self->endpoint, sizeof self->endpoint);
     if (!self->router)
         sh_error("cannot bind %s: %s", bind, zmq_strerror(errno));
-    if (self->signal_fd < 0 || !self->loop || !self->metrics || !self->routes || !self->workers
-        || !self->router) {
+    if (self->signal_fd < 0 || !self->loop || !self->metrics || !self->routes || !self->workers ||
+        !self->router) {
         sh_service_destroy(&self);
         return NULL;
     }
@@ -363,13 +362,14 @@ sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, con
                                           "Requests for an operation this service lacks", NULL);
     self->errors = sh_metrics_counter(m, "shoal_replies_error_total",
                                       "Replies with a status other than ok", NULL);
-    self->in_flight_gauge = sh_metrics_gauge(m, "shoal_in_flight", "Requests being worked on", NULL);
+    self->in_flight_gauge =
+        sh_metrics_gauge(m, "shoal_in_flight", "Requests being worked on", NULL);
     self->rss_gauge = sh_metrics_gauge(m, "shoal_rss_bytes", "Resident memory", NULL);
     for (size_t i = 0; i < sh_op_count; i++) {
         char labels[64];
         snprintf(labels, sizeof labels, "op=\"%s\"", sh_op_table[i].name);
-        self->routes[i].requests = sh_metrics_counter(m, "shoal_requests_total",
-                                                      "Requests handed to a handler", labels);
+        self->routes[i].requests =
+            sh_metrics_counter(m, "shoal_requests_total", "Requests handed to a handler", labels);
         self->routes[i].latency =
             sh_metrics_histogram(m, "shoal_request_seconds", "Time from receipt to reply", labels);
     }

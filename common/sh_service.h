@@ -29,10 +29,10 @@ typedef struct sh_service_t sh_service_t;
 typedef struct {
     sh_envelope_t env;
     const sh_op_info_t *op;
-    void *body;                 /* decoded op->request struct */
-    char rid[SH_ID_MAX + 1];    /* request id, NUL-terminated, for logs */
-    int64_t received_us;        /* monotonic */
-    sh_frames_t frames;         /* [identity][envelope][body][raw...] */
+    void *body;              /* decoded op->request struct */
+    char rid[SH_ID_MAX + 1]; /* request id, NUL-terminated, for logs */
+    int64_t received_us;     /* monotonic */
+    sh_frames_t frames;      /* [identity][envelope][body][raw...] */
 } sh_request_t;
 
 typedef void(sh_handler_fn)(sh_service_t *service, sh_request_t *request, void *arg);

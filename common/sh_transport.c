@@ -145,16 +145,15 @@ void sh_frames_close(sh_frames_t *frames)
     frames->count = 0;
 }
 
-
 int sh_transport_send(void *socket, zmq_msg_t *identity, const sh_envelope_t *env,
                       const sh_codec_t *codec, const void *body, const void *const *raw,
                       const size_t *raw_len, int raw_count)
 {
     msgpack_sbuffer_clear(&s_env_buf);
     msgpack_sbuffer_clear(&s_body_buf);
-    if (sh_codec_encode(&sh_envelope_codec, env, &s_env_buf)
-        || sh_codec_encode(codec, body, &s_body_buf) || s_env_buf.size > SH_PROTO_MAX_ENVELOPE
-        || s_body_buf.size > SH_PROTO_MAX_BODY || raw_count > SH_PROTO_MAX_RAW) {
+    if (sh_codec_encode(&sh_envelope_codec, env, &s_env_buf) ||
+        sh_codec_encode(codec, body, &s_body_buf) || s_env_buf.size > SH_PROTO_MAX_ENVELOPE ||
+        s_body_buf.size > SH_PROTO_MAX_BODY || raw_count > SH_PROTO_MAX_RAW) {
         errno = EMSGSIZE;
         return -1;
     }
@@ -173,12 +172,11 @@ int sh_transport_send(void *socket, zmq_msg_t *identity, const sh_envelope_t *en
     if (zmq_send(socket, s_env_buf.data, s_env_buf.size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
     if (zmq_send(socket, s_body_buf.data, s_body_buf.size,
-                 (raw_count ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT)
-        < 0)
+                 (raw_count ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
         return -1;
     for (int i = 0; i < raw_count; i++)
-        if (zmq_send(socket, raw[i], raw_len[i], (i + 1 < raw_count ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT)
-            < 0)
+        if (zmq_send(socket, raw[i], raw_len[i],
+                     (i + 1 < raw_count ? ZMQ_SNDMORE : 0) | ZMQ_DONTWAIT) < 0)
             return -1;
     return 0;
 }

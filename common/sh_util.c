@@ -101,8 +101,8 @@ void sh_crypto_init(void)
 int sh_random_id(char *out, size_t out_size, size_t bytes)
 {
     unsigned char raw[64];
-    if (bytes > sizeof(raw)
-        || out_size < sodium_base64_ENCODED_LEN(bytes, sodium_base64_VARIANT_URLSAFE_NO_PADDING))
+    if (bytes > sizeof(raw) ||
+        out_size < sodium_base64_ENCODED_LEN(bytes, sodium_base64_VARIANT_URLSAFE_NO_PADDING))
         return -1;
     randombytes_buf(raw, bytes);
     sodium_bin2base64(out, out_size, raw, bytes, sodium_base64_VARIANT_URLSAFE_NO_PADDING);

@@ -9,9 +9,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SH_UNUSED(x) ((void)(x))
+#define SH_UNUSED(x)     ((void)(x))
 #define SH_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
-#define SH_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#define SH_PRINTF(f, a)  __attribute__((format(printf, f, a)))
 
 /*  Wall clock in ms since the Unix epoch (deadlines cross processes).  */
 int64_t sh_clock_wall_ms(void);

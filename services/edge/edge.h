@@ -17,11 +17,11 @@
 #include "sh_pool.h"
 #include "sh_workers.h"
 
-#define EDGE_COOKIE_NAME     "shoal_sid"
-#define EDGE_COOKIE_MAX      128
-#define EDGE_HEADER_SMALL    256
-#define EDGE_RESP_HEADERS    6
-#define EDGE_RETRY_AFTER_S   "1"
+#define EDGE_COOKIE_NAME   "shoal_sid"
+#define EDGE_COOKIE_MAX    128
+#define EDGE_HEADER_SMALL  256
+#define EDGE_RESP_HEADERS  6
+#define EDGE_RETRY_AFTER_S "1"
 
 typedef struct {
     sh_base_config_t base;

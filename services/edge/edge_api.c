@@ -18,8 +18,8 @@ static void s_json(edge_req_t *req, int status, json_t *body, const char **names
                    const char **values)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    edge_resp_t resp = {status, "application/json", text ? text : "{}", text ? strlen(text) : 2,
-                        {NULL}, {NULL}};
+    edge_resp_t resp = {
+        status, "application/json", text ? text : "{}", text ? strlen(text) : 2, {NULL}, {NULL}};
     for (int i = 0; names && names[i] && i < EDGE_RESP_HEADERS - 1; i++) {
         resp.header_names[i] = names[i];
         resp.header_values[i] = values[i];
@@ -38,8 +38,7 @@ void edge_api_error(edge_t *edge, edge_req_t *req, int status, const char *code,
         names[0] = "retry-after:";
         values[0] = EDGE_RETRY_AFTER_S;
     }
-    s_json(req, status, json_pack("{s:s, s:s}", "error", code, "message", message), names,
-           values);
+    s_json(req, status, json_pack("{s:s, s:s}", "error", code, "message", message), names, values);
 }
 
 void edge_api_count(edge_t *edge, int status, int64_t started_us)
@@ -55,8 +54,9 @@ static void s_method_not_allowed(edge_t *edge, edge_req_t *req, const char *allo
 {
     const char *names[2] = {"allow:", NULL}, *values[2] = {allow, NULL};
     (void)edge;
-    s_json(req, 405, json_pack("{s:s, s:s}", "error", "method_not_allowed", "message",
-                               "method not allowed on this path"),
+    s_json(req, 405,
+           json_pack("{s:s, s:s}", "error", "method_not_allowed", "message",
+                     "method not allowed on this path"),
            names, values);
 }
 
@@ -130,8 +130,8 @@ static void s_health(edge_t *edge, edge_req_t *req)
                              : !sh_pool_ready(edge->sessions) ? "no session instance answers"
                                                               : NULL;
         if (reason)
-            s_json(req, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", reason),
-                   NULL, NULL);
+            s_json(req, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", reason), NULL,
+                   NULL);
         else
             s_json(req, 200, json_pack("{s:s}", "status", "ready"), NULL, NULL);
         return;
@@ -159,9 +159,9 @@ static void s_on_touch(void *arg, const sh_reply_t *reply)
     char id[SH_SESSION_MAX + 1], instance[SH_ID_MAX + 1];
     sh_str_copy(rec->id, id, sizeof id);
     sh_str_copy(reply->env->instance, instance, sizeof instance);
-    json_t *body = json_pack("{s:I, s:I, s:s, s:s}", "views", (json_int_t)rec->views,
-                             "created_at", (json_int_t)rec->created_at, "edge",
-                             edge->config->base.instance, "session_instance", instance);
+    json_t *body = json_pack("{s:I, s:I, s:s, s:s}", "views", (json_int_t)rec->views, "created_at",
+                             (json_int_t)rec->created_at, "edge", edge->config->base.instance,
+                             "session_instance", instance);
     const char *names[2] = {NULL}, *values[2] = {NULL};
     char cookie[EDGE_COOKIE_ATTR_MAX];
     if (rec->created) {
@@ -191,8 +191,8 @@ static void s_on_destroy(void *arg, const sh_reply_t *reply)
     Origin or Sec-Fetch-Site is refused.  */
 static bool s_same_origin(edge_t *edge, edge_req_t *req)
 {
-    if (req->fetch_site[0] && strcmp(req->fetch_site, "same-origin") != 0
-        && strcmp(req->fetch_site, "none") != 0)
+    if (req->fetch_site[0] && strcmp(req->fetch_site, "same-origin") != 0 &&
+        strcmp(req->fetch_site, "none") != 0)
         return false;
     if (!req->origin[0])
         return true;
@@ -225,8 +225,7 @@ static void s_session(edge_t *edge, edge_req_t *req)
             sh_pool_send(edge->sessions, SH_OP_session_touch, &body, &opts, s_on_touch, call);
         edge_http_await(req->conn, edge->sessions, handle);
         sh_pool_drain(edge->sessions);
-    }
-    else if (req->method == EDGE_DELETE) {
+    } else if (req->method == EDGE_DELETE) {
         if (!s_same_origin(edge, req)) {
             edge_api_error(edge, req, 403, "forbidden", "cross-origin request refused");
             return;
@@ -240,8 +239,7 @@ static void s_session(edge_t *edge, edge_req_t *req)
             sh_pool_send(edge->sessions, SH_OP_session_destroy, &body, &opts, s_on_destroy, call);
         edge_http_await(req->conn, edge->sessions, handle);
         sh_pool_drain(edge->sessions);
-    }
-    else
+    } else
         s_method_not_allowed(edge, req, "GET, DELETE");
 }
 
@@ -259,8 +257,8 @@ static void s_on_load(void *arg, const sh_reply_t *reply)
     char instance[SH_ID_MAX + 1];
     sh_str_copy(rep->instance, instance, sizeof instance);
     s_json(&req, 200,
-           json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)rep->ms, "service", "session",
-                     "instance", instance),
+           json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)rep->ms, "service", "session", "instance",
+                     instance),
            NULL, NULL);
 }
 
@@ -338,8 +336,8 @@ static void s_metrics(edge_t *edge, edge_req_t *req)
         edge_api_error(edge, req, 500, "internal", "out of memory");
         return;
     }
-    edge_resp_t resp = {200, "text/plain; version=0.0.4; charset=utf-8", text.data, text.len,
-                        {NULL}, {NULL}};
+    edge_resp_t resp = {
+        200, "text/plain; version=0.0.4; charset=utf-8", text.data, text.len, {NULL}, {NULL}};
     edge_http_respond(req->conn, &resp);
     sh_buf_free(&text);
 }

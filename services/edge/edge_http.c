@@ -21,13 +21,13 @@
 #include "sh_log.h"
 #include "sh_transport.h"
 
-#define EDGE_TICK_US          10000
-#define EDGE_HEADERS_RESERVE  2048
-#define EDGE_STATIC_HEADERS   1024
+#define EDGE_TICK_US             10000
+#define EDGE_HEADERS_RESERVE     2048
+#define EDGE_STATIC_HEADERS      1024
 #define EDGE_HEADER_SPACE_FACTOR 2 /* lws header buffer vs. the limit we enforce */
-#define EDGE_IMMUTABLE        "public, max-age=31536000, immutable"
-#define EDGE_CSP                                                                                   \
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "              \
+#define EDGE_IMMUTABLE           "public, max-age=31536000, immutable"
+#define EDGE_CSP                                                                      \
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; " \
     "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 
 struct edge_conn_t {
@@ -52,8 +52,8 @@ static struct {
 
 /*  --- responses ---------------------------------------------------------  */
 
-static const char *s_default_header_names[] = {"x-content-type-options:", "x-frame-options:",
-                                               "referrer-policy:"};
+static const char *s_default_header_names[] = {
+    "x-content-type-options:", "x-frame-options:", "referrer-policy:"};
 static const char *s_default_header_values[] = {"nosniff", "DENY", "same-origin"};
 
 static int s_add_header(struct lws *wsi, const char *name, const char *value, unsigned char **p,
@@ -97,8 +97,7 @@ void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp)
         sh_error("response headers too large for status %d", resp->status);
         conn->close_after = true;
         conn->out_len = 0;
-    }
-    else {
+    } else {
         if (resp->body_len)
             memcpy(p, resp->body, resp->body_len);
         conn->out_len = (size_t)(p - start) + resp->body_len;
@@ -174,13 +173,12 @@ static int s_resolve(const char *url_path, char *out, bool *is_index)
     const char *last = strrchr(url_path, '/');
     bool has_ext = last && strchr(last, '.');
     if (strcmp(url_path, "/") == 0) {
-        if (snprintf(candidate, sizeof candidate, "%s/index.html", s_http.root)
-            >= (int)sizeof candidate)
+        if (snprintf(candidate, sizeof candidate, "%s/index.html", s_http.root) >=
+            (int)sizeof candidate)
             return -1;
         *is_index = true;
-    }
-    else if (snprintf(candidate, sizeof candidate, "%s%s", s_http.root, url_path)
-             >= (int)sizeof candidate)
+    } else if (snprintf(candidate, sizeof candidate, "%s%s", s_http.root, url_path) >=
+               (int)sizeof candidate)
         return -1;
     struct stat st;
     if (realpath(candidate, out) && stat(out, &st) == 0 && S_ISREG(st.st_mode)) {
@@ -192,8 +190,8 @@ static int s_resolve(const char *url_path, char *out, bool *is_index)
     if (has_ext)
         return -1;
     /*  a client-side route of the single-page app: serve index.html  */
-    if (snprintf(candidate, sizeof candidate, "%s/index.html", s_http.root)
-        >= (int)sizeof candidate)
+    if (snprintf(candidate, sizeof candidate, "%s/index.html", s_http.root) >=
+        (int)sizeof candidate)
         return -1;
     *is_index = true;
     return realpath(candidate, out) && stat(out, &st) == 0 ? 0 : -1;
@@ -219,8 +217,8 @@ static int s_serve_static(edge_req_t *req)
     unsigned char headers[EDGE_STATIC_HEADERS], *p = headers, *end = headers + sizeof headers;
     int rc = 0;
     for (size_t i = 0; i < SH_ARRAY_SIZE(s_default_header_names); i++)
-        rc |= s_add_header(conn->wsi, s_default_header_names[i], s_default_header_values[i], &p,
-                           end);
+        rc |=
+            s_add_header(conn->wsi, s_default_header_names[i], s_default_header_values[i], &p, end);
     rc |= s_add_header(conn->wsi, "content-security-policy:", EDGE_CSP, &p, end);
     bool hashed = strncmp(req->path, "/assets/", 8) == 0 && !is_index;
     rc |= s_add_header(conn->wsi, "cache-control:", hashed ? EDGE_IMMUTABLE : "no-cache", &p, end);
@@ -243,9 +241,9 @@ static edge_method_t s_method(struct lws *wsi)
     static const struct {
         enum lws_token_indexes token;
         edge_method_t method;
-    } methods[] = {{WSI_TOKEN_GET_URI, EDGE_GET},         {WSI_TOKEN_POST_URI, EDGE_POST},
-                   {WSI_TOKEN_DELETE_URI, EDGE_DELETE},   {WSI_TOKEN_PUT_URI, EDGE_PUT},
-                   {WSI_TOKEN_PATCH_URI, EDGE_PATCH},     {WSI_TOKEN_OPTIONS_URI, EDGE_OPTIONS},
+    } methods[] = {{WSI_TOKEN_GET_URI, EDGE_GET},       {WSI_TOKEN_POST_URI, EDGE_POST},
+                   {WSI_TOKEN_DELETE_URI, EDGE_DELETE}, {WSI_TOKEN_PUT_URI, EDGE_PUT},
+                   {WSI_TOKEN_PATCH_URI, EDGE_PATCH},   {WSI_TOKEN_OPTIONS_URI, EDGE_OPTIONS},
                    {WSI_TOKEN_HEAD_URI, EDGE_HEAD}};
     for (size_t i = 0; i < SH_ARRAY_SIZE(methods); i++)
         if (lws_hdr_total_length(wsi, methods[i].token) > 0)
@@ -322,8 +320,8 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
         conn->close_after = true;
     s_copy_header(wsi, WSI_TOKEN_ORIGIN, req.origin, sizeof req.origin);
     s_copy_header(wsi, WSI_TOKEN_HOST, req.host, sizeof req.host);
-    if (lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) > 0
-        && lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) < (int)sizeof req.fetch_site)
+    if (lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) > 0 &&
+        lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) < (int)sizeof req.fetch_site)
         lws_hdr_custom_copy(wsi, req.fetch_site, sizeof req.fetch_site, "sec-fetch-site:", 15);
     size_t cookie_len = sizeof req.cookie;
     if (lws_http_cookie_get(wsi, EDGE_COOKIE_NAME, req.cookie, &cookie_len))
@@ -423,8 +421,7 @@ static void s_on_signal(edge_t *edge)
         if (edge->draining) {
             sh_warn("second signal %u: exiting now", info.ssi_signo);
             edge->stop = true;
-        }
-        else {
+        } else {
             edge->draining = true;
             edge->drain_started_ms = sh_clock_mono_ms();
             sh_info("signal %u: draining (%lld calls in flight)", info.ssi_signo,
@@ -454,10 +451,10 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
     s_drain_all(edge);
     if (edge->draining) {
         int64_t elapsed = sh_clock_mono_ms() - edge->drain_started_ms;
-        bool idle = sh_pool_in_flight(edge->sessions) == 0
-                    && sh_workers_outstanding(edge->workers) == 0;
-        if ((idle && elapsed >= edge->config->drain_grace_ms)
-            || elapsed >= edge->config->base.drain_timeout_ms)
+        bool idle =
+            sh_pool_in_flight(edge->sessions) == 0 && sh_workers_outstanding(edge->workers) == 0;
+        if ((idle && elapsed >= edge->config->drain_grace_ms) ||
+            elapsed >= edge->config->base.drain_timeout_ms)
             edge->stop = true;
     }
     if (edge->stop)
@@ -506,7 +503,8 @@ int edge_http_start(edge_t *edge)
     /*  Debian's lws listens on every interface for "127.0.0.1" unless IPv6 is off  */
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     int64_t header_space = edge->config->max_header_bytes * EDGE_HEADER_SPACE_FACTOR;
-    info.max_http_header_data = (unsigned short)(header_space > UINT16_MAX ? UINT16_MAX : header_space);
+    info.max_http_header_data =
+        (unsigned short)(header_space > UINT16_MAX ? UINT16_MAX : header_space);
     info.max_http_header_pool = (unsigned short)edge->config->max_connections;
     info.fd_limit_per_thread = (unsigned int)edge->config->max_connections + 64;
     info.keepalive_timeout = 5;

@@ -88,8 +88,8 @@ int main(int argc, char **argv)
     edge.metrics = sh_metrics_new("edge", config.base.instance);
     edge.sessions = sh_pool_new("session", edge.metrics);
     edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
-    if (!edge.metrics || !edge.sessions || !edge.workers
-        || s_add_endpoints(edge.sessions, config.session_endpoints)) {
+    if (!edge.metrics || !edge.sessions || !edge.workers ||
+        s_add_endpoints(edge.sessions, config.session_endpoints)) {
         rc = 2;
         goto done;
     }
@@ -99,8 +99,8 @@ int main(int argc, char **argv)
                                             "HTTP requests refused as bad input", NULL);
     edge.late_replies = sh_metrics_counter(edge.metrics, "shoal_http_abandoned_total",
                                            "Requests whose client left before the reply", NULL);
-    edge.connections = sh_metrics_gauge(edge.metrics, "shoal_http_connections",
-                                        "Open HTTP connections", NULL);
+    edge.connections =
+        sh_metrics_gauge(edge.metrics, "shoal_http_connections", "Open HTTP connections", NULL);
     edge.latency = sh_metrics_histogram(edge.metrics, "shoal_http_request_seconds",
                                         "Time from request to response", NULL);
     if (edge_http_start(&edge)) {

@@ -50,8 +50,8 @@ int main(int argc, char **argv)
 {
     session_config_t config = {0};
     int rc = sh_config_load(s_settings, SH_ARRAY_SIZE(s_settings), &config, "session",
-                            "The Shoal session service: sessions and view counters in Redis.",
-                            argc, argv);
+                            "The Shoal session service: sessions and view counters in Redis.", argc,
+                            argv);
     if (rc == 0 && sh_config_base_finish(&config.base, "session"))
         rc = -1;
     if (rc != 0) {

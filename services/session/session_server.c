@@ -38,11 +38,10 @@ static void s_on_record(void *arg, uint64_t status, const session_record_t *rec)
 {
     s_call_t *call = arg;
     if (status == SH_STATUS_OK) {
-        sh_session_touch_rep_t rep = {sh_str(rec->id), rec->views, rec->created_at,
-                                      rec->last_seen, rec->created, 0};
+        sh_session_touch_rep_t rep = {sh_str(rec->id), rec->views,   rec->created_at,
+                                      rec->last_seen,  rec->created, 0};
         sh_service_reply(call->service, &call->request, status, NULL, &rep);
-    }
-    else
+    } else
         sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);
     free(call);
 }
@@ -89,8 +88,7 @@ static void s_on_removed(void *arg, uint64_t status, const session_record_t *rec
     if (status == SH_STATUS_OK) {
         sh_session_destroy_rep_t rep = {rec->views > 0, 0};
         sh_service_reply(call->service, &call->request, status, NULL, &rep);
-    }
-    else
+    } else
         sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);
     free(call);
 }

@@ -62,7 +62,7 @@ typedef struct s_pending_t {
     int64_t deadline_ms;
     session_store_fn *fn;
     void *arg;
-    session_record_t rec;           /* id: the session the call is about */
+    session_record_t rec;            /* id: the session the call is about */
     char new_id[SESSION_ID_LEN + 1]; /* touch: the id a created session gets */
 } s_pending_t;
 
@@ -99,9 +99,8 @@ bool session_id_valid(sh_str_t text)
     if (text.len != SESSION_ID_LEN)
         return false;
     return sodium_base642bin(bin, sizeof bin, text.ptr, text.len, NULL, &len, NULL,
-                             sodium_base64_VARIANT_URLSAFE_NO_PADDING)
-               == 0
-           && len == SESSION_ID_BYTES;
+                             sodium_base64_VARIANT_URLSAFE_NO_PADDING) == 0 &&
+           len == SESSION_ID_BYTES;
 }
 
 static void s_key(const session_store_t *self, const char *id, char out[S_KEY_MAX])
@@ -203,8 +202,7 @@ static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     if (p->done) {
         if (p->kind != S_SCRIPT)
             (*self->late)++;
-    }
-    else {
+    } else {
         sh_histogram_observe(self->latency, (double)(sh_clock_mono_ms() - p->started_ms) / 1e3);
         if (status == SH_STATUS_UNAVAILABLE || status == SH_STATUS_INTERNAL)
             (*self->errors)++;
@@ -283,8 +281,8 @@ static int s_before_sleep(sh_loop_t *loop, void *arg)
 static void s_schedule_reconnect(session_store_t *self)
 {
     self->reconnect_at_ms = sh_clock_mono_ms() + self->backoff_ms;
-    self->backoff_ms = self->backoff_ms * 2 > S_RECONNECT_MAX_MS ? S_RECONNECT_MAX_MS
-                                                                 : self->backoff_ms * 2;
+    self->backoff_ms =
+        self->backoff_ms * 2 > S_RECONNECT_MAX_MS ? S_RECONNECT_MAX_MS : self->backoff_ms * 2;
 }
 
 static void s_on_connect(const redisAsyncContext *ac, int status)
@@ -342,8 +340,8 @@ static s_pending_t *s_pending_new(session_store_t *self, s_kind_t kind, int64_t 
 static void s_script_load(session_store_t *self)
 {
     s_pending_t *p = s_pending_new(self, S_SCRIPT, self->config.timeout_ms, NULL, NULL);
-    if (p && redisAsyncCommand(self->ac, s_on_reply, p, "SCRIPT LOAD %s", s_touch_script)
-                 != REDIS_OK) {
+    if (p &&
+        redisAsyncCommand(self->ac, s_on_reply, p, "SCRIPT LOAD %s", s_touch_script) != REDIS_OK) {
         s_unlink(self, p);
         free(p);
     }
@@ -407,8 +405,8 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
         }
     if (self->ac && !self->connected && now - self->connect_started_ms > self->config.timeout_ms)
         s_drop(self, "connect timed out");
-    else if (self->ac && self->head
-             && now - self->head->started_ms > self->config.timeout_ms * S_STALL_FACTOR)
+    else if (self->ac && self->head &&
+             now - self->head->started_ms > self->config.timeout_ms * S_STALL_FACTOR)
         s_drop(self, "no reply in time");
     if (!self->ac && now >= self->reconnect_at_ms)
         s_connect(self);
@@ -457,9 +455,8 @@ void session_store_touch(session_store_t *self, const char *id, const char *new_
     snprintf(absolute, sizeof absolute, "%lld", (long long)self->config.absolute_ms);
     int rc;
     if (self->sha[0])
-        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 2 %s %s %s %s %s %s",
-                               self->sha, old_key, new_key, now, idle, absolute,
-                               create ? "1" : "0");
+        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 2 %s %s %s %s %s %s", self->sha,
+                               old_key, new_key, now, idle, absolute, create ? "1" : "0");
     else
         rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVAL %s 2 %s %s %s %s %s %s",
                                s_touch_script, old_key, new_key, now, idle, absolute,
@@ -483,8 +480,8 @@ void session_store_get(session_store_t *self, const char *id, int64_t timeout_ms
     char key[S_KEY_MAX];
     s_key(self, id, key);
     snprintf(p->rec.id, sizeof p->rec.id, "%s", id);
-    if (redisAsyncCommand(self->ac, s_on_reply, p, "HMGET %s views created_at last_seen", key)
-        != REDIS_OK)
+    if (redisAsyncCommand(self->ac, s_on_reply, p, "HMGET %s views created_at last_seen", key) !=
+        REDIS_OK)
         s_submit_failed(self, p);
 }
 

@@ -34,11 +34,11 @@ typedef struct {
     int port;
     const char *password; /* "" for none */
     int db;
-    const char *prefix;   /* key prefix, e.g. "shoal:" */
-    int64_t timeout_ms;   /* per Redis call, capped by the request deadline */
-    int64_t idle_ms;      /* a session unused this long expires */
-    int64_t absolute_ms;  /* a session older than this expires */
-    int64_t max_pending;  /* calls waiting for Redis at most */
+    const char *prefix;  /* key prefix, e.g. "shoal:" */
+    int64_t timeout_ms;  /* per Redis call, capped by the request deadline */
+    int64_t idle_ms;     /* a session unused this long expires */
+    int64_t absolute_ms; /* a session older than this expires */
+    int64_t max_pending; /* calls waiting for Redis at most */
 } session_store_config_t;
 
 /*  status is SH_STATUS_OK, NOT_FOUND or UNAVAILABLE; rec is NULL unless OK

@@ -89,8 +89,7 @@ static int s_redis_ping(int port)
     addr.sin_port = htons((uint16_t)port);
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int ok = -1;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0
-        && write(fd, "PING\r\n", 6) == 6) {
+    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) == 0 && write(fd, "PING\r\n", 6) == 6) {
         char buf[16] = {0};
         if (read(fd, buf, sizeof buf - 1) > 0 && strncmp(buf, "+PONG", 5) == 0)
             ok = 0;
@@ -107,8 +106,8 @@ pid_t t_redis_start(int port, const char *dir)
         snprintf(port_text, sizeof port_text, "%d", port);
         int fd = open("/dev/null", O_WRONLY);
         dup2(fd, STDOUT_FILENO);
-        execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--dir", dir, (char *)NULL);
+        execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", dir, (char *)NULL);
         _exit(127);
     }
     int64_t end = sh_clock_mono_ms() + 5000;
@@ -190,8 +189,7 @@ int t_wait_ready(sh_pool_t *pool, int timeout_ms)
     while (sh_clock_mono_ms() < end) {
         t_reply_t reply;
         sh_ping_req_t ping = {0};
-        if (t_call(pool, SH_OP_ping, &ping, 500, 1000, &reply) == 0
-            && reply.status == SH_STATUS_OK)
+        if (t_call(pool, SH_OP_ping, &ping, 500, 1000, &reply) == 0 && reply.status == SH_STATUS_OK)
             return 0;
         zmq_poll(NULL, 0, T_POLL_MS);
     }

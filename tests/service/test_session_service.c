@@ -309,8 +309,8 @@ int main(void)
 {
     sh_crypto_init();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_session_service_answers_ping_and_info,
-                                        s_setup_plain, s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_answers_ping_and_info, s_setup_plain,
+                                        s_teardown),
         cmocka_unit_test_setup_teardown(test_session_service_load_burns_and_is_capped,
                                         s_setup_plain, s_teardown),
         cmocka_unit_test_setup_teardown(test_session_service_replies_malformed_to_garbage,

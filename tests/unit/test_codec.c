@@ -58,25 +58,25 @@ static void t_check_STR(const sh_str_t *a, const sh_str_t *b)
 
 /*  For each message: round trip at the limits, and a string one byte over
     its limit is refused by the encoder.  */
-#define T_ROUNDTRIP(tname, FIELDS)                                                                 \
-    static void test_codec_roundtrip_##tname(void **state)                                         \
-    {                                                                                              \
-        (void)state;                                                                               \
-        sh_##tname##_t msg, back;                                                                  \
-        memset(&msg, 0, sizeof msg);                                                               \
-        FIELDS(T_FILL)                                                                             \
-        msgpack_sbuffer buf;                                                                       \
-        msgpack_sbuffer_init(&buf);                                                                \
-        assert_int_equal(sh_codec_encode(&sh_##tname##_codec, &msg, &buf), 0);                    \
-        assert_int_equal(sh_codec_decode(&sh_##tname##_codec, &back, buf.data, buf.size), 0);     \
-        FIELDS(T_CHECK)                                                                            \
-        /*  every strict prefix is malformed, never a crash  */                                    \
-        for (size_t n = 0; n < buf.size; n++)                                                      \
-            assert_int_not_equal(sh_codec_decode(&sh_##tname##_codec, &back, buf.data, n), 0);     \
-        msgpack_sbuffer_destroy(&buf);                                                             \
+#define T_ROUNDTRIP(tname, FIELDS)                                                             \
+    static void test_codec_roundtrip_##tname(void **state)                                     \
+    {                                                                                          \
+        (void)state;                                                                           \
+        sh_##tname##_t msg, back;                                                              \
+        memset(&msg, 0, sizeof msg);                                                           \
+        FIELDS(T_FILL)                                                                         \
+        msgpack_sbuffer buf;                                                                   \
+        msgpack_sbuffer_init(&buf);                                                            \
+        assert_int_equal(sh_codec_encode(&sh_##tname##_codec, &msg, &buf), 0);                 \
+        assert_int_equal(sh_codec_decode(&sh_##tname##_codec, &back, buf.data, buf.size), 0);  \
+        FIELDS(T_CHECK)                                                                        \
+        /*  every strict prefix is malformed, never a crash  */                                \
+        for (size_t n = 0; n < buf.size; n++)                                                  \
+            assert_int_not_equal(sh_codec_decode(&sh_##tname##_codec, &back, buf.data, n), 0); \
+        msgpack_sbuffer_destroy(&buf);                                                         \
     }
-#define T_OP_ROUNDTRIPS(num, name, REQ, REP, idem)                                                 \
-    T_ROUNDTRIP(name##_req, REQ)                                                                   \
+#define T_OP_ROUNDTRIPS(num, name, REQ, REP, idem) \
+    T_ROUNDTRIP(name##_req, REQ)                   \
     T_ROUNDTRIP(name##_rep, REP)
 T_ROUNDTRIP(envelope, SH_FIELDS_envelope)
 SH_OP_LIST(T_OP_ROUNDTRIPS)
@@ -203,15 +203,15 @@ static void test_codec_op_table_is_consistent(void **state)
     assert_int_equal(sh_status_http(12345), 500);
 }
 
-#define T_TEST(tname) cmocka_unit_test(test_codec_roundtrip_##tname),
+#define T_TEST(tname)                         cmocka_unit_test(test_codec_roundtrip_##tname),
 #define T_OP_TESTS(num, name, REQ, REP, idem) T_TEST(name##_req) T_TEST(name##_rep)
 
 int main(void)
 {
     memset(s_text, 'x', sizeof s_text);
     const struct CMUnitTest tests[] = {
-        T_TEST(envelope) SH_OP_LIST(T_OP_TESTS) cmocka_unit_test(
-            test_codec_encode_refuses_string_over_limit),
+        T_TEST(envelope) SH_OP_LIST(T_OP_TESTS)
+            cmocka_unit_test(test_codec_encode_refuses_string_over_limit),
         cmocka_unit_test(test_codec_rejects_malformed_shapes),
         cmocka_unit_test(test_codec_rejects_declared_lengths_beyond_frame),
         cmocka_unit_test(test_codec_rejects_deep_nesting),

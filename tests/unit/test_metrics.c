@@ -29,10 +29,10 @@ static void test_metrics_render_counters_gauges_histograms(void **state)
     assert_non_null(
         strstr(out.data, "t_requests_total{service=\"edge\",instance=\"edge-1\",op=\"ping\"} 3\n"));
     assert_non_null(strstr(out.data, "t_in_flight{service=\"edge\",instance=\"edge-1\"} -2\n"));
-    assert_non_null(
-        strstr(out.data, "t_seconds_bucket{service=\"edge\",instance=\"edge-1\",le=\"0.0005\"} 1\n"));
-    assert_non_null(
-        strstr(out.data, "t_seconds_bucket{service=\"edge\",instance=\"edge-1\",le=\"0.005\"} 2\n"));
+    assert_non_null(strstr(
+        out.data, "t_seconds_bucket{service=\"edge\",instance=\"edge-1\",le=\"0.0005\"} 1\n"));
+    assert_non_null(strstr(
+        out.data, "t_seconds_bucket{service=\"edge\",instance=\"edge-1\",le=\"0.005\"} 2\n"));
     assert_non_null(
         strstr(out.data, "t_seconds_bucket{service=\"edge\",instance=\"edge-1\",le=\"+Inf\"} 3\n"));
     assert_non_null(strstr(out.data, "t_seconds_count{service=\"edge\",instance=\"edge-1\"} 3\n"));
