@@ -25,6 +25,7 @@
 #define EDGE_HEADERS_RESERVE     2048
 #define EDGE_STATIC_HEADERS      1024
 #define EDGE_HEADER_SPACE_FACTOR 2 /* lws header buffer vs. the limit we enforce */
+#define EDGE_COOKIE_HEADER_MAX   8192
 #define EDGE_IMMUTABLE           "public, max-age=31536000, immutable"
 #define EDGE_CSP                                                                      \
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; " \
@@ -269,6 +270,31 @@ static int s_header_bytes(struct lws *wsi)
     return total;
 }
 
+/*  The value of the session cookie, or "" (absent, or too long to be
+    ours). lws_http_cookie_get matches names by substring ("x_shoal_sid"
+    would do), so the header is split here and names compared whole.  */
+static void s_session_cookie(struct lws *wsi, char *out, size_t size)
+{
+    static const char name[] = EDGE_COOKIE_NAME;
+    char header[EDGE_COOKIE_HEADER_MAX];
+    out[0] = 0;
+    int len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_COOKIE);
+    if (len <= 0 || len >= (int)sizeof header ||
+        lws_hdr_copy(wsi, header, sizeof header, WSI_TOKEN_HTTP_COOKIE) < 0)
+        return;
+    char *save = NULL;
+    for (char *pair = strtok_r(header, ";,", &save); pair; pair = strtok_r(NULL, ";,", &save)) {
+        while (*pair == ' ' || *pair == '\t')
+            pair++;
+        if (strncmp(pair, name, sizeof name - 1) == 0 && pair[sizeof name - 1] == '=') {
+            const char *value = pair + sizeof name;
+            if (strlen(value) < size)
+                snprintf(out, size, "%s", value);
+            return;
+        }
+    }
+}
+
 static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
 {
     edge_t *edge = s_http.edge;
@@ -323,9 +349,7 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
     if (lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) > 0 &&
         lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) < (int)sizeof req.fetch_site)
         lws_hdr_custom_copy(wsi, req.fetch_site, sizeof req.fetch_site, "sec-fetch-site:", 15);
-    size_t cookie_len = sizeof req.cookie;
-    if (lws_http_cookie_get(wsi, EDGE_COOKIE_NAME, req.cookie, &cookie_len))
-        req.cookie[0] = 0;
+    s_session_cookie(wsi, req.cookie, sizeof req.cookie);
     if (edge_api_handle(edge, &req))
         return 0;
     return s_serve_static(&req);

@@ -25,6 +25,12 @@
 #define S_STALL_FACTOR     2 /* a call this many timeouts old means Redis stalled */
 
 static const char *s_touch_script =
+    /*  a call whose deadline passed while it waited (Redis paused, slow
+        network) must not count a view the caller was told failed  */
+    "local t = redis.call('TIME') "
+    "if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[5]) then "
+    "  return redis.error_reply('EXPIRED deadline passed before Redis ran the call') "
+    "end "
     "local now = tonumber(ARGV[1]) "
     "local idle = tonumber(ARGV[2]) "
     "local absolute = tonumber(ARGV[3]) "
@@ -153,6 +159,8 @@ static uint64_t s_decode(session_store_t *self, s_pending_t *p, const redisReply
     if (!r)
         return SH_STATUS_UNAVAILABLE;
     if (r->type == REDIS_REPLY_ERROR) {
+        if (strncmp(r->str, "EXPIRED", 7) == 0)
+            return SH_STATUS_UNAVAILABLE; /* the caller already heard so */
         sh_warn("redis error: %.200s", r->str);
         if (strncmp(r->str, "NOSCRIPT", 8) == 0)
             self->sha[0] = 0; /* next touch uses EVAL and reloads */
@@ -449,18 +457,22 @@ void session_store_touch(session_store_t *self, const char *id, const char *new_
     s_key(self, new_id, new_key);
     snprintf(p->rec.id, sizeof p->rec.id, "%s", id ? id : "");
     snprintf(p->new_id, sizeof p->new_id, "%s", new_id);
-    char now[24], idle[24], absolute[24];
-    snprintf(now, sizeof now, "%lld", (long long)sh_clock_wall_ms());
+    char now[24], idle[24], absolute[24], deadline[24];
+    int64_t wall = sh_clock_wall_ms();
+    snprintf(now, sizeof now, "%lld", (long long)wall);
+    snprintf(deadline, sizeof deadline, "%lld",
+             (long long)(wall + (p->deadline_ms - p->started_ms)));
     snprintf(idle, sizeof idle, "%lld", (long long)self->config.idle_ms);
     snprintf(absolute, sizeof absolute, "%lld", (long long)self->config.absolute_ms);
     int rc;
     if (self->sha[0])
-        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 2 %s %s %s %s %s %s", self->sha,
-                               old_key, new_key, now, idle, absolute, create ? "1" : "0");
+        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 2 %s %s %s %s %s %s %s",
+                               self->sha, old_key, new_key, now, idle, absolute, create ? "1" : "0",
+                               deadline);
     else
-        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVAL %s 2 %s %s %s %s %s %s",
+        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVAL %s 2 %s %s %s %s %s %s %s",
                                s_touch_script, old_key, new_key, now, idle, absolute,
-                               create ? "1" : "0");
+                               create ? "1" : "0", deadline);
     if (rc != REDIS_OK)
         s_submit_failed(self, p);
     else if (!self->sha[0] && self->head && self->head->kind != S_SCRIPT)
