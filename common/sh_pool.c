@@ -282,7 +282,7 @@ static void s_on_frames(sh_pool_t *self, int index, sh_frames_t *frames)
         return;
     }
     const sh_op_info_t *op = sh_op_find(p->type);
-    char body[1024];
+    _Alignas(max_align_t) char body[1024];
     sh_reply_t reply = {env.status, "", &env, NULL};
     char error[SH_ERROR_MAX + 1];
     sh_str_copy(env.error, error, sizeof error);

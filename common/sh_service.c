@@ -76,7 +76,7 @@ void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t sta
     if (!request)
         return;
     const sh_codec_t *codec = request->op ? request->op->reply : &sh_ping_req_codec;
-    char empty[1024] = {0};
+    _Alignas(max_align_t) char empty[1024] = {0};
     if (!body) {
         if (codec->size > sizeof empty)
             codec = &sh_ping_req_codec;

@@ -42,8 +42,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     if (sh_codec_decode(codec, again, first.data, first.size) != 0)
         abort();
-    if (sh_codec_encode(codec, again, &second) != 0 || first.size != second.size
-        || memcmp(first.data, second.data, first.size) != 0)
+    if (sh_codec_encode(codec, again, &second) != 0 || first.size != second.size ||
+        memcmp(first.data, second.data, first.size) != 0)
         abort();
     msgpack_sbuffer_destroy(&first);
     msgpack_sbuffer_destroy(&second);

@@ -12,15 +12,19 @@ static char s_text[256];
 #define S_FILL_U64(f)  f = 42
 #define S_FILL_I64(f)  f = -7
 #define S_FILL_BOOL(f) f = true
-#define S_FILL_STR(f)  f = (sh_str_t){s_text, 8}
+#define S_FILL_STR(f) \
+    f = (sh_str_t)    \
+    {                 \
+        s_text, 8     \
+    }
 #define S_FILL(kind, name, max) S_FILL_##kind(msg->name);
 
-#define S_FILLER(tname, FIELDS)                         \
-    static void s_fill_##tname(void *arg)               \
-    {                                                   \
-        sh_##tname##_t *msg = arg;                      \
-        (void)msg;                                      \
-        FIELDS(S_FILL)                                  \
+#define S_FILLER(tname, FIELDS)           \
+    static void s_fill_##tname(void *arg) \
+    {                                     \
+        sh_##tname##_t *msg = arg;        \
+        (void)msg;                        \
+        FIELDS(S_FILL)                    \
     }
 #define S_OP_FILLERS(num, name, REQ, REP, idem) S_FILLER(name##_req, REQ) S_FILLER(name##_rep, REP)
 S_FILLER(envelope, SH_FIELDS_envelope)
@@ -57,7 +61,7 @@ int main(int argc, char **argv)
     memset(s_text, 'a', sizeof s_text);
     int rc = s_write(argv[1], 0, &sh_envelope_codec, s_fill_envelope);
     int selector = 1;
-#define S_OP_WRITE(num, name, REQ, REP, idem)                                   \
+#define S_OP_WRITE(num, name, REQ, REP, idem)                                        \
     rc |= s_write(argv[1], selector++, &sh_##name##_req_codec, s_fill_##name##_req); \
     rc |= s_write(argv[1], selector++, &sh_##name##_rep_codec, s_fill_##name##_rep);
     SH_OP_LIST(S_OP_WRITE)

@@ -6,6 +6,7 @@
 #define TEST_HARNESS_H_INCLUDED
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -35,8 +36,8 @@ typedef struct {
     uint64_t status;
     char error[SH_ERROR_MAX + 1];
     char instance[SH_ID_MAX + 1];
-    char body[4096]; /* decoded reply struct (strings point into raw) */
-    char raw[8192];  /* re-encoded body the strings point into */
+    _Alignas(max_align_t) char body[4096]; /* decoded reply struct (strings point into raw) */
+    char raw[8192];                        /* re-encoded body the strings point into */
     int64_t elapsed_ms;
 } t_reply_t;
 

@@ -95,7 +95,7 @@ static void test_codec_encode_refuses_string_over_limit(void **state)
 
 static int s_decode_bytes(const sh_codec_t *codec, const char *bytes, size_t len)
 {
-    char out[2048];
+    _Alignas(max_align_t) char out[2048];
     assert_true(codec->size <= sizeof out);
     return sh_codec_decode(codec, out, bytes, len);
 }
