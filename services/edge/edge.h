@@ -31,6 +31,7 @@ typedef struct {
     char *static_dir;
     int64_t request_timeout_ms;
     bool cookie_secure;
+    int64_t cookie_max_age;
     char *allowed_origins;
     int64_t max_body_bytes;
     int64_t max_header_bytes;

@@ -166,7 +166,7 @@ static void s_on_touch(void *arg, const sh_reply_t *reply)
     char cookie[EDGE_COOKIE_ATTR_MAX];
     if (rec->created) {
         /*  the browser keeps the cookie as long as the session can live  */
-        s_cookie(edge, id, 86400L * 365, cookie, sizeof cookie);
+        s_cookie(edge, id, (long)edge->config->cookie_max_age, cookie, sizeof cookie);
         names[0] = "set-cookie:";
         values[0] = cookie;
     }

@@ -24,6 +24,9 @@ static const sh_setting_t s_settings[] = {
                "deadline of one API call, end to end"),
     SH_SETTING(BOOL, "cookie_secure", cookie_secure, "false", 0, 0,
                "mark the session cookie Secure (set it when clients use HTTPS)"),
+    SH_SETTING(INT, "cookie_max_age", cookie_max_age, "86400", 0, 31536000,
+               "Max-Age of the session cookie in seconds (match the session service's "
+               "session_absolute_timeout)"),
     SH_SETTING(STR, "allowed_origins", allowed_origins, "", 0, 4095,
                "comma-separated origins besides the request's own host allowed to change state"),
     SH_SETTING(INT, "max_body_bytes", max_body_bytes, "1048576", 0, 1073741824,
