@@ -37,40 +37,40 @@ char *sh_str_copy(sh_str_t s, char *buf, size_t size)
 
 /*  --- Encoding: one put per field kind ---------------------------------  */
 
-static int s_put_U64(msgpack_packer *pk, uint64_t v, uint32_t max)
+static int s_put_U64(msgpack_packer *pk, const uint64_t *v, uint32_t max)
 {
     (void)max;
-    return msgpack_pack_uint64(pk, v);
+    return msgpack_pack_uint64(pk, *v);
 }
 
-static int s_put_I64(msgpack_packer *pk, int64_t v, uint32_t max)
+static int s_put_I64(msgpack_packer *pk, const int64_t *v, uint32_t max)
 {
     (void)max;
-    return msgpack_pack_int64(pk, v);
+    return msgpack_pack_int64(pk, *v);
 }
 
-static int s_put_BOOL(msgpack_packer *pk, bool v, uint32_t max)
+static int s_put_BOOL(msgpack_packer *pk, const bool *v, uint32_t max)
 {
     (void)max;
-    return v ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
+    return *v ? msgpack_pack_true(pk) : msgpack_pack_false(pk);
 }
 
-static int s_put_STR(msgpack_packer *pk, sh_str_t v, uint32_t max)
+static int s_put_STR(msgpack_packer *pk, const sh_str_t *v, uint32_t max)
 {
-    if (v.len > max)
+    if (v->len > max)
         return -1;
-    if (msgpack_pack_str(pk, v.len))
+    if (msgpack_pack_str(pk, v->len))
         return -1;
-    return v.len ? msgpack_pack_str_body(pk, v.ptr, v.len) : 0;
+    return v->len ? msgpack_pack_str_body(pk, v->ptr, v->len) : 0;
 }
 
-__attribute__((unused)) static int s_put_BIN(msgpack_packer *pk, sh_str_t v, uint32_t max)
+__attribute__((unused)) static int s_put_BIN(msgpack_packer *pk, const sh_str_t *v, uint32_t max)
 {
-    if (v.len > max)
+    if (v->len > max)
         return -1;
-    if (msgpack_pack_bin(pk, v.len))
+    if (msgpack_pack_bin(pk, v->len))
         return -1;
-    return v.len ? msgpack_pack_bin_body(pk, v.ptr, v.len) : 0;
+    return v->len ? msgpack_pack_bin_body(pk, v->ptr, v->len) : 0;
 }
 
 /*  --- Decoding: a cursor over the top-level array ----------------------  */
@@ -167,8 +167,8 @@ static int s_open(s_cursor_t *cur, const msgpack_object *root)
 /*  --- Expansion of the model -------------------------------------------  */
 
 #define SH_GEN_COUNT(kind, name, max) +1
-#define SH_GEN_PUT(kind, name, max)       \
-    if (s_put_##kind(pk, msg->name, max)) \
+#define SH_GEN_PUT(kind, name, max)        \
+    if (s_put_##kind(pk, &msg->name, max)) \
         return -1;
 #define SH_GEN_GET(kind, name, max)                      \
     if ((rc = s_get_##kind(&cur, &msg->name, max)) != 0) \
@@ -197,6 +197,39 @@ static int s_open(s_cursor_t *cur, const msgpack_object *root)
     }                                                                             \
     const sh_codec_t sh_##tname##_codec = {#tname, sizeof(sh_##tname##_t), limit, \
                                            s_encode_##tname, s_decode_##tname};
+
+/*  Records first: their codecs back the LIST_<record> field kind.  */
+#define SH_GEN_RECORD_CODEC(name, FIELDS, max)                                                     \
+    SH_GEN_CODEC(name, FIELDS, SH_PROTO_MAX_BODY)                                                  \
+    static int s_put_LIST_##name(msgpack_packer *pk, const sh_##name##_list_t *v, uint32_t unused) \
+    {                                                                                              \
+        (void)unused;                                                                              \
+        if (v->count > (max) || msgpack_pack_array(pk, v->count))                                  \
+            return -1;                                                                             \
+        for (uint32_t i = 0; i < v->count; i++)                                                    \
+            if (s_encode_##name(&v->items[i], pk))                                                 \
+                return -1;                                                                         \
+        return 0;                                                                                  \
+    }                                                                                              \
+    static int s_get_LIST_##name(s_cursor_t *cur, sh_##name##_list_t *v, uint32_t unused)          \
+    {                                                                                              \
+        (void)unused;                                                                              \
+        const msgpack_object *o = s_next(cur);                                                     \
+        if (!o)                                                                                    \
+            return 0;                                                                              \
+        if (o->type != MSGPACK_OBJECT_ARRAY)                                                       \
+            return SH_DECODE_BAD_TYPE;                                                             \
+        if (o->via.array.size > (max))                                                             \
+            return SH_DECODE_BAD_COUNT;                                                            \
+        for (uint32_t i = 0; i < o->via.array.size; i++) {                                         \
+            int rc = s_decode_##name(&v->items[i], &o->via.array.ptr[i]);                          \
+            if (rc)                                                                                \
+                return rc;                                                                         \
+        }                                                                                          \
+        v->count = o->via.array.size;                                                              \
+        return 0;                                                                                  \
+    }
+SH_RECORD_LIST(SH_GEN_RECORD_CODEC)
 
 SH_GEN_CODEC(envelope, SH_FIELDS_envelope, SH_PROTO_MAX_ENVELOPE)
 
@@ -231,7 +264,7 @@ static uint64_t s_be(const uint8_t *p, int n)
 
 /*  Walks the msgpack structure without allocating. Each container's
     declared element count must fit in the bytes that remain (every element
-    takes at least one byte) and in SH_PROTO_MAX_FIELDS; nesting must stay
+    takes at least one byte) and in SH_PROTO_MAX_ITEMS; nesting must stay
     within SH_PROTO_MAX_DEPTH; exactly one object must fill the frame.  */
 static int s_prescan(const uint8_t *p, size_t size)
 {
@@ -346,7 +379,7 @@ static int s_prescan(const uint8_t *p, size_t size)
             }
         }
         if (is_container) {
-            if (count > SH_PROTO_MAX_FIELDS * 2 || count > size - pos)
+            if (count > SH_PROTO_MAX_ITEMS * 2 || count > size - pos)
                 return SH_DECODE_BAD_COUNT;
             if (count) {
                 if (depth + 1 > SH_PROTO_MAX_DEPTH)
@@ -414,6 +447,17 @@ int sh_status_http(uint64_t status)
         SH_STATUS_LIST(SH_GEN_STATUS_HTTP)
     }
     return 500;
+}
+
+const char *sh_member_state_word(uint64_t state)
+{
+#define SH_GEN_STATE_WORD(name, value, word) \
+    case value:                              \
+        return word;
+    switch (state) {
+        SH_MEMBER_STATES(SH_GEN_STATE_WORD)
+    }
+    return "unknown";
 }
 
 const char *sh_status_code(uint64_t status)

@@ -41,6 +41,25 @@ typedef struct {
     SH_FIELDS_envelope(SH_GEN_MEMBER)
 } sh_envelope_t;
 
+/*  Records (sh_<name>_t) and their lists (sh_<name>_list_t).  */
+#define SH_GEN_RECORD_TYPES(name, FIELDS, max) \
+    typedef struct {                           \
+        FIELDS(SH_GEN_MEMBER) uint8_t unused_; \
+    } sh_##name##_t;                           \
+    typedef struct {                           \
+        uint32_t count;                        \
+        sh_##name##_t items[max];              \
+    } sh_##name##_list_t;
+SH_RECORD_LIST(SH_GEN_RECORD_TYPES)
+
+#define SH_GEN_STATE_ENUM(name, value, word) SH_MEMBER_##name = value,
+typedef enum { SH_MEMBER_STATES(SH_GEN_STATE_ENUM) } sh_member_state_t;
+#define SH_GEN_CHANGE_ENUM(name, value, word) SH_CHANGE_##name = value,
+typedef enum { SH_MEMBER_CHANGES(SH_GEN_CHANGE_ENUM) } sh_member_change_t;
+
+/*  Word for a member state ("up", "busy", ...); "unknown" otherwise.  */
+const char *sh_member_state_word(uint64_t state);
+
 /*  Empty field lists still need one member in C.  */
 #define SH_GEN_OP_STRUCTS(num, name, REQ, REP, idem) \
     typedef struct {                                 \

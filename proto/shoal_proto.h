@@ -23,7 +23,8 @@
 #define SH_PROTO_MAX_ENVELOPE 4096    /* bytes in an envelope frame */
 #define SH_PROTO_MAX_BODY     1048576 /* bytes in a body frame */
 #define SH_PROTO_MAX_DEPTH    4       /* nesting of arrays/maps */
-#define SH_PROTO_MAX_FIELDS   64      /* elements in one array */
+#define SH_PROTO_MAX_FIELDS   64      /* fields of one message or record */
+#define SH_PROTO_MAX_ITEMS    1024    /* elements in one array or map */
 #define SH_PROTO_MAX_RAW      16      /* raw frames after the body */
 
 /*  String limits used by the fields below.  */
@@ -32,6 +33,8 @@
 #define SH_ERROR_MAX   256 /* human-readable error text in a reply */
 #define SH_SESSION_MAX 64  /* session ids (43 chars base64url today) */
 #define SH_NAME_MAX    32  /* service names */
+#define SH_ADDR_MAX    255 /* ZeroMQ endpoints, host:port */
+#define SH_MEMBERS_MAX 256 /* instances in one membership snapshot */
 
 /*  Envelope kinds.  */
 #define SH_KIND_REQUEST 0
@@ -53,11 +56,13 @@
     S(INTERNAL, 9, 500, "internal")         \
     S(UNSUPPORTED, 10, 501, "unsupported")  \
     S(UNAVAILABLE, 11, 503, "unavailable")  \
-    S(TIMEOUT, 12, 504, "timeout")
+    S(TIMEOUT, 12, 504, "timeout")          \
+    S(DRAINING, 13, 503, "draining") /* refused unapplied: the caller may go elsewhere */
 
 /*  Field kinds: U64 (unsigned), I64 (signed), BOOL, STR (UTF-8 text,
-    max bytes), BIN (bytes, max bytes). The third argument is the limit
-    (0 for numbers and booleans).  */
+    max bytes), BIN (bytes, max bytes), LIST_<record> (an array of records,
+    see SH_RECORD_LIST). The third argument is the limit (0 for numbers,
+    booleans and lists, whose limit is the record's).  */
 
 /*  The envelope every request, reply and event carries.  */
 #define SH_FIELDS_envelope(F)                                                           \
@@ -114,15 +119,88 @@
 #define SH_FIELDS_session_destroy_req(F) F(STR, id, SH_SESSION_MAX)
 #define SH_FIELDS_session_destroy_rep(F) F(BOOL, existed, 0)
 
+/*  Instance states in the registry: S(NAME, value, word).  */
+#define SH_MEMBER_STATES(S)                                       \
+    S(UP, 0, "up")             /* serving */                      \
+    S(BUSY, 1, "busy")         /* alive, at capacity: use last */ \
+    S(DRAINING, 2, "draining") /* leaving: no new work */         \
+    S(DEAD, 3, "dead")         /* missed its heartbeats or left */
+
+/*  Membership changes a health instance publishes.  */
+#define SH_MEMBER_CHANGES(S)                                 \
+    S(JOINED, 0, "joined")                                   \
+    S(CHANGED, 1, "changed") /* state changed */             \
+    S(LEFT, 2, "left")       /* removed from the registry */ \
+    S(TICK, 3, "tick")       /* no change: carries the current seq for gap detection */
+
+/*  One instance as the registry knows it.  */
+#define SH_FIELDS_member(F)                                                             \
+    F(STR, service, SH_NAME_MAX)                                                        \
+    F(STR, instance, SH_ID_MAX)                                                         \
+    F(STR, version, SH_NAME_MAX)                                                        \
+    F(STR, endpoint, SH_ADDR_MAX) /* where requests go (ZeroMQ or HTTP for the edge) */ \
+    F(STR, events, SH_ADDR_MAX)   /* where its events are published, if any */          \
+    F(U64, state, 0)              /* SH_MEMBER_* */                                     \
+    F(U64, capacity, 0)           /* requests it takes at once before it is busy */     \
+    F(U64, in_flight, 0)                                                                \
+    F(U64, queue, 0)        /* jobs waiting for its workers */                          \
+    F(U64, cpu_permille, 0) /* CPU use of the process since the last heartbeat */       \
+    F(U64, requests, 0)     /* requests handled since start */                          \
+    F(U64, uptime_ms, 0)                                                                \
+    F(U64, pid, 0)                                                                      \
+    F(U64, rss_bytes, 0)                                                                \
+    F(U64, heartbeat_age_ms, 0) /* filled by health */                                  \
+    F(U64, rps_milli, 0)        /* filled by health: requests per 1000 s */
+
+/*  Records that appear in lists: R(name, fields, max count). Each needs
+    its C type named for the LIST_ field kind.  */
+#define SH_RECORD_LIST(R)    R(member, SH_FIELDS_member, SH_MEMBERS_MAX)
+#define SH_CTYPE_LIST_member sh_member_list_t
+
+/*  Health service (registry).  heartbeat registers or refreshes one
+    instance with its load; the reply says where membership is published.  */
+#define SH_FIELDS_heartbeat_req(F) SH_FIELDS_member(F)
+#define SH_FIELDS_heartbeat_rep(F)                                           \
+    F(STR, epoch, SH_ID_MAX) /* changes when the health instance restarts */ \
+    F(U64, seq, 0)                                                           \
+    F(STR, events, SH_ADDR_MAX) /* the health instance's PUB endpoint */     \
+    F(STR, instance, SH_ID_MAX)
+#define SH_FIELDS_leave_req(F)   \
+    F(STR, service, SH_NAME_MAX) \
+    F(STR, instance, SH_ID_MAX)
+#define SH_FIELDS_leave_rep(F)   F(BOOL, known, 0)
+#define SH_FIELDS_members_req(F) F(STR, service, SH_NAME_MAX) /* "" for every service */
+#define SH_FIELDS_members_rep(F) \
+    F(STR, epoch, SH_ID_MAX)     \
+    F(U64, seq, 0)               \
+    F(STR, events, SH_ADDR_MAX)  \
+    F(STR, instance, SH_ID_MAX)  \
+    F(LIST_member, members, 0)
+
+/*  Published on the health PUB socket under topic SH_TOPIC_MEMBERS as
+    [topic][envelope kind=EVENT type=member_event][body].  */
+#define SH_TOPIC_MEMBERS "members"
+#define SH_FIELDS_member_event(F)                                                   \
+    F(STR, epoch, SH_ID_MAX)                                                        \
+    F(U64, seq, 0)            /* +1 per change; a tick repeats the current value */ \
+    F(U64, change, 0)         /* SH_CHANGE_* */                                     \
+    F(STR, source, SH_ID_MAX) /* the health instance */                             \
+    SH_FIELDS_member(F)
+#define SH_FIELDS_empty(F)
+
 /*  Operations: OP(number, name, request fields, reply fields, idempotent).
     Numbers are never reused. "idempotent" says a caller may re-send the
     request to another instance without an idempotency key.  */
-#define SH_OP_LIST(OP)                                                           \
-    OP(1, ping, SH_FIELDS_ping_req, SH_FIELDS_ping_rep, 1)                       \
-    OP(2, info, SH_FIELDS_info_req, SH_FIELDS_info_rep, 1)                       \
-    OP(3, load, SH_FIELDS_load_req, SH_FIELDS_load_rep, 1)                       \
-    OP(10, session_touch, SH_FIELDS_session_touch_req, SH_FIELDS_session_rep, 0) \
-    OP(11, session_get, SH_FIELDS_session_get_req, SH_FIELDS_session_rep, 1)     \
-    OP(12, session_destroy, SH_FIELDS_session_destroy_req, SH_FIELDS_session_destroy_rep, 1)
+#define SH_OP_LIST(OP)                                                                       \
+    OP(1, ping, SH_FIELDS_ping_req, SH_FIELDS_ping_rep, 1)                                   \
+    OP(2, info, SH_FIELDS_info_req, SH_FIELDS_info_rep, 1)                                   \
+    OP(3, load, SH_FIELDS_load_req, SH_FIELDS_load_rep, 1)                                   \
+    OP(10, session_touch, SH_FIELDS_session_touch_req, SH_FIELDS_session_rep, 0)             \
+    OP(11, session_get, SH_FIELDS_session_get_req, SH_FIELDS_session_rep, 1)                 \
+    OP(12, session_destroy, SH_FIELDS_session_destroy_req, SH_FIELDS_session_destroy_rep, 1) \
+    OP(20, heartbeat, SH_FIELDS_heartbeat_req, SH_FIELDS_heartbeat_rep, 1)                   \
+    OP(21, leave, SH_FIELDS_leave_req, SH_FIELDS_leave_rep, 1)                               \
+    OP(22, members, SH_FIELDS_members_req, SH_FIELDS_members_rep, 1)                         \
+    OP(23, member_event, SH_FIELDS_member_event, SH_FIELDS_empty, 1)
 
 #endif

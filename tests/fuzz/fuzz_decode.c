@@ -12,7 +12,7 @@
 
 #include "sh_codec.h"
 
-#define FUZZ_MSG_MAX 4096
+#define FUZZ_MSG_MAX (1 << 17) /* larger than any message struct */
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1)
         return 0;
     const sh_codec_t *codec = s_pick(data[0]);
-    _Alignas(max_align_t) char msg[FUZZ_MSG_MAX], again[FUZZ_MSG_MAX];
+    static _Alignas(max_align_t) char msg[FUZZ_MSG_MAX], again[FUZZ_MSG_MAX];
     assert(codec->size <= sizeof msg);
     if (sh_codec_decode(codec, msg, data + 1, size - 1) != 0)
         return 0;

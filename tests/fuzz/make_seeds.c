@@ -3,6 +3,7 @@
     Run: make_seeds DIR (the committed corpus is tests/fuzz/corpus).
 */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sh_codec.h"
@@ -17,6 +18,14 @@ static char s_text[256];
     {                 \
         s_text, 8     \
     }
+#define S_FILL_LIST_member(f)                                        \
+    do {                                                             \
+        f.count = 2;                                                 \
+        f.items[0].service = f.items[1].service = sh_str("session"); \
+        f.items[0].instance = sh_str("session-1");                   \
+        f.items[1].instance = sh_str("session-2");                   \
+        f.items[1].state = 3;                                        \
+    } while (0)
 #define S_FILL(kind, name, max) S_FILL_##kind(msg->name);
 
 #define S_FILLER(tname, FIELDS)           \
@@ -32,12 +41,15 @@ SH_OP_LIST(S_OP_FILLERS)
 
 static int s_write(const char *dir, int selector, const sh_codec_t *codec, void (*fill)(void *))
 {
-    _Alignas(max_align_t) char msg[4096];
-    memset(msg, 0, sizeof msg);
+    void *msg = calloc(1, codec->size);
+    if (!msg)
+        return -1;
     fill(msg);
     msgpack_sbuffer buf;
     msgpack_sbuffer_init(&buf);
-    if (sh_codec_encode(codec, msg, &buf) != 0)
+    int rc = sh_codec_encode(codec, msg, &buf);
+    free(msg);
+    if (rc != 0)
         return -1;
     char path[512];
     snprintf(path, sizeof path, "%s/seed-%02d-%s", dir, selector, codec->name);
