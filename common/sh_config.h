@@ -37,6 +37,10 @@ typedef struct {
     int64_t load_max_ms;
     int64_t workers;
     int64_t drain_timeout_ms;
+    char *health_endpoints;
+    char *advertise;
+    int64_t heartbeat_ms;
+    int64_t capacity;
 } sh_base_config_t;
 
 #define SH_BASE_SETTINGS                                                                          \
@@ -50,7 +54,17 @@ typedef struct {
         SH_SETTING(INT, "workers", base.workers, "2", 1, 64,                                      \
                    "worker threads for blocking work such as `load`"),                            \
         SH_SETTING(INT, "drain_timeout_ms", base.drain_timeout_ms, "5000", 0, 600000,             \
-                   "on SIGTERM, how long to wait for in-flight work before exiting")
+                   "on SIGTERM, how long to wait for in-flight work before exiting"),             \
+        SH_SETTING(STR, "health_endpoints", base.health_endpoints, "", 0, 2047,                   \
+                   "comma-separated ROUTER endpoints of every health instance (empty: no "        \
+                   "registry)"),                                                                  \
+        SH_SETTING(STR, "advertise", base.advertise, "", 0, 255,                                  \
+                   "endpoint others use to reach this instance (default: the bound one, a "       \
+                   "wildcard host replaced by this host's address)"),                             \
+        SH_SETTING(INT, "heartbeat_ms", base.heartbeat_ms, "300", 50, 10000,                      \
+                   "heartbeat interval; an instance missing 3 is declared dead"),                 \
+        SH_SETTING(INT, "capacity", base.capacity, "1000", 1, 1000000,                            \
+                   "requests in flight at which the instance reports itself busy")
 
 /*  Load settings into config (zeroed by the caller) from the table.
     Returns 0 when the service should start, 1 when --help or --version

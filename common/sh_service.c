@@ -8,13 +8,16 @@
 #include <unistd.h>
 
 #include "sh_log.h"
+#include "sh_registry.h"
 #include "sh_service.h"
 #include "sh_workers.h"
 
-#define SH_SERVICE_BATCH      256 /* requests read per wake-up before others get a turn */
-#define SH_SERVICE_LOAD_QUEUE 4   /* queued load jobs per worker */
-#define SH_SERVICE_TICK_MS    100
-#define SH_SERVICE_VERSION    "0.1.0"
+#define SH_SERVICE_BATCH       256 /* requests read per wake-up before others get a turn */
+#define SH_SERVICE_LOAD_QUEUE  4   /* queued load jobs per worker */
+#define SH_SERVICE_TICK_MS     100
+#define SH_SERVICE_VERSION     "0.1.0"
+#define SH_SERVICE_REGISTRY_MS 20 /* registry housekeeping */
+#define SH_SERVICE_DRAIN_BEATS 2  /* heartbeats callers get to learn we leave */
 
 typedef struct {
     sh_handler_fn *fn;
@@ -35,6 +38,7 @@ struct sh_service_t {
     int signal_fd;
     int64_t started_ms;
     bool draining;
+    int64_t drain_started_ms;
     int64_t drain_deadline_ms;
     int64_t in_flight;
     s_route_t *routes; /* indexed like sh_op_table */
@@ -45,6 +49,8 @@ struct sh_service_t {
     uint64_t *requests_all;
     int64_t *in_flight_gauge;
     int64_t *rss_gauge;
+    sh_registry_t *registry; /* NULL without health endpoints */
+    char advertised[SH_ENDPOINT_MAX];
 };
 
 typedef struct {
@@ -253,7 +259,7 @@ static void s_intake(sh_service_t *self, sh_request_t *request)
         return;
     }
     if (self->draining && op->type != SH_OP_ping) {
-        s_reject(self, &request, SH_STATUS_UNAVAILABLE, "draining");
+        s_reject(self, &request, SH_STATUS_DRAINING, "draining");
         return;
     }
     request->op = op;
@@ -281,6 +287,51 @@ static int s_on_router(sh_loop_t *loop, short revents, void *arg)
     return 0;
 }
 
+/*  --- registry ------------------------------------------------------------  */
+
+static uint64_t s_state(const sh_service_t *self)
+{
+    if (self->draining)
+        return SH_MEMBER_DRAINING;
+    if (self->in_flight >= self->base->capacity ||
+        sh_workers_outstanding(self->workers) >= (int)self->base->workers * SH_SERVICE_LOAD_QUEUE)
+        return SH_MEMBER_BUSY;
+    return SH_MEMBER_UP;
+}
+
+/*  Runs on the loop, which never blocks: a busy instance reports busy,
+    it never goes silent.  */
+static int s_on_beat(sh_loop_t *loop, void *arg)
+{
+    (void)loop;
+    sh_service_t *self = arg;
+    sh_member_t me;
+    sh_registry_describe(&me, self->name, self->instance, self->advertised, s_state(self),
+                         (uint64_t)self->base->capacity, (uint64_t)self->in_flight,
+                         (uint64_t)sh_workers_outstanding(self->workers), *self->requests_all,
+                         self->started_ms);
+    sh_registry_beat(self->registry, &me, sh_clock_wall_ms() + self->base->heartbeat_ms);
+    sh_registry_drain(self->registry);
+    return 0;
+}
+
+static int s_on_registry(sh_loop_t *loop, short revents, void *arg)
+{
+    (void)loop;
+    (void)revents;
+    sh_service_t *self = arg;
+    sh_registry_drain(self->registry);
+    return 0;
+}
+
+static int s_on_registry_tick(sh_loop_t *loop, void *arg)
+{
+    (void)loop;
+    sh_service_t *self = arg;
+    sh_registry_tick(self->registry);
+    return 0;
+}
+
 static int s_on_signal(sh_loop_t *loop, short revents, void *arg)
 {
     (void)loop;
@@ -294,9 +345,16 @@ static int s_on_signal(sh_loop_t *loop, short revents, void *arg)
         return -1;
     }
     self->draining = true;
-    self->drain_deadline_ms = sh_clock_mono_ms() + self->base->drain_timeout_ms;
+    self->drain_started_ms = sh_clock_mono_ms();
+    self->drain_deadline_ms = self->drain_started_ms + self->base->drain_timeout_ms;
     sh_info("signal %u: draining %lld in-flight requests", info.ssi_signo,
             (long long)self->in_flight);
+    if (self->registry) {
+        /*  say so at once: callers stop sending new work here  */
+        s_on_beat(loop, self);
+        sh_registry_leave(self->registry, self->name, self->instance);
+        sh_registry_drain(self->registry);
+    }
     return 0;
 }
 
@@ -306,7 +364,10 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
     sh_service_t *self = arg;
     *self->in_flight_gauge = self->in_flight;
     if (self->draining) {
-        if (self->in_flight == 0) {
+        /*  with a registry, stay a few heartbeats so callers learn we leave;
+            what they still send meanwhile is refused as draining, unapplied  */
+        int64_t grace = self->registry ? self->base->heartbeat_ms * SH_SERVICE_DRAIN_BEATS : 0;
+        if (self->in_flight == 0 && sh_clock_mono_ms() - self->drain_started_ms >= grace) {
             sh_info("drained; exiting");
             return -1;
         }
@@ -381,7 +442,28 @@ sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, con
                        self);
     sh_loop_add_fd(self->loop, self->signal_fd, ZMQ_POLLIN, s_on_signal, self);
     sh_loop_timer(self->loop, SH_SERVICE_TICK_MS, true, s_on_tick, self);
-    sh_info("%s listening on %s", name, self->endpoint);
+    if (sh_registry_advertise(base->advertise, self->endpoint, self->advertised,
+                              sizeof self->advertised)) {
+        sh_error("advertised endpoint too long");
+        sh_service_destroy(&self);
+        return NULL;
+    }
+    if (base->health_endpoints && base->health_endpoints[0]) {
+        self->registry = sh_registry_new(base->health_endpoints, NULL, NULL, self->metrics);
+        if (!self->registry) {
+            sh_error("invalid health_endpoints \"%s\"", base->health_endpoints);
+            sh_service_destroy(&self);
+            return NULL;
+        }
+        void *sockets[SH_REGISTRY_SOCKETS];
+        int n = sh_registry_sockets(self->registry, sockets, SH_REGISTRY_SOCKETS);
+        for (int i = 0; i < n; i++)
+            sh_loop_add_socket(self->loop, sockets[i], ZMQ_POLLIN, s_on_registry, self);
+        sh_loop_timer(self->loop, base->heartbeat_ms, true, s_on_beat, self);
+        sh_loop_timer(self->loop, SH_SERVICE_REGISTRY_MS, true, s_on_registry_tick, self);
+        s_on_beat(self->loop, self);
+    }
+    sh_info("%s listening on %s (advertised %s)", name, self->endpoint, self->advertised);
     return self;
 }
 
@@ -391,6 +473,7 @@ void sh_service_destroy(sh_service_t **self_p)
     if (!self)
         return;
     sh_workers_destroy(&self->workers);
+    sh_registry_destroy(&self->registry);
     sh_transport_close(&self->router);
     sh_loop_destroy(&self->loop);
     sh_metrics_destroy(&self->metrics);

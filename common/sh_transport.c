@@ -1,6 +1,7 @@
 /*  sh_transport.c - ZeroMQ sockets and framing.  */
 #include <assert.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "sh_transport.h"
@@ -82,6 +83,94 @@ void *sh_transport_dealer(const char *endpoint)
         return NULL;
     }
     return socket;
+}
+
+void *sh_transport_publisher(const char *endpoint, char *bound, size_t bound_size)
+{
+    void *socket = zmq_socket(sh_transport_ctx(), ZMQ_PUB);
+    if (!socket)
+        return NULL;
+    s_common_options(socket);
+    if (zmq_bind(socket, endpoint) != 0) {
+        int err = errno;
+        zmq_close(socket);
+        errno = err;
+        return NULL;
+    }
+    if (bound) {
+        size_t size = bound_size;
+        if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, bound, &size) != 0 && bound_size)
+            bound[0] = 0;
+    }
+    return socket;
+}
+
+int sh_transport_publish(void *socket, const char *topic, const sh_envelope_t *env,
+                         const sh_codec_t *codec, const void *body)
+{
+    msgpack_sbuffer_clear(&s_env_buf);
+    msgpack_sbuffer_clear(&s_body_buf);
+    if (sh_codec_encode(&sh_envelope_codec, env, &s_env_buf) ||
+        sh_codec_encode(codec, body, &s_body_buf)) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (zmq_send(socket, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(socket, s_env_buf.data, s_env_buf.size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(socket, s_body_buf.data, s_body_buf.size, ZMQ_DONTWAIT) < 0)
+        return -1;
+    return 0;
+}
+
+void *sh_transport_caller(const char *own_id)
+{
+    void *socket = zmq_socket(sh_transport_ctx(), ZMQ_ROUTER);
+    if (!socket)
+        return NULL;
+    int one = 1, reconnect = 100, reconnect_max = 1000;
+    s_common_options(socket);
+    zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    zmq_setsockopt(socket, ZMQ_ROUTING_ID, own_id, strlen(own_id));
+    zmq_setsockopt(socket, ZMQ_RECONNECT_IVL, &reconnect, sizeof reconnect);
+    zmq_setsockopt(socket, ZMQ_RECONNECT_IVL_MAX, &reconnect_max, sizeof reconnect_max);
+    return socket;
+}
+
+int sh_transport_connect_peer(void *socket, const char *endpoint, const char *peer_id)
+{
+    if (zmq_setsockopt(socket, ZMQ_CONNECT_ROUTING_ID, peer_id, strlen(peer_id)) != 0)
+        return -1;
+    return zmq_connect(socket, endpoint);
+}
+
+int sh_transport_encode(const sh_codec_t *codec, const void *msg, void **out, size_t *out_len)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    if (sh_codec_encode(codec, msg, &buf) || buf.size > SH_PROTO_MAX_BODY) {
+        msgpack_sbuffer_destroy(&buf);
+        return -1;
+    }
+    size_t size = buf.size; /* release resets it */
+    *out = msgpack_sbuffer_release(&buf);
+    *out_len = size;
+    return *out ? 0 : -1;
+}
+
+int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const sh_envelope_t *env,
+                              const void *body, size_t body_len)
+{
+    msgpack_sbuffer_clear(&s_env_buf);
+    if (sh_codec_encode(&sh_envelope_codec, env, &s_env_buf) ||
+        s_env_buf.size > SH_PROTO_MAX_ENVELOPE) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (id && zmq_send(socket, id, id_len, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    if (zmq_send(socket, s_env_buf.data, s_env_buf.size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
+        return -1;
+    return zmq_send(socket, body, body_len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
 }
 
 void sh_transport_close(void **socket_p)

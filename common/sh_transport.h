@@ -65,4 +65,27 @@ int sh_transport_send(void *socket, zmq_msg_t *identity, const sh_envelope_t *en
                       const sh_codec_t *codec, const void *body, const void *const *raw,
                       const size_t *raw_len, int raw_count);
 
+/*  A PUB socket bound at endpoint (bounded HWM: slow subscribers lose
+    messages, which sequence numbers reveal). Returns NULL on failure.  */
+void *sh_transport_publisher(const char *endpoint, char *bound, size_t bound_size);
+/*  Publish [topic][envelope][body]. Returns 0 or -1.  */
+int sh_transport_publish(void *socket, const char *topic, const sh_envelope_t *env,
+                         const sh_codec_t *codec, const void *body);
+
+/*  A ROUTER that connects out to many instances (the caller side of a
+    pool): each connection is addressed by the routing id given to
+    sh_transport_connect_peer. own_id names this socket to its peers.  */
+void *sh_transport_caller(const char *own_id);
+/*  Connect the caller socket to endpoint and address it as peer_id.  */
+int sh_transport_connect_peer(void *socket, const char *endpoint, const char *peer_id);
+
+/*  Send [identity][envelope][body] where body is already encoded.
+    identity (id/id_len) may be NULL. Returns 0 or -1 with errno.  */
+int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const sh_envelope_t *env,
+                              const void *body, size_t body_len);
+
+/*  Encode msg with codec into a new heap buffer (*out, *out_len).
+    Returns 0 or -1. The caller frees *out.  */
+int sh_transport_encode(const sh_codec_t *codec, const void *msg, void **out, size_t *out_len);
+
 #endif

@@ -166,9 +166,9 @@ int t_call(sh_pool_t *pool, uint64_t type, const void *body, int64_t deadline_ms
     uint64_t handle = sh_pool_send(pool, type, body, &opts, s_on_reply, &cap);
     int64_t end = sh_clock_mono_ms() + wait_ms;
     while (!out->done && sh_clock_mono_ms() < end) {
-        void *sockets[SH_POOL_MAX_INSTANCES];
-        zmq_pollitem_t items[SH_POOL_MAX_INSTANCES];
-        int n = sh_pool_sockets(pool, sockets, SH_POOL_MAX_INSTANCES);
+        void *sockets[SH_POOL_SOCKETS];
+        zmq_pollitem_t items[SH_POOL_SOCKETS];
+        int n = sh_pool_sockets(pool, sockets, SH_POOL_SOCKETS);
         for (int i = 0; i < n; i++)
             items[i] = (zmq_pollitem_t){sockets[i], 0, ZMQ_POLLIN, 0};
         zmq_poll(items, n, T_POLL_MS);

@@ -298,6 +298,7 @@ static void test_session_service_drains_on_sigterm(void **state)
     do
         assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
     while (!strstr(r.error, "draining") && sh_clock_mono_ms() < end);
+    /*  the only instance drains: the pool has nowhere else to go  */
     assert_int_equal(r.status, SH_STATUS_UNAVAILABLE);
     assert_non_null(strstr(r.error, "draining"));
     /*  ... and the process exits cleanly once the load is done  */
