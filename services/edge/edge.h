@@ -15,6 +15,8 @@
 #include "sh_config.h"
 #include "sh_metrics.h"
 #include "sh_pool.h"
+#include "sh_registry.h"
+#include "sh_transport.h"
 #include "sh_workers.h"
 
 #define EDGE_COOKIE_NAME   "shoal_sid"
@@ -88,7 +90,11 @@ struct edge_t {
     edge_config_t *config;
     sh_metrics_t *metrics;
     sh_pool_t *sessions;
+    sh_registry_t *registry; /* NULL without health endpoints */
     sh_workers_t *workers;
+    int64_t started_ms;
+    int64_t last_beat_ms;
+    char advertised[SH_ENDPOINT_MAX];
     bool draining;
     bool stop;
     int64_t drain_started_ms;
@@ -120,6 +126,8 @@ int edge_api_handle(edge_t *edge, edge_req_t *req);
 /*  Reply with a JSON error {"error": code, "message": message}.  */
 void edge_api_error(edge_t *edge, edge_req_t *req, int status, const char *code,
                     const char *message);
+/*  Send this edge's heartbeat to the registry (no-op without one).  */
+void edge_api_beat(edge_t *edge);
 /*  Count a finished request for metrics.  */
 void edge_api_count(edge_t *edge, int status, int64_t started_us);
 

@@ -221,6 +221,10 @@ static void s_session(edge_t *edge, edge_req_t *req)
             return;
         sh_session_touch_req_t body = {sh_str(req->cookie), true, 0};
         sh_call_opts_t opts = s_opts(edge, req, traceparent);
+        /*  a view counts once even when the call is retried elsewhere  */
+        char idem[33];
+        sh_random_hex(idem, 16);
+        opts.idem_key = idem;
         uint64_t handle =
             sh_pool_send(edge->sessions, SH_OP_session_touch, &body, &opts, s_on_touch, call);
         edge_http_await(req->conn, edge->sessions, handle);
@@ -319,6 +323,92 @@ static void s_load(edge_t *edge, edge_req_t *req)
     sh_pool_drain(edge->sessions);
 }
 
+/*  --- registry and /api/cluster ---------------------------------------------------  */
+
+void edge_api_beat(edge_t *edge)
+{
+    if (!edge->registry)
+        return;
+    edge->last_beat_ms = sh_clock_mono_ms();
+    uint64_t in_flight = (uint64_t)sh_pool_in_flight(edge->sessions);
+    uint64_t state = edge->draining                                       ? SH_MEMBER_DRAINING
+                     : in_flight >= (uint64_t)edge->config->base.capacity ? SH_MEMBER_BUSY
+                                                                          : SH_MEMBER_UP;
+    sh_member_t me;
+    sh_registry_describe(&me, "edge", edge->config->base.instance, edge->advertised, state,
+                         (uint64_t)edge->config->base.capacity, in_flight,
+                         (uint64_t)sh_workers_outstanding(edge->workers), *edge->http_requests,
+                         edge->started_ms);
+    sh_registry_beat(edge->registry, &me, sh_clock_wall_ms() + edge->config->base.heartbeat_ms);
+    sh_registry_drain(edge->registry);
+}
+
+static json_t *s_member_json(const sh_member_t *m)
+{
+    char service[SH_NAME_MAX + 1], instance[SH_ID_MAX + 1], version[SH_NAME_MAX + 1];
+    char address[SH_ADDR_MAX + 1];
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:I, s:I}",
+                     "service", sh_str_copy(m->service, service, sizeof service), "instance",
+                     sh_str_copy(m->instance, instance, sizeof instance), "state",
+                     sh_member_state_word(m->state), "address",
+                     sh_str_copy(m->endpoint, address, sizeof address), "version",
+                     sh_str_copy(m->version, version, sizeof version), "uptime_s",
+                     (json_int_t)(m->uptime_ms / 1000), "heartbeat_age_ms",
+                     (json_int_t)m->heartbeat_age_ms, "in_flight", (json_int_t)m->in_flight,
+                     "queue", (json_int_t)m->queue, "rps", (double)m->rps_milli / 1000.0, "cpu_pct",
+                     (double)m->cpu_permille / 10.0, "rss_bytes", (json_int_t)m->rss_bytes,
+                     "capacity", (json_int_t)m->capacity, "pid", (json_int_t)m->pid);
+}
+
+static void s_on_members(void *arg, const sh_reply_t *reply)
+{
+    s_call_t *call = arg;
+    edge_t *edge = call->edge;
+    edge_req_t req = s_req_of(call);
+    free(call);
+    if (!s_call_ok(edge, &req, reply))
+        return;
+    const sh_members_rep_t *rep = reply->body;
+    json_t *instances = json_array();
+    for (uint32_t i = 0; i < rep->members.count; i++)
+        json_array_append_new(instances, s_member_json(&rep->members.items[i]));
+    json_t *healths = json_array();
+    bool reachable = false;
+    const char *endpoint;
+    for (int i = 0; (endpoint = sh_registry_health(edge->registry, i, &reachable)); i++)
+        json_array_append_new(healths,
+                              json_pack("{s:s, s:b}", "address", endpoint, "reachable", reachable));
+    char answered[SH_ID_MAX + 1];
+    sh_str_copy(rep->instance, answered, sizeof answered);
+    s_json(&req, 200,
+           json_pack("{s:I, s:s, s:o, s:o}", "generated_at", (json_int_t)sh_clock_wall_ms(),
+                     "source", answered, "instances", instances, "health", healths),
+           NULL, NULL);
+}
+
+static void s_cluster(edge_t *edge, edge_req_t *req)
+{
+    if (req->method != EDGE_GET) {
+        s_method_not_allowed(edge, req, "GET");
+        return;
+    }
+    if (!edge->registry) {
+        edge_api_error(edge, req, 503, "unavailable",
+                       "no registry configured (set SHOAL_HEALTH_ENDPOINTS)");
+        return;
+    }
+    s_call_t *call = s_call_new(edge, req);
+    if (!call)
+        return;
+    char traceparent[SH_TRACE_MAX + 1];
+    sh_members_req_t body = {sh_str(""), 0};
+    sh_call_opts_t opts = s_opts(edge, req, traceparent);
+    sh_pool_t *pool = sh_registry_pool(edge->registry);
+    uint64_t handle = sh_pool_send(pool, SH_OP_members, &body, &opts, s_on_members, call);
+    edge_http_await(req->conn, pool, handle);
+    sh_pool_drain(pool);
+}
+
 /*  --- /metrics --------------------------------------------------------------  */
 
 static void s_metrics(edge_t *edge, edge_req_t *req)
@@ -353,6 +443,8 @@ int edge_api_handle(edge_t *edge, edge_req_t *req)
         s_session(edge, req);
     else if (strcmp(path, "/api/load") == 0)
         s_load(edge, req);
+    else if (strcmp(path, "/api/cluster") == 0)
+        s_cluster(edge, req);
     else if (strncmp(path, "/api/", 5) == 0 || strcmp(path, "/api") == 0)
         edge_api_error(edge, req, 404, "not_found", "no such API path");
     else

@@ -435,6 +435,8 @@ static void s_drain_workers(edge_t *edge)
 static void s_drain_all(edge_t *edge)
 {
     sh_pool_drain(edge->sessions);
+    if (edge->registry)
+        sh_registry_drain(edge->registry);
     s_drain_workers(edge);
 }
 
@@ -448,6 +450,10 @@ static void s_on_signal(edge_t *edge)
         } else {
             edge->draining = true;
             edge->drain_started_ms = sh_clock_mono_ms();
+            if (edge->registry) {
+                edge_api_beat(edge);
+                sh_registry_leave(edge->registry, "edge", edge->config->base.instance);
+            }
             sh_info("signal %u: draining (%lld calls in flight)", info.ssi_signo,
                     (long long)sh_pool_in_flight(edge->sessions));
         }
@@ -472,6 +478,11 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
 {
     edge_t *edge = s_http.edge;
     sh_pool_tick(edge->sessions);
+    if (edge->registry) {
+        sh_registry_tick(edge->registry);
+        if (sh_clock_mono_ms() - edge->last_beat_ms >= edge->config->base.heartbeat_ms)
+            edge_api_beat(edge);
+    }
     s_drain_all(edge);
     if (edge->draining) {
         int64_t elapsed = sh_clock_mono_ms() - edge->drain_started_ms;
@@ -548,9 +559,11 @@ int edge_http_start(edge_t *edge)
     s_http.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
         return -1;
-    void *sockets[SH_POOL_MAX_INSTANCES + 1];
-    int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_MAX_INSTANCES);
+    void *sockets[SH_REGISTRY_SOCKETS + SH_POOL_SOCKETS + 1];
+    int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_SOCKETS);
     sockets[n++] = sh_workers_socket(edge->workers);
+    if (edge->registry)
+        n += sh_registry_sockets(edge->registry, sockets + n, SH_REGISTRY_SOCKETS);
     for (int i = 0; i < n; i++)
         /*  lws closes what it adopts: give it a dup of ZMQ_FD  */
         if (s_adopt(dup(sh_transport_fd(sockets[i])), "shoal-raw"))

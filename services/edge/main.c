@@ -2,6 +2,7 @@
     call goes over ZeroMQ to a service instance.
 */
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +17,9 @@ static const sh_setting_t s_settings[] = {
     SH_SETTING(STR, "http_addr", http_addr, "127.0.0.1", 0, 255,
                "address to listen on (0.0.0.0 for every interface)"),
     SH_SETTING(INT, "http_port", http_port, "8081", 1, 65535, "HTTP port"),
-    SH_SETTING(STR, "session_endpoints", session_endpoints, "tcp://127.0.0.1:7101", 0, 4095,
-               "comma-separated ZeroMQ endpoints of the session instances"),
+    SH_SETTING(STR, "session_endpoints", session_endpoints, "", 0, 4095,
+               "comma-separated ZeroMQ endpoints of session instances outside the registry "
+               "(static discovery; with health_endpoints set the registry finds them)"),
     SH_SETTING(STR, "static_dir", static_dir, "frontend/dist", 0, 1023,
                "directory of the built front end"),
     SH_SETTING(INT, "request_timeout_ms", request_timeout_ms, "2000", 10, 600000,
@@ -41,7 +43,15 @@ static const sh_setting_t s_settings[] = {
 };
 #undef SH_CONFIG_T
 
-static int s_add_endpoints(sh_pool_t *pool, const char *list)
+/*  The registry saw a change: session instances go to the session pool.  */
+static void s_on_member(void *arg, const sh_member_t *member)
+{
+    edge_t *edge = arg;
+    if (sh_str_eq(member->service, "session"))
+        sh_pool_update(edge->sessions, member);
+}
+
+static int s_add_endpoints(sh_pool_t *pool, const char *list, bool required)
 {
     char *copy = strdup(list), *save = NULL;
     int added = 0;
@@ -58,9 +68,9 @@ static int s_add_endpoints(sh_pool_t *pool, const char *list)
         added++;
     }
     free(copy);
-    if (!added)
-        fprintf(stderr, "session_endpoints names no endpoint\n");
-    return added ? 0 : -1;
+    if (!added && required)
+        fprintf(stderr, "set health_endpoints (registry) or session_endpoints (static)\n");
+    return added || !required ? 0 : -1;
 }
 
 int main(int argc, char **argv)
@@ -91,8 +101,15 @@ int main(int argc, char **argv)
     edge.metrics = sh_metrics_new("edge", config.base.instance);
     edge.sessions = sh_pool_new("session", edge.metrics);
     edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
-    if (!edge.metrics || !edge.sessions || !edge.workers ||
-        s_add_endpoints(edge.sessions, config.session_endpoints)) {
+    edge.started_ms = sh_clock_wall_ms();
+    bool with_registry = config.base.health_endpoints[0] != 0;
+    if (with_registry)
+        edge.registry =
+            sh_registry_new(config.base.health_endpoints, s_on_member, &edge, edge.metrics);
+    if (!edge.metrics || !edge.sessions || !edge.workers || (with_registry && !edge.registry) ||
+        s_add_endpoints(edge.sessions, config.session_endpoints, !with_registry)) {
+        if (with_registry && !edge.registry)
+            fprintf(stderr, "invalid health_endpoints \"%s\"\n", config.base.health_endpoints);
         rc = 2;
         goto done;
     }
@@ -106,6 +123,13 @@ int main(int argc, char **argv)
         sh_metrics_gauge(edge.metrics, "shoal_http_connections", "Open HTTP connections", NULL);
     edge.latency = sh_metrics_histogram(edge.metrics, "shoal_http_request_seconds",
                                         "Time from request to response", NULL);
+    char bound[SH_ENDPOINT_MAX];
+    snprintf(bound, sizeof bound, "http://%s:%lld", config.http_addr, (long long)config.http_port);
+    if (sh_registry_advertise(config.base.advertise, bound, edge.advertised,
+                              sizeof edge.advertised)) {
+        rc = 2;
+        goto done;
+    }
     if (edge_http_start(&edge)) {
         rc = 1;
         goto done;
@@ -114,6 +138,7 @@ int main(int argc, char **argv)
     sh_info("stopped");
     rc = 0;
 done:
+    sh_registry_destroy(&edge.registry);
     sh_pool_destroy(&edge.sessions);
     sh_workers_destroy(&edge.workers);
     sh_metrics_destroy(&edge.metrics);

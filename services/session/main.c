@@ -22,6 +22,7 @@ typedef struct {
     int64_t redis_max_pending;
     int64_t session_idle_timeout;
     int64_t session_absolute_timeout;
+    int64_t idem_ttl_ms;
 } session_config_t;
 
 #define SH_CONFIG_T session_config_t
@@ -43,6 +44,9 @@ static const sh_setting_t s_settings[] = {
                "seconds of inactivity after which a session expires"),
     SH_SETTING(INT, "session_absolute_timeout", session_absolute_timeout, "86400", 1, 31536000,
                "seconds after creation at which a session expires regardless of use"),
+    SH_SETTING(INT, "idem_ttl_ms", idem_ttl_ms, "120000", 1000, 86400000,
+               "how long the answer to a request with an idempotency key is kept, so a retry "
+               "on another instance is not applied twice"),
 };
 #undef SH_CONFIG_T
 
@@ -73,6 +77,7 @@ int main(int argc, char **argv)
         config.session_idle_timeout * 1000,
         config.session_absolute_timeout * 1000,
         config.redis_max_pending,
+        config.idem_ttl_ms,
     };
     session_store_t *store =
         session_store_new(sh_service_loop(service), &store_config, sh_service_metrics(service));

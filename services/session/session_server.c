@@ -59,9 +59,11 @@ static void s_on_touch(sh_service_t *service, sh_request_t *request, void *arg)
     }
     /*  a new session always gets a server-made id: never adopt the client's  */
     session_id_new(new_id);
+    char idem[SH_ID_MAX + 1];
+    sh_str_copy(request->env.idem_key, idem, sizeof idem);
     s_call_t *call = s_call_new(service, request);
     if (call)
-        session_store_touch(store, id, new_id, req->create,
+        session_store_touch(store, id, new_id, req->create, idem,
                             sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_record,
                             call);
 }

@@ -24,12 +24,33 @@
 #define S_RECONNECT_MAX_MS 1000
 #define S_STALL_FACTOR     2 /* a call this many timeouts old means Redis stalled */
 
+/*  KEYS: [1] the session's key or "-", [2] the key a new session gets,
+          [3] the idempotency record's key or "-".
+    ARGV: [1] now ms, [2] idle ms, [3] absolute ms, [4] create "1"/"0",
+          [5] deadline ms, [6] the new session's id, [7] idempotency TTL ms.
+    Returns {views, created_at, created 0/1, id of a created session or ""}. */
 static const char *s_touch_script =
+    /*  a retried call (same idempotency key) gets the first call's answer:
+        a view is counted once however many instances saw the request  */
+    "if KEYS[3] ~= '-' then "
+    "  local prev = redis.call('GET', KEYS[3]) "
+    "  if prev then "
+    "    local n, c, cr, id = string.match(prev, '^(%d+) (%d+) (%d) ?(.*)$') "
+    "    if n then return {tonumber(n), c, tonumber(cr), id} end "
+    "  end "
+    "end "
     /*  a call whose deadline passed while it waited (Redis paused, slow
         network) must not count a view the caller was told failed  */
     "local t = redis.call('TIME') "
     "if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[5]) then "
     "  return redis.error_reply('EXPIRED deadline passed before Redis ran the call') "
+    "end "
+    "local function done(n, created_at, created, id) "
+    "  if KEYS[3] ~= '-' then "
+    "    redis.call('SET', KEYS[3], n .. ' ' .. created_at .. ' ' .. created .. ' ' .. id, "
+    "               'PX', ARGV[7]) "
+    "  end "
+    "  return {n, tostring(created_at), created, id} "
     "end "
     "local now = tonumber(ARGV[1]) "
     "local idle = tonumber(ARGV[2]) "
@@ -42,7 +63,7 @@ static const char *s_touch_script =
     "      local n = redis.call('HINCRBY', KEYS[1], 'views', 1) "
     "      redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) "
     "      redis.call('PEXPIRE', KEYS[1], math.min(idle, absolute - (now - created))) "
-    "      return {n, v[2], 0} "
+    "      return done(n, v[2], 0, '') "
     "    end "
     "    redis.call('DEL', KEYS[1]) "
     "  end "
@@ -50,7 +71,7 @@ static const char *s_touch_script =
     "if ARGV[4] == '1' then "
     "  redis.call('HSET', KEYS[2], 'views', 1, 'created_at', ARGV[1], 'last_seen', ARGV[1]) "
     "  redis.call('PEXPIRE', KEYS[2], math.min(idle, absolute)) "
-    "  return {1, ARGV[1], 1} "
+    "  return done(1, ARGV[1], 1, ARGV[6]) "
     "end "
     "return false";
 
@@ -109,13 +130,15 @@ bool session_id_valid(sh_str_t text)
            len == SESSION_ID_BYTES;
 }
 
-static void s_key(const session_store_t *self, const char *id, char out[S_KEY_MAX])
+/*  <prefix><kind>:<hex BLAKE2b-128 of text>  */
+static void s_key(const session_store_t *self, const char *text, char out[S_KEY_MAX],
+                  const char *kind)
 {
     unsigned char hash[16];
     char hex[33];
-    crypto_generichash(hash, sizeof hash, (const unsigned char *)id, strlen(id), NULL, 0);
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)text, strlen(text), NULL, 0);
     sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
-    snprintf(out, S_KEY_MAX, "%ss:%s", self->config.prefix, hex);
+    snprintf(out, S_KEY_MAX, "%s%s:%s", self->config.prefix, kind, hex);
 }
 
 /*  --- pending calls ---------------------------------------------------------  */
@@ -170,13 +193,19 @@ static uint64_t s_decode(session_store_t *self, s_pending_t *p, const redisReply
     case S_TOUCH:
         if (r->type == REDIS_REPLY_NIL)
             return SH_STATUS_NOT_FOUND;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 4)
             return SH_STATUS_INTERNAL;
         p->rec.views = (uint64_t)s_int(r->element[0]);
         p->rec.created_at = s_int(r->element[1]);
         p->rec.created = s_int(r->element[2]) == 1;
-        if (p->rec.created)
-            memcpy(p->rec.id, p->new_id, sizeof p->rec.id);
+        /*  a replayed creation names the id the first attempt made  */
+        if (p->rec.created) {
+            const redisReply *id = r->element[3];
+            if (id->type != REDIS_REPLY_STRING || id->len != SESSION_ID_LEN)
+                return SH_STATUS_INTERNAL;
+            memcpy(p->rec.id, id->str, SESSION_ID_LEN);
+            p->rec.id[SESSION_ID_LEN] = 0;
+        }
         p->rec.last_seen = sh_clock_wall_ms();
         return SH_STATUS_OK;
     case S_GET:
@@ -442,7 +471,7 @@ static void s_submit_failed(session_store_t *self, s_pending_t *p)
 }
 
 void session_store_touch(session_store_t *self, const char *id, const char *new_id, bool create,
-                         int64_t timeout_ms, session_store_fn *fn, void *arg)
+                         const char *idem_key, int64_t timeout_ms, session_store_fn *fn, void *arg)
 {
     if (!s_admit(self, fn, arg))
         return;
@@ -451,13 +480,16 @@ void session_store_touch(session_store_t *self, const char *id, const char *new_
         fn(arg, SH_STATUS_INTERNAL, NULL);
         return;
     }
-    char old_key[S_KEY_MAX] = "-", new_key[S_KEY_MAX];
+    char old_key[S_KEY_MAX] = "-", new_key[S_KEY_MAX], idem[S_KEY_MAX] = "-";
     if (id && *id)
-        s_key(self, id, old_key);
-    s_key(self, new_id, new_key);
+        s_key(self, id, old_key, "s");
+    s_key(self, new_id, new_key, "s");
+    if (idem_key && *idem_key)
+        s_key(self, idem_key, idem, "i");
     snprintf(p->rec.id, sizeof p->rec.id, "%s", id ? id : "");
     snprintf(p->new_id, sizeof p->new_id, "%s", new_id);
-    char now[24], idle[24], absolute[24], deadline[24];
+    char now[24], idle[24], absolute[24], deadline[24], idem_ttl[24];
+    snprintf(idem_ttl, sizeof idem_ttl, "%lld", (long long)self->config.idem_ttl_ms);
     int64_t wall = sh_clock_wall_ms();
     snprintf(now, sizeof now, "%lld", (long long)wall);
     snprintf(deadline, sizeof deadline, "%lld",
@@ -466,13 +498,14 @@ void session_store_touch(session_store_t *self, const char *id, const char *new_
     snprintf(absolute, sizeof absolute, "%lld", (long long)self->config.absolute_ms);
     int rc;
     if (self->sha[0])
-        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 2 %s %s %s %s %s %s %s",
-                               self->sha, old_key, new_key, now, idle, absolute, create ? "1" : "0",
-                               deadline);
+        rc =
+            redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 3 %s %s %s %s %s %s %s %s %s %s",
+                              self->sha, old_key, new_key, idem, now, idle, absolute,
+                              create ? "1" : "0", deadline, new_id, idem_ttl);
     else
-        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVAL %s 2 %s %s %s %s %s %s %s",
-                               s_touch_script, old_key, new_key, now, idle, absolute,
-                               create ? "1" : "0", deadline);
+        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVAL %s 3 %s %s %s %s %s %s %s %s %s %s",
+                               s_touch_script, old_key, new_key, idem, now, idle, absolute,
+                               create ? "1" : "0", deadline, new_id, idem_ttl);
     if (rc != REDIS_OK)
         s_submit_failed(self, p);
     else if (!self->sha[0] && self->head && self->head->kind != S_SCRIPT)
@@ -490,7 +523,7 @@ void session_store_get(session_store_t *self, const char *id, int64_t timeout_ms
         return;
     }
     char key[S_KEY_MAX];
-    s_key(self, id, key);
+    s_key(self, id, key, "s");
     snprintf(p->rec.id, sizeof p->rec.id, "%s", id);
     if (redisAsyncCommand(self->ac, s_on_reply, p, "HMGET %s views created_at last_seen", key) !=
         REDIS_OK)
@@ -508,7 +541,7 @@ void session_store_remove(session_store_t *self, const char *id, int64_t timeout
         return;
     }
     char key[S_KEY_MAX];
-    s_key(self, id, key);
+    s_key(self, id, key, "s");
     if (redisAsyncCommand(self->ac, s_on_reply, p, "DEL %s", key) != REDIS_OK)
         s_submit_failed(self, p);
 }

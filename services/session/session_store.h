@@ -39,6 +39,7 @@ typedef struct {
     int64_t idle_ms;     /* a session unused this long expires */
     int64_t absolute_ms; /* a session older than this expires */
     int64_t max_pending; /* calls waiting for Redis at most */
+    int64_t idem_ttl_ms; /* how long a touch's idempotency record lives */
 } session_store_config_t;
 
 /*  status is SH_STATUS_OK, NOT_FOUND or UNAVAILABLE; rec is NULL unless OK
@@ -52,10 +53,11 @@ session_store_t *session_store_new(sh_loop_t *loop, const session_store_config_t
 void session_store_destroy(session_store_t **self_p);
 
 /*  views + 1 on session `id`; with create, a missing/expired/empty id gets
-    a new session whose id is new_id. fn is called exactly once, maybe
-    before this returns.  */
+    a new session whose id is new_id. A call repeating an earlier idem_key
+    (may be NULL or "") gets the earlier answer and counts nothing. fn is
+    called exactly once, maybe before this returns.  */
 void session_store_touch(session_store_t *self, const char *id, const char *new_id, bool create,
-                         int64_t timeout_ms, session_store_fn *fn, void *arg);
+                         const char *idem_key, int64_t timeout_ms, session_store_fn *fn, void *arg);
 void session_store_get(session_store_t *self, const char *id, int64_t timeout_ms,
                        session_store_fn *fn, void *arg);
 void session_store_remove(session_store_t *self, const char *id, int64_t timeout_ms,
