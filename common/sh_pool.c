@@ -501,6 +501,9 @@ static void s_drain_monitor(sh_pool_t *self)
                          index);
                 if (index >= 0 && event == ZMQ_EVENT_HANDSHAKE_SUCCEEDED) {
                     self->instances[index].connected = true;
+                    /*  ping at the next tick: readiness should not wait a period  */
+                    self->instances[index].last_ping_ms = 0;
+
                     if (!self->instances[index].from_registry)
                         self->instances[index].state = SH_MEMBER_UP;
                 } else if (index >= 0 && event == ZMQ_EVENT_DISCONNECTED &&

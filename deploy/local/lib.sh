@@ -1,24 +1,45 @@
 # shellcheck shell=bash
-# deploy/local/lib.sh — helpers shared by up, down and status (sourced, never run).
+# deploy/local/lib.sh — what up, scale, supervise, down and status share (sourced, never run).
 #
-# A "piece" is one process the local stack runs (redis, session-N, edge-N, haproxy).
-# For each piece, the run dir holds:
-#   pids/<piece>.pid    its PID (one line)
-#   pids/<piece>.start  its start time from /proc/<pid>/stat, so that a reused PID
-#                       is never taken for our process
-#   pids/<piece>.addr   the address it serves, for status
-#   logs/<piece>.log    its stdout and stderr (appended across runs)
+# A "piece" is one process of the local stack: redis, health-N, session-N, edge-N,
+# haproxy, and the supervisor (supervise). For each piece the run dir holds:
+#   pids/<piece>.pid         its PID (one line)
+#   pids/<piece>.start       its start time from /proc/<pid>/stat, so that a reused
+#                            PID is never taken for our process
+#   pids/<piece>.addr        the address(es) it serves, for status
+#   pieces/<piece>.cmd       the command line it was started with (NUL-separated)
+#   pieces/<piece>.env       its whole environment (NUL-separated, mode 600)
+#   pieces/<piece>.restarts  how often supervise restarted it since up/scale started it
+#   logs/<piece>.log         its stdout and stderr (appended across runs)
+# and for the whole stack:
+#   stack.conf               the settings it runs with (ports, counts, dirs); scale reads them
+#   stack.env                the environment up ran in: the base of every piece's environment
+#
+# A piece with pieces/<piece>.cmd is supervised: supervise restarts it when its
+# process is gone. Whoever stops a piece on purpose (down, scale, up on failure)
+# first removes those files under the pieces lock (.pieces.lock, which supervise
+# also holds while it restarts a piece), then signals the process. up, scale and
+# down take .admin.lock, so that two of them never change one stack at once.
 # The caller sets PROG (its name, for messages) before sourcing this file.
 
 SHOAL_LOCAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SHOAL_REPO=$(cd "$SHOAL_LOCAL_DIR/../.." && pwd)
 RUN_DIR=${SHOAL_RUN_DIR:-$SHOAL_REPO/.run/local}
+[[ $RUN_DIR == /* ]] || RUN_DIR=$PWD/$RUN_DIR   # pieces and supervise may run elsewhere
 PID_DIR=$RUN_DIR/pids
 LOG_DIR=$RUN_DIR/logs
+SPEC_DIR=$RUN_DIR/pieces
 # shellcheck disable=SC2034 # used by up and down
 DATA_DIR=$RUN_DIR/data
+STACK_CONF=$RUN_DIR/stack.conf
+STACK_ENV_FILE=$RUN_DIR/stack.env
 STOP_TIMEOUT=${SHOAL_STOP_TIMEOUT:-10}   # seconds between SIGTERM and SIGKILL
+WAIT=${SHOAL_WAIT:-30}                   # seconds to wait for a piece to answer
 LOG_TAIL_LINES=25
+HOST=127.0.0.1
+HEALTH_PORT_STEP=10   # health-N: ROUTER at SHOAL_HEALTH_PORT + 10(N-1), PUB one above
+# Lock file descriptors: 6 supervise's own lock, 7 the pieces lock, 8 the admin
+# lock. spawn closes them in every piece, which must never hold a lock.
 
 say() { printf '%s: %s\n' "$PROG" "$*"; }
 warn() { printf '%s: warning: %s\n' "$PROG" "$*" >&2; }
@@ -30,6 +51,10 @@ is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
 now_us() { printf '%s\n' "${EPOCHREALTIME/./}"; }
 deadline_in() { printf '%s\n' $(($(now_us) + $1 * 1000000)); }  # SECONDS -> deadline
 before() { [ "$(now_us)" -lt "$1" ]; }                            # DEADLINE
+utc_now() {  # 2026-11-22T04:48:15.123Z
+  local t=$EPOCHREALTIME
+  TZ=UTC printf '%(%Y-%m-%dT%H:%M:%S)T.%sZ' "${t%.*}" "${t: -6:3}"
+}
 
 # proc_stat_field PID N: field N (N >= 3) of /proc/PID/stat. The command name
 # (field 2) may hold spaces, so everything up to the last ") " is cut first.
@@ -46,7 +71,8 @@ proc_stat_field() {
 }
 
 # pid_running PID: the process exists and is not a zombie (PID 1 here may not
-# reap orphans quickly, and kill -0 succeeds on a zombie).
+# reap orphans quickly, and kill -0 succeeds on a zombie). A stopped (SIGSTOP)
+# process is running.
 pid_running() {
   local state
   kill -0 "$1" 2>/dev/null || return 1
@@ -70,44 +96,424 @@ piece_pid() {
 }
 
 forget_piece() { rm -f "$PID_DIR/$1.pid" "$PID_DIR/$1.start" "$PID_DIR/$1.addr"; }
+forget_spec() { rm -f "$SPEC_DIR/$1.cmd" "$SPEC_DIR/$1.env" "$SPEC_DIR/$1.restarts"; }
 
-# recorded_pieces: every piece with a pid file, in start order
-# (redis, sessions, edges, haproxy, anything else); stop in the reverse order.
+# recorded_pieces: every piece with a pid file or a spec, in start order (redis,
+# healths, sessions, other services, edges, haproxy, haproxy-old-PID, supervise);
+# stop in the reverse order.
 recorded_pieces() {
   local f n
-  [ -d "$PID_DIR" ] || return 0
-  for f in "$PID_DIR"/*.pid; do
+  for f in "$PID_DIR"/*.pid "$SPEC_DIR"/*.cmd; do
     [ -e "$f" ] || continue
-    n=$(basename "$f" .pid)
+    n=${f##*/}
+    n=${n%.*}
     case $n in
       redis) printf '0 %s\n' "$n" ;;
-      session-*) printf '1 %s\n' "$n" ;;
-      edge-*) printf '2 %s\n' "$n" ;;
-      haproxy) printf '3 %s\n' "$n" ;;
-      *) printf '4 %s\n' "$n" ;;
+      health-*) printf '1 %s\n' "$n" ;;
+      session-*) printf '2 %s\n' "$n" ;;
+      edge-*) printf '4 %s\n' "$n" ;;
+      haproxy) printf '5 %s\n' "$n" ;;
+      haproxy-old-*) printf '6 %s\n' "$n" ;;
+      supervise) printf '7 %s\n' "$n" ;;
+      *) printf '3 %s\n' "$n" ;;
     esac
-  done | sort -k1,1n -k2,2V | cut -d' ' -f2
+  done | sort -u | sort -k1,1n -k2,2V | cut -d' ' -f2
 }
 
-# stop_piece NAME: SIGTERM, wait up to STOP_TIMEOUT s for the exit, then SIGKILL.
-# Removes the pid files. Returns 1 only if the process survived SIGKILL.
+# stack_alive: some recorded piece of RUN_DIR is running.
+stack_alive() {
+  local p
+  for p in $(recorded_pieces); do piece_pid "$p" >/dev/null && return 0; done
+  return 1
+}
+
+# ---------------------------------------------------------------- locks
+# lock_pieces / unlock_pieces: the short lock around "is it running? start it"
+# and "stop supervising it" (up, scale, down, supervise).
+lock_pieces() {
+  exec 7>>"$RUN_DIR/.pieces.lock" || die "cannot open $RUN_DIR/.pieces.lock"
+  flock -w 30 7 || die "$RUN_DIR/.pieces.lock is held for more than 30 s"
+}
+unlock_pieces() { exec 7>&-; }
+
+# take_admin_lock SECONDS [soft]: one up, scale or down at a time per run dir.
+# Held until the script exits. With "soft", a timeout is only a warning.
+take_admin_lock() {
+  exec 8>>"$RUN_DIR/.admin.lock" || die "cannot open $RUN_DIR/.admin.lock"
+  flock -n 8 && return 0
+  say "waiting (at most $1 s) for another up, scale or down on $RUN_DIR to finish"
+  flock -w "$1" 8 && return 0
+  [ "${2:-}" = soft ] || die "another up, scale or down still runs on $RUN_DIR"
+  warn "another up, scale or down still runs on $RUN_DIR; going on anyway"
+}
+
+# ---------------------------------------------------------------- settings
+# KEY|VARIABLE|DEFAULT|KIND. Counts may change while the stack runs (scale);
+# the others are fixed until down.
+SETTINGS=(
+  "LB_PORT|SHOAL_PORT|8080|port"
+  "EDGES|SHOAL_EDGES|2|count"
+  "EDGE_PORT|SHOAL_EDGE_PORT|8081|port"
+  "SESSIONS|SHOAL_SESSIONS|1|count"
+  "SESSION_PORT|SHOAL_SESSION_PORT|7101|port"
+  "HEALTHS|SHOAL_HEALTHS|2|count"
+  "HEALTH_PORT|SHOAL_HEALTH_PORT|7001|port"
+  "REDIS_PORT|SHOAL_REDIS_PORT|6390|port"
+  "HEARTBEAT_MS|SHOAL_HEARTBEAT_MS|300|ms"
+  "STATIC_DISCOVERY|SHOAL_STATIC_DISCOVERY|0|flag"
+  "BIN_DIR|SHOAL_BIN_DIR|$SHOAL_REPO/build/bin|dir"
+  "STATIC_DIR|SHOAL_STATIC_DIR|$SHOAL_REPO/frontend/dist|dir"
+)
+
+# load_settings up|recorded: sets LB_PORT, EDGES, ... (the keys above).
+#   up        from the SHOAL_* variables, else the defaults. While a stack runs in
+#             RUN_DIR, its recorded settings are the defaults, and a variable
+#             that would change a port, a dir or the discovery mode is refused.
+#   recorded  from RUN_DIR/stack.conf only (scale).
+load_settings() {
+  local mode=$1 entry key var def kind val line live=0
+  declare -gA RECORDED=()
+  if [ -f "$STACK_CONF" ]; then
+    while IFS= read -r line; do
+      [[ $line == [A-Z]*=* ]] && RECORDED[${line%%=*}]=${line#*=}
+    done < "$STACK_CONF"
+  fi
+  if [ "$mode" = recorded ]; then
+    [ ${#RECORDED[@]} -gt 0 ] || die "no stack recorded in $RUN_DIR (no stack.conf): start one with deploy/local/up"
+  elif [ ${#RECORDED[@]} -gt 0 ] && stack_alive; then
+    live=1
+  fi
+  for entry in "${SETTINGS[@]}"; do
+    IFS='|' read -r key var def kind <<< "$entry"
+    if [ "$mode" = recorded ]; then
+      [ -n "${RECORDED[$key]+x}" ] || die "$STACK_CONF has no $key (written by an older up?): run down, then up"
+      val=${RECORDED[$key]}
+    elif [ -n "${!var:-}" ]; then
+      val=${!var}
+      case $kind in
+        dir) [[ $val == /* ]] || val=$PWD/$val ;;
+        flag) case $val in 0|no|false) val=0 ;; 1|yes|true) val=1 ;; esac ;;
+      esac
+      if [ "$live" = 1 ] && [ "$kind" != count ] && [ -n "${RECORDED[$key]+x}" ] \
+         && [ "$val" != "${RECORDED[$key]}" ]; then
+        die "the stack running in $RUN_DIR has $var=${RECORDED[$key]}, not $val: run deploy/local/down first to change it"
+      fi
+    elif [ "$live" = 1 ] && [ -n "${RECORDED[$key]+x}" ]; then
+      val=${RECORDED[$key]}
+    else
+      val=$def
+    fi
+    case $kind in
+      port|ms) is_uint "$val" || die "$var must be a whole number, not '$val'" ;;
+      count) { is_uint "$val" && [ "$val" -ge 1 ]; } || die "$var must be a whole number >= 1, not '$val'" ;;
+      flag) [[ $val == [01] ]] || die "$var must be 0 or 1, not '$val'" ;;
+      dir) [[ $val != *[=$'\n']* ]] || die "$var must not contain '=' or a newline: $val" ;;
+    esac
+    [ "$kind" = ms ] && [ "$val" -lt 1 ] && die "$var must be at least 1"
+    printf -v "$key" '%s' "$val"
+  done
+  is_uint "$WAIT" || die "SHOAL_WAIT must be a whole number of seconds, not '$WAIT'"
+  is_uint "$STOP_TIMEOUT" || die "SHOAL_STOP_TIMEOUT must be a whole number of seconds, not '$STOP_TIMEOUT'"
+}
+
+# save_settings: write the current settings to RUN_DIR/stack.conf.
+save_settings() {
+  local entry key
+  {
+    printf '# written by deploy/local/%s at %s; read by scale. Do not edit: use scale, or down and up.\n' "$PROG" "$(utc_now)"
+    for entry in "${SETTINGS[@]}"; do
+      key=${entry%%|*}
+      printf '%s=%s\n' "$key" "${!key}"
+    done
+  } > "$STACK_CONF.tmp" || die "cannot write $STACK_CONF.tmp"
+  mv -f "$STACK_CONF.tmp" "$STACK_CONF" || die "cannot write $STACK_CONF"
+}
+
+# save_stack_env: the environment of this script becomes the base environment of
+# every piece started from now on (by up, scale, and supervise's restarts).
+save_stack_env() {
+  (umask 077 && env -0 > "$STACK_ENV_FILE.tmp") || die "cannot write $STACK_ENV_FILE.tmp"
+  mv -f "$STACK_ENV_FILE.tmp" "$STACK_ENV_FILE" || die "cannot write $STACK_ENV_FILE"
+}
+load_stack_env() {
+  [ -f "$STACK_ENV_FILE" ] || die "$STACK_ENV_FILE is missing: run deploy/local/down, then up"
+  mapfile -d '' -t STACK_ENV < "$STACK_ENV_FILE"
+}
+
+health_port() { printf '%s\n' $((HEALTH_PORT + HEALTH_PORT_STEP * ($1 - 1))); }  # ROUTER; PUB is +1
+session_port() { printf '%s\n' $((SESSION_PORT + $1 - 1)); }
+edge_port() { printf '%s\n' $((EDGE_PORT + $1 - 1)); }
+health_endpoints() {  # every health ROUTER endpoint, comma-separated
+  local i out=
+  for ((i = 1; i <= HEALTHS; i++)); do out+=${out:+,}tcp://$HOST:$(health_port "$i"); done
+  printf '%s\n' "$out"
+}
+session_endpoints() {
+  local i out=
+  for ((i = 1; i <= SESSIONS; i++)); do out+=${out:+,}tcp://$HOST:$(session_port "$i"); done
+  printf '%s\n' "$out"
+}
+
+# claim_layout: refuse ephemeral, privileged and shared ports among every port
+# the settings describe (all healths, sessions and edges at the current counts).
+claim_layout() {
+  local i p
+  if ! read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null; then
+    EPH_LO=32768 EPH_HI=60999
+  fi
+  declare -gA PORT_USER=()
+  claim_port "$LB_PORT" "haproxy (SHOAL_PORT)"
+  claim_port "$REDIS_PORT" "redis (SHOAL_REDIS_PORT)"
+  for ((i = 1; i <= HEALTHS; i++)); do
+    p=$(health_port "$i")
+    claim_port "$p" "health-$i"
+    claim_port $((p + 1)) "health-$i (PUB)"
+  done
+  for ((i = 1; i <= SESSIONS; i++)); do claim_port "$(session_port "$i")" "session-$i"; done
+  for ((i = 1; i <= EDGES; i++)); do claim_port "$(edge_port "$i")" "edge-$i"; done
+}
+claim_port() {  # PORT WHO
+  local p=$1 who=$2
+  { [ "$p" -ge 1024 ] && [ "$p" -le 65535 ]; } || die "$who: port $p is out of range (1024-65535)"
+  if [ "$p" -ge "$EPH_LO" ] && [ "$p" -le "$EPH_HI" ]; then
+    die "$who: port $p is in the ephemeral range $EPH_LO-$EPH_HI (outgoing connections use it); pick one below $EPH_LO"
+  fi
+  [ -z "${PORT_USER[$p]:-}" ] || die "$who and ${PORT_USER[$p]} both want port $p"
+  PORT_USER[$p]=$who
+}
+
+# ---------------------------------------------------------------- pieces
+# Set for every piece by the stack, never taken from the caller's environment
+# (one value for all instances would be wrong, or the stack decides it).
+# The local stack's own variables (settings of these scripts, not of a service)
+# are left out too.
+PER_PIECE_VARS=(SHOAL_INSTANCE SHOAL_BIND SHOAL_PUB_BIND SHOAL_ADVERTISE SHOAL_HTTP_ADDR SHOAL_HTTP_PORT
+  SHOAL_HEALTH_ENDPOINTS SHOAL_SESSION_ENDPOINTS SHOAL_HEARTBEAT_MS SHOAL_STATIC_DIR SHOAL_REDIS_HOST
+  SHOAL_REDIS_PORT
+  SHOAL_PORT SHOAL_EDGES SHOAL_EDGE_PORT SHOAL_SESSIONS SHOAL_SESSION_PORT SHOAL_HEALTHS SHOAL_HEALTH_PORT
+  SHOAL_STATIC_DISCOVERY SHOAL_SUPERVISE SHOAL_SUPERVISE_INTERVAL_MS SHOAL_RUN_DIR SHOAL_BIN_DIR SHOAL_WAIT
+  SHOAL_STOP_TIMEOUT SHOAL_BUILD_TYPE SHOAL_BUILD_JOBS)
+
+# define_piece NAME: how NAME runs under the current settings. Sets PIECE_CMD
+# (argv), PIECE_SET (its own variables, NAME=VALUE), PIECE_PORTS and PIECE_ADDR.
+define_piece() {
+  local name=$1 k=${1##*-} p
+  PIECE_SET=() PIECE_PORTS=()
+  case $name in
+    redis)
+      PIECE_PORTS=("$REDIS_PORT") PIECE_ADDR=$HOST:$REDIS_PORT
+      PIECE_CMD=("$(command -v redis-server)" --port "$REDIS_PORT" --bind "$HOST" --protected-mode yes
+                 --dir "$DATA_DIR/redis" --appendonly yes --appendfsync everysec --save ''
+                 --daemonize no --logfile '') ;;
+    health-*)
+      p=$(health_port "$k")
+      PIECE_PORTS=("$p" $((p + 1))) PIECE_ADDR=tcp://$HOST:$p,tcp://$HOST:$((p + 1))
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p" SHOAL_PUB_BIND="tcp://$HOST:$((p + 1))"
+                 SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+      PIECE_CMD=("$BIN_DIR/shoal-health") ;;
+    session-*)
+      p=$(session_port "$k")
+      PIECE_PORTS=("$p") PIECE_ADDR=tcp://$HOST:$p
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p"
+                 SHOAL_REDIS_HOST="$HOST" SHOAL_REDIS_PORT="$REDIS_PORT"
+                 SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+      PIECE_CMD=("$BIN_DIR/shoal-session") ;;
+    edge-*)
+      p=$(edge_port "$k")
+      PIECE_PORTS=("$p") PIECE_ADDR=http://$HOST:$p
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_HTTP_ADDR="$HOST" SHOAL_HTTP_PORT="$p"
+                 SHOAL_STATIC_DIR="$STATIC_DIR"
+                 SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+      [ "$STATIC_DISCOVERY" = 1 ] && PIECE_SET+=(SHOAL_SESSION_ENDPOINTS="$(session_endpoints)")
+      PIECE_CMD=("$BIN_DIR/shoal-edge") ;;
+    haproxy)
+      PIECE_PORTS=("$LB_PORT") PIECE_ADDR=http://$HOST:$LB_PORT
+      PIECE_CMD=("$(command -v haproxy)" -db -f "$RUN_DIR/haproxy.cfg") ;;
+    *) die "internal: no definition for a piece named $name" ;;
+  esac
+}
+
+# save_spec NAME: write NAME's command and environment (STACK_ENV without the
+# per-piece variables, plus PIECE_SET) for launch_piece and supervise.
+save_spec() {
+  local name=$1 kv v
+  local -a env=()
+  local -A skip=()
+  for v in "${PER_PIECE_VARS[@]}"; do skip[$v]=1; done
+  for kv in "${STACK_ENV[@]}"; do
+    [ -n "${skip[${kv%%=*}]:-}" ] || env+=("$kv")
+  done
+  env+=("${PIECE_SET[@]}")
+  (
+    umask 077
+    printf '%s\0' "${env[@]}" > "$SPEC_DIR/$name.env" &&
+    printf '%s\0' "${PIECE_CMD[@]}" > "$SPEC_DIR/$name.cmd" &&
+    printf '0\n' > "$SPEC_DIR/$name.restarts"
+  ) || die "cannot write $SPEC_DIR/$name.*"
+  printf '%s\n' "$PIECE_ADDR" > "$PID_DIR/$name.addr"
+}
+
+# spawn NAME HOW DESCRIPTION ARGV...: start ARGV in its own session (setsid: the
+# terminal's Ctrl-C or hangup never reaches it), output appended to logs/NAME.log
+# after a "==== <time> HOW NAME: DESCRIPTION" line, PID recorded in
+# pids/NAME.pid (+ .start). setsid execs (no fork), so $! is the piece's own PID.
+# Sets SPAWNED_PID.
+spawn() {
+  local name=$1 how=$2 log=$LOG_DIR/$1.log
+  printf '==== %s %s %s: %s\n' "$(utc_now)" "$how" "$name" "$3" >> "$log"
+  shift 3
+  (
+    exec 6>&- 7>&- 8>&-
+    [ -n "${NAP_FD:-}" ] && exec {NAP_FD}>&-
+    setsid "$@" >> "$log" 2>&1 < /dev/null &
+    printf '%s\n' "$!" > "$PID_DIR/$name.pid"
+  )
+  read -r SPAWNED_PID < "$PID_DIR/$name.pid"
+  if ! proc_stat_field "$SPAWNED_PID" 22 > "$PID_DIR/$name.start" 2>/dev/null; then
+    rm -f "$PID_DIR/$name.start"
+  fi
+}
+
+# launch_piece NAME HOW [EXTRA_ARGS...]: start NAME from its spec, with exactly
+# the recorded environment (env -i). The log line shows the command and the
+# piece's SHOAL_* variables (not those that look like secrets).
+launch_piece() {
+  local name=$1 how=$2 kv shown=
+  shift 2
+  local -a env cmd
+  mapfile -d '' -t env < "$SPEC_DIR/$name.env" 2>/dev/null
+  mapfile -d '' -t cmd < "$SPEC_DIR/$name.cmd" 2>/dev/null
+  [ ${#cmd[@]} -gt 0 ] || return 1
+  for kv in "${env[@]}"; do
+    case ${kv%%=*} in
+      *PASSWORD*|*SECRET*|*TOKEN*|*KEY*) ;;
+      SHOAL_*) shown+=" $kv" ;;
+    esac
+  done
+  spawn "$name" "$how" "${cmd[*]} $*  [env:$shown]" env -i "${env[@]}" "${cmd[@]}" "$@"
+}
+
+# show_log_tail NAME: the last lines a piece logged since it was last started
+# (logs are appended across runs; each start writes a "==== ... starting" line).
+show_log_tail() {
+  local log=$LOG_DIR/$1.log from
+  if [ ! -s "$log" ]; then
+    printf '%s: (%s is empty or missing)\n' "$PROG" "$log" >&2
+    return 0
+  fi
+  from=$(grep -n '^==== [^ ]* [a-z]*: \(starting\|restarting\|reloading\) ' "$log" | tail -n 1 | cut -d: -f1)
+  printf '%s: ---- %s (last %d lines at most) ----\n' "$PROG" "$log" "$LOG_TAIL_LINES" >&2
+  tail -n "+${from:-1}" "$log" | tail -n "$LOG_TAIL_LINES" >&2
+  printf '%s: ---- end of %s ----\n' "$PROG" "$log" >&2
+}
+
+# ---------------------------------------------------------------- start, wait, stop
+STARTED=()   # pieces started by this run, stopped again if a later one fails
+
+stop_started() {
+  local i
+  [ ${#STARTED[@]} -gt 0 ] || return 0
+  say "stopping what this run started: ${STARTED[*]}"
+  for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do stop_piece "${STARTED[$i]}"; done
+  STARTED=()
+}
+
+fail_start() {  # NAME MESSAGE [show log: 1|0]
+  printf '%s: error: %s: %s\n' "$PROG" "$1" "$2" >&2
+  [ "${3:-1}" = 1 ] && show_log_tail "$1"
+  stop_started
+  exit 1
+}
+
+# start_piece NAME: define NAME, record its spec and start it, unless it is
+# running already (then WAS_RUNNING=1 and nothing changes). Its ports must be free.
+start_piece() {
+  local name=$1 p
+  define_piece "$name"
+  WAS_RUNNING=0
+  lock_pieces
+  if piece_pid "$name" >/dev/null; then
+    unlock_pieces
+    WAS_RUNNING=1
+    return 0
+  fi
+  for p in "${PIECE_PORTS[@]}"; do
+    if tcp_open "$p"; then
+      unlock_pieces
+      fail_start "$name" "port $p on $HOST is already in use by a process that is not $name (ss -ltnp 'sport = :$p')" 0
+    fi
+  done
+  forget_piece "$name"
+  save_spec "$name"
+  launch_piece "$name" "$PROG: starting"
+  unlock_pieces
+  STARTED+=("$name")
+}
+
+# piece_ready NAME: NAME answers (after define_piece NAME).
+piece_ready() {
+  local p
+  case $1 in
+    redis) [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] ;;
+    edge-*) http_ok "$PIECE_ADDR/health/live" ;;
+    haproxy) http_ok "$PIECE_ADDR/health/ready" ;;
+    *) for p in "${PIECE_PORTS[@]}"; do tcp_open "$p" || return 1; done ;;
+  esac
+}
+piece_ready_what() {
+  case $1 in
+    redis) echo PONG ;;
+    edge-*) echo "/health/live 200" ;;
+    haproxy) echo "/health/ready 200" ;;
+    *) [ ${#PIECE_PORTS[@]} -gt 1 ] && echo "ports ${PIECE_PORTS[*]} open" || echo "port ${PIECE_PORTS[0]} open" ;;
+  esac
+}
+
+# wait_ready NAME: wait until NAME answers. Fails (log tail, stop what this run
+# started) when NAME's process is gone or after SHOAL_WAIT seconds.
+wait_ready() {
+  local name=$1 what t0 pid deadline
+  define_piece "$name"
+  what=$(piece_ready_what "$name")
+  t0=$(now_us)
+  deadline=$(deadline_in "$WAIT")
+  until piece_ready "$name"; do
+    piece_pid "$name" >/dev/null || fail_start "$name" "exited before $what (see $LOG_DIR/$name.log)"
+    before "$deadline" || fail_start "$name" "no $what after ${WAIT}s (see $LOG_DIR/$name.log)"
+    sleep 0.1
+  done
+  pid=$(piece_pid "$name") || fail_start "$name" "exited right after $what"
+  say "$(printf '  %-10s PID %-7s %-24s %s in %d ms%s' "$name" "$pid" "$(show_addr "$PIECE_ADDR")" \
+        "$what" $((($(now_us) - t0) / 1000)) "$([ "$WAS_RUNNING" = 1 ] && echo ' (already running)')")"
+}
+
+# stop_piece NAME: stop supervising NAME, then SIGTERM (and SIGCONT, so that a
+# paused piece drains too), wait up to STOP_TIMEOUT s for the exit, then SIGKILL.
+# Removes its pid files. Returns 1 only if the process survived SIGKILL.
 stop_piece() {
-  local name=$1 pid deadline how=SIGTERM t0
-  if ! pid=$(piece_pid "$name"); then
-    say "  $name: not running (pid file removed)"
+  local name=$1 pid='' deadline how=SIGTERM t0
+  if [ -d "$RUN_DIR" ]; then
+    lock_pieces
+    forget_spec "$name"
+    pid=$(piece_pid "$name")
+    unlock_pieces
+  fi
+  if [ -z "$pid" ]; then
+    [[ $name == haproxy-old-* ]] || say "  $name: not running (pid file removed)"
     forget_piece "$name"
     return 0
   fi
   t0=$(now_us)
   kill -TERM "$pid" 2>/dev/null
+  kill -CONT "$pid" 2>/dev/null
   deadline=$(deadline_in "$STOP_TIMEOUT")
-  while pid_running "$pid" && before "$deadline"; do sleep 0.1; done
+  while pid_running "$pid" && before "$deadline"; do sleep 0.05; done
   if pid_running "$pid"; then
     warn "$name (PID $pid) still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL"
     kill -KILL "$pid" 2>/dev/null
     how=SIGKILL
     deadline=$(deadline_in 5)
-    while pid_running "$pid" && before "$deadline"; do sleep 0.1; done
+    while pid_running "$pid" && before "$deadline"; do sleep 0.05; done
     if pid_running "$pid"; then
       warn "$name (PID $pid) survived SIGKILL; pid file kept"
       return 1
@@ -117,25 +523,110 @@ stop_piece() {
   say "  $name: stopped (PID $pid, $how, $((($(now_us) - t0) / 1000)) ms)"
 }
 
-# show_log_tail NAME: the last lines a piece logged since up last started it
-# (logs are appended across runs; up writes a "==== ... up: starting" line).
-show_log_tail() {
-  local log=$LOG_DIR/$1.log from
-  if [ ! -s "$log" ]; then
-    printf '%s: (%s is empty or missing)\n' "$PROG" "$log" >&2
-    return 0
-  fi
-  from=$(grep -n '^==== .* up: starting ' "$log" | tail -n 1 | cut -d: -f1)
-  printf '%s: ---- %s (last %d lines at most) ----\n' "$PROG" "$log" "$LOG_TAIL_LINES" >&2
-  tail -n "+${from:-1}" "$log" | tail -n "$LOG_TAIL_LINES" >&2
-  printf '%s: ---- end of %s ----\n' "$PROG" "$log" >&2
+# ---------------------------------------------------------------- HAProxy
+# render_haproxy_cfg: the config for edge-1..EDGES, from haproxy.cfg.in.
+render_haproxy_cfg() {
+  local tpl servers='' i
+  tpl=$(< "$SHOAL_LOCAL_DIR/haproxy.cfg.in") || die "cannot read $SHOAL_LOCAL_DIR/haproxy.cfg.in"
+  for ((i = 1; i <= EDGES; i++)); do servers+="    server edge-$i $HOST:$(edge_port "$i")"$'\n'; done
+  tpl=${tpl//@LISTEN@/$HOST:$LB_PORT}
+  tpl=${tpl//@EDGE_SERVERS@/${servers%$'\n'}}
+  printf '%s\n' "$tpl"
 }
 
+# listener_pids PORT: the PIDs listening on 127.0.0.1:PORT (needs ss).
+listener_pids() {
+  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u
+}
+
+# haproxy_apply: make HAProxy serve edge-1..EDGES. Not running: write the config
+# and start it. Running with another config: check the new one, then reload
+# gracefully: a new HAProxy started with -sf OLD takes over the port and tells
+# OLD to stop listening and finish its connections (at most hard-stop-after).
+# OLD stays recorded as haproxy-old-OLD until it exits, so down stops it too.
+haproxy_apply() {
+  local cfg=$RUN_DIR/haproxy.cfg new old_cfg out old pid t0 deadline
+  new=$(render_haproxy_cfg)
+  if ! pid=$(piece_pid haproxy); then
+    printf '%s\n' "$new" > "$cfg"
+    if ! out=$(haproxy -c -f "$cfg" 2>&1); then
+      printf '%s\n' "$out" >&2
+      fail_start haproxy "$cfg is not a valid configuration (from haproxy.cfg.in)" 0
+    fi
+    start_piece haproxy
+    wait_ready haproxy
+    return 0
+  fi
+  old_cfg=$(cat "$cfg" 2>/dev/null)
+  if [ "$new" = "$old_cfg" ]; then
+    WAS_RUNNING=1
+    wait_ready haproxy
+    return 0
+  fi
+  printf '%s\n' "$new" > "$cfg.new"
+  if ! out=$(haproxy -c -f "$cfg.new" 2>&1); then
+    printf '%s\n' "$out" >&2
+    rm -f "$cfg.new"
+    fail_start haproxy "the new configuration is not valid (from haproxy.cfg.in)" 0
+  fi
+  mv -f "$cfg.new" "$cfg"
+  t0=$(now_us)
+  define_piece haproxy
+  lock_pieces
+  if ! old=$(piece_pid haproxy); then   # it died meanwhile: a plain start
+    unlock_pieces
+    start_piece haproxy
+    wait_ready haproxy
+    return 0
+  fi
+  cp -f "$PID_DIR/haproxy.pid" "$PID_DIR/haproxy-old-$old.pid"
+  cp -f "$PID_DIR/haproxy.start" "$PID_DIR/haproxy-old-$old.start" 2>/dev/null
+  printf 'draining, replaced by a reload\n' > "$PID_DIR/haproxy-old-$old.addr"
+  launch_piece haproxy "$PROG: reloading" -sf "$old"
+  pid=$SPAWNED_PID
+  unlock_pieces
+  # Done when the new process answers, owns the port and the old one let go of it.
+  deadline=$(deadline_in "$WAIT")
+  until pid_running "$pid" && http_ok "http://$HOST:$LB_PORT/health/ready" \
+        && { ! command -v ss >/dev/null || [ "$(listener_pids "$LB_PORT" | tr '\n' ' ')" = "$pid " ]; }; do
+    if ! pid_running "$pid" || ! before "$deadline"; then
+      lock_pieces
+      if pid_running "$pid"; then kill -TERM "$pid" 2>/dev/null; fi
+      mv -f "$PID_DIR/haproxy-old-$old.pid" "$PID_DIR/haproxy.pid"
+      mv -f "$PID_DIR/haproxy-old-$old.start" "$PID_DIR/haproxy.start" 2>/dev/null
+      rm -f "$PID_DIR/haproxy-old-$old.addr"
+      unlock_pieces
+      printf '%s\n' "$old_cfg" > "$cfg"
+      fail_start haproxy "the reloaded HAProxy (PID $pid) did not take over port $LB_PORT; PID $old keeps serving the old configuration"
+    fi
+    sleep 0.05
+  done
+  say "$(printf '  %-10s PID %-7s %-24s reloaded in %d ms (PID %s finishes its connections)' haproxy "$pid" \
+        "$PIECE_ADDR" $((($(now_us) - t0) / 1000)) "$old")"
+  forget_dead_old_haproxies
+}
+
+forget_dead_old_haproxies() {
+  local f n
+  for f in "$PID_DIR"/haproxy-old-*.pid; do
+    [ -e "$f" ] || continue
+    n=${f##*/}
+    n=${n%.pid}
+    piece_pid "$n" >/dev/null || forget_piece "$n"
+  done
+}
+
+# show_addr ADDR: an address for people: a second endpoint on the same host
+# (a health instance's PUB) is shortened to " pub :PORT".
+show_addr() { local a=$1; printf '%s\n' "${a//,tcp:\/\/$HOST:/ pub :}"; }
+
+# ---------------------------------------------------------------- checks
 # tcp_open PORT: something accepts TCP connections on 127.0.0.1:PORT.
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # http_code URL: the HTTP status (000 when nothing answers), 2 s limit.
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" 2>/dev/null || true; }
+http_ok() { [ "$(http_code "$1")" = 200 ]; }
 
 # vmrss_kib PID: resident set size from /proc/PID/status, in KiB.
 vmrss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null; }

@@ -121,19 +121,26 @@ static void s_health(edge_t *edge, edge_req_t *req)
         s_method_not_allowed(edge, req, "GET");
         return;
     }
+    const char *instance = edge->config->base.instance;
     if (strcmp(req->path, "/health/live") == 0) {
-        s_json(req, 200, json_pack("{s:s}", "status", "live"), NULL, NULL);
+        s_json(req, 200, json_pack("{s:s, s:s}", "status", "live", "instance", instance), NULL,
+               NULL);
         return;
     }
+
     if (strcmp(req->path, "/health/ready") == 0) {
         const char *reason = edge->draining                   ? "draining"
                              : !sh_pool_ready(edge->sessions) ? "no session instance answers"
                                                               : NULL;
         if (reason)
-            s_json(req, 503, json_pack("{s:s, s:s}", "status", "not_ready", "reason", reason), NULL,
-                   NULL);
+            s_json(req, 503,
+                   json_pack("{s:s, s:s, s:s}", "status", "not_ready", "reason", reason, "instance",
+                             instance),
+                   NULL, NULL);
         else
-            s_json(req, 200, json_pack("{s:s}", "status", "ready"), NULL, NULL);
+            s_json(req, 200, json_pack("{s:s, s:s}", "status", "ready", "instance", instance), NULL,
+                   NULL);
+
         return;
     }
     edge_api_error(edge, req, 404, "not_found", "no such path");
