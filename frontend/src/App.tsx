@@ -1,8 +1,9 @@
 // The session counter page: shows the view count of the browser's session and
 // which edge and session instances served it; Reload counts a view, Forget me
-// ends the session and starts a new one.
+// ends the session and starts a new one. Below it, the cluster panel.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { describeError, fetchSession, forgetSession, type SessionInfo } from './api';
+import { Cluster } from './Cluster';
 
 type LoadState = 'loading' | 'ready' | 'error';
 
@@ -56,46 +57,49 @@ export function App() {
     });
 
   return (
-    <main className="card" data-state={state} aria-busy={state === 'loading'}>
-      <header>
-        <p className="brand">Shoal</p>
-        <h1>Session counter</h1>
-        <p className="lede">Every load of this page counts one view of your session.</p>
-      </header>
+    <>
+      <main className="card" data-state={state} aria-busy={state === 'loading'}>
+        <header>
+          <p className="brand">Shoal</p>
+          <h1>Session counter</h1>
+          <p className="lede">Every load of this page counts one view of your session.</p>
+        </header>
 
-      <p className="error" role="alert" data-testid="error">
-        {error}
-      </p>
+        <p className="error" role="alert" data-testid="error">
+          {error}
+        </p>
 
-      <dl className="facts">
-        <div className="fact fact-views">
-          <dt id="views-label">Views</dt>
-          <dd data-testid="views" aria-labelledby="views-label" aria-live="polite" aria-atomic="true">
-            {session ? session.views : PLACEHOLDER}
-          </dd>
-        </div>
-        <div className="fact">
-          <dt>Served by edge</dt>
-          <dd data-testid="edge">{session ? session.edge : PLACEHOLDER}</dd>
-        </div>
-        <div className="fact">
-          <dt>Session instance</dt>
-          <dd data-testid="session-instance">{session ? session.sessionInstance : PLACEHOLDER}</dd>
-        </div>
-        <div className="fact">
-          <dt>Session started</dt>
-          <dd data-testid="created-at">{session ? <CreatedAt ms={session.createdAt} /> : PLACEHOLDER}</dd>
-        </div>
-      </dl>
+        <dl className="facts">
+          <div className="fact fact-views">
+            <dt id="views-label">Views</dt>
+            <dd data-testid="views" aria-labelledby="views-label" aria-live="polite" aria-atomic="true">
+              {session ? session.views : PLACEHOLDER}
+            </dd>
+          </div>
+          <div className="fact">
+            <dt>Served by edge</dt>
+            <dd data-testid="edge">{session ? session.edge : PLACEHOLDER}</dd>
+          </div>
+          <div className="fact">
+            <dt>Session instance</dt>
+            <dd data-testid="session-instance">{session ? session.sessionInstance : PLACEHOLDER}</dd>
+          </div>
+          <div className="fact">
+            <dt>Session started</dt>
+            <dd data-testid="created-at">{session ? <CreatedAt ms={session.createdAt} /> : PLACEHOLDER}</dd>
+          </div>
+        </dl>
 
-      <div className="actions">
-        <button type="button" data-testid="reload" onClick={reload}>
-          Reload
-        </button>
-        <button type="button" className="secondary" data-testid="forget" onClick={forget}>
-          Forget me
-        </button>
-      </div>
-    </main>
+        <div className="actions">
+          <button type="button" data-testid="reload" onClick={reload}>
+            Reload
+          </button>
+          <button type="button" className="secondary" data-testid="forget" onClick={forget}>
+            Forget me
+          </button>
+        </div>
+      </main>
+      <Cluster />
+    </>
   );
 }

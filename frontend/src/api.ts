@@ -1,5 +1,6 @@
-// Shoal API client for the session counter: one place that talks HTTP, validates
-// replies and turns every failure into an ApiError with a message fit for people.
+// Shoal API client for the page (session counter and cluster view): one place that
+// talks HTTP, validates replies and turns every failure into an ApiError with a
+// message fit for people.
 
 /** A session as the page shows it (`GET /api/session`). */
 export interface SessionInfo {
@@ -27,6 +28,7 @@ export class ApiError extends Error {
 }
 
 const SESSION_PATH = '/api/session';
+const CLUSTER_PATH = '/api/cluster';
 
 type Json = Record<string, unknown>;
 
@@ -58,7 +60,7 @@ async function errorFromResponse(res: Response): Promise<ApiError> {
   return new ApiError(res.status, message, retryAfter);
 }
 
-async function send(method: 'GET' | 'DELETE', path: string): Promise<Response> {
+async function send(method: 'GET' | 'DELETE', path: string, signal?: AbortSignal): Promise<Response> {
   let res: Response;
   try {
     res = await fetch(path, {
@@ -67,12 +69,22 @@ async function send(method: 'GET' | 'DELETE', path: string): Promise<Response> {
       // Every GET counts a view, so no cache may answer it.
       cache: 'no-store',
       headers: { Accept: 'application/json' },
+      signal,
     });
-  } catch {
+  } catch (err) {
+    if (signal?.aborted) throw err;
     throw new ApiError(0, 'The server could not be reached. Check the connection and try again.');
   }
   if (!res.ok) throw await errorFromResponse(res);
   return res;
+}
+
+async function readJson(res: Response): Promise<unknown> {
+  try {
+    return await res.json();
+  } catch {
+    throw new ApiError(res.status, 'The server sent a reply that is not JSON.');
+  }
 }
 
 function toSessionInfo(body: unknown): SessionInfo {
@@ -99,13 +111,7 @@ function toSessionInfo(body: unknown): SessionInfo {
 /** Counts one view of the caller's session (creating it if needed) and returns it. */
 export async function fetchSession(): Promise<SessionInfo> {
   const res = await send('GET', SESSION_PATH);
-  let body: unknown;
-  try {
-    body = await res.json();
-  } catch {
-    throw new ApiError(res.status, 'The server sent a reply that is not JSON.');
-  }
-  return toSessionInfo(body);
+  return toSessionInfo(await readJson(res));
 }
 
 /** Ends the caller's session; the next fetchSession() starts a new one. */
@@ -113,6 +119,104 @@ export async function forgetSession(): Promise<void> {
   const res = await send('DELETE', SESSION_PATH);
   // Drain the (empty) body: Chromium reports an unread response as an aborted request.
   await res.arrayBuffer().catch(() => undefined);
+}
+
+/** Instance states the cluster view knows; anything else is shown as sent, uncoloured. */
+export const INSTANCE_STATES = ['up', 'busy', 'draining', 'dead'] as const;
+export type KnownInstanceState = (typeof INSTANCE_STATES)[number];
+
+/** One service instance as `GET /api/cluster` lists it. Fields the server left out are null. */
+export interface ClusterInstance {
+  service: string;
+  instance: string;
+  /** `up`, `busy`, `draining` or `dead` (a newer server may send another word). */
+  state: string;
+  address: string | null;
+  version: string | null;
+  uptimeS: number | null;
+  heartbeatAgeMs: number | null;
+  inFlight: number | null;
+  rps: number | null;
+}
+
+/** A health (registry) endpoint the edge talks to, and whether it answers. */
+export interface HealthEndpoint {
+  /** Instance name, when the edge knows it (it may list only the address). */
+  instance: string | null;
+  address: string | null;
+  reachable: boolean;
+}
+
+/** The cluster as one edge sees it (`GET /api/cluster`). */
+export interface ClusterInfo {
+  /** When the edge built the answer, epoch milliseconds (the edge's clock). */
+  generatedAt: number | null;
+  instances: ClusterInstance[];
+  health: HealthEndpoint[];
+}
+
+function optionalString(value: unknown): string | null {
+  return typeof value === 'string' ? value : null;
+}
+
+function optionalNumber(value: unknown): number | null {
+  return typeof value === 'number' && Number.isFinite(value) ? value : null;
+}
+
+function toClusterInstance(value: unknown): ClusterInstance | null {
+  if (
+    !isObject(value) ||
+    typeof value.service !== 'string' ||
+    value.service === '' ||
+    typeof value.instance !== 'string' ||
+    value.instance === '' ||
+    typeof value.state !== 'string' ||
+    value.state === ''
+  ) {
+    return null;
+  }
+  return {
+    service: value.service,
+    instance: value.instance,
+    state: value.state,
+    address: optionalString(value.address),
+    version: optionalString(value.version),
+    uptimeS: optionalNumber(value.uptime_s),
+    heartbeatAgeMs: optionalNumber(value.heartbeat_age_ms),
+    inFlight: optionalNumber(value.in_flight),
+    rps: optionalNumber(value.rps),
+  };
+}
+
+function toHealthEndpoint(value: unknown): HealthEndpoint | null {
+  if (!isObject(value) || typeof value.reachable !== 'boolean') return null;
+  const instance = optionalString(value.instance);
+  const address = optionalString(value.address);
+  if (!instance && !address) return null;
+  return { instance, address, reachable: value.reachable };
+}
+
+function toClusterInfo(body: unknown): ClusterInfo {
+  if (isObject(body) && Array.isArray(body.instances)) {
+    const instances = body.instances.map(toClusterInstance);
+    // One malformed instance makes the whole reply suspect: the page keeps the last
+    // good table and says so. The health list is a footnote: odd entries are dropped.
+    if (instances.every((i) => i !== null)) {
+      const health = Array.isArray(body.health) ? body.health.map(toHealthEndpoint) : [];
+      return {
+        generatedAt: optionalNumber(body.generated_at),
+        instances,
+        health: health.filter((h) => h !== null),
+      };
+    }
+  }
+  throw new ApiError(200, 'The server sent a cluster reply this page does not understand.');
+}
+
+/** The service instances the edge knows of, with their state and load. Counts no view. */
+export async function fetchCluster(signal?: AbortSignal): Promise<ClusterInfo> {
+  const res = await send('GET', CLUSTER_PATH, signal);
+  return toClusterInfo(await readJson(res));
 }
 
 /** The text the page shows for a failure, including when to retry if the server said. */
