@@ -1,4 +1,5 @@
 /*  sh_metrics.c - metrics registry and Prometheus text rendering.  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -199,4 +200,85 @@ int sh_metrics_render(sh_metrics_t *self, sh_buf_t *out)
         }
     }
     return out->data ? 0 : -1;
+}
+
+/*  --- merging expositions ---------------------------------------------------  */
+
+typedef struct {
+    char name[128];
+    sh_buf_t head; /* HELP and TYPE lines, from the first text that has them */
+    sh_buf_t body; /* samples from every text */
+} s_merge_family_t;
+
+/*  Family name of a "# HELP name ..." or "# TYPE name ..." line.  */
+static void s_family_name(const char *line, size_t len, char *out, size_t size)
+{
+    const char *p = line + 7, *end = line + len;
+    size_t n = 0;
+    while (p < end && *p != ' ' && n + 1 < size)
+        out[n++] = *p++;
+    out[n] = 0;
+}
+
+int sh_metrics_merge(const char *const *texts, int count, sh_buf_t *out)
+{
+    s_merge_family_t *families = NULL;
+    size_t used = 0, cap = 0;
+    int rc = 0;
+    for (int t = 0; t < count && rc == 0; t++) {
+        s_merge_family_t *current = NULL;
+        bool fresh = false; /* current family's header came from this text */
+        for (const char *line = texts[t]; line && *line;) {
+            const char *nl = strchr(line, '\n');
+            size_t len = nl ? (size_t)(nl - line) : strlen(line);
+            bool help = len > 7 && strncmp(line, "# HELP ", 7) == 0;
+            bool type = len > 7 && strncmp(line, "# TYPE ", 7) == 0;
+            if (help || type) {
+                char name[128];
+                s_family_name(line, len, name, sizeof name);
+                if (!current || strcmp(current->name, name) != 0) {
+                    current = NULL;
+                    for (size_t i = 0; i < used && !current; i++)
+                        if (strcmp(families[i].name, name) == 0)
+                            current = &families[i];
+                    fresh = !current;
+                    if (!current) {
+                        if (used == cap) {
+                            size_t grown = cap ? cap * 2 : 64;
+                            s_merge_family_t *more = realloc(families, grown * sizeof *more);
+                            if (!more) {
+                                rc = -1;
+                                break;
+                            }
+                            families = more;
+                            cap = grown;
+                        }
+                        current = &families[used++];
+                        memset(current, 0, sizeof *current);
+                        snprintf(current->name, sizeof current->name, "%s", name);
+                    }
+                }
+                if (fresh) {
+                    sh_buf_append(&current->head, line, len);
+                    sh_buf_append(&current->head, "\n", 1);
+                }
+            } else if (len && current) {
+                sh_buf_append(&current->body, line, len);
+                sh_buf_append(&current->body, "\n", 1);
+            }
+            line = nl ? nl + 1 : line + len;
+        }
+    }
+    for (size_t i = 0; i < used; i++) {
+        if (rc == 0) {
+            if (families[i].head.len)
+                sh_buf_append(out, families[i].head.data, families[i].head.len);
+            if (families[i].body.len)
+                sh_buf_append(out, families[i].body.data, families[i].body.len);
+        }
+        sh_buf_free(&families[i].head);
+        sh_buf_free(&families[i].body);
+    }
+    free(families);
+    return rc;
 }

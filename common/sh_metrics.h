@@ -48,4 +48,9 @@ double sh_histogram_quantile(const sh_histogram_t *hist, double q);
 /*  Append the text exposition of every series to out. Returns 0 or -1.  */
 int sh_metrics_render(sh_metrics_t *self, sh_buf_t *out);
 
+/*  Merge expositions of several instances (each as rendered above) into
+    one valid exposition: one HELP/TYPE per family, every family's samples
+    together, families in order of first appearance. Returns 0 or -1.  */
+int sh_metrics_merge(const char *const *texts, int count, sh_buf_t *out);
+
 #endif

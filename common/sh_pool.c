@@ -51,7 +51,9 @@ typedef struct s_pending_t {
     char traceparent[SH_TRACE_MAX + 1];
     char session[SH_SESSION_MAX + 1];
     char idem_key[SH_ID_MAX + 1];
-    sh_reply_fn *fn; /* NULL when cancelled */
+    char target[SH_ID_MAX + 1]; /* "" or the one instance allowed */
+    sh_reply_fn *fn;            /* NULL when cancelled */
+
     void *arg;
 } s_pending_t;
 
@@ -141,12 +143,10 @@ static void s_drain_monitor(sh_pool_t *self);
 
 /*  --- instances -------------------------------------------------------------  */
 
-
 static bool s_usable(const s_instance_t *inst)
 {
-    return inst->slot == S_LIVE && inst->connected
-           && (inst->state == SH_MEMBER_UP || inst->state == SH_MEMBER_BUSY);
-
+    return inst->slot == S_LIVE && inst->connected &&
+           (inst->state == SH_MEMBER_UP || inst->state == SH_MEMBER_BUSY);
 }
 
 /*  Rank for choosing: up before busy, then fewer in flight.  */
@@ -233,6 +233,14 @@ static int s_attempt(sh_pool_t *self, s_pending_t *p, int avoid)
 {
     int order[SH_POOL_MAX_INSTANCES];
     int n = s_order(self, avoid, order);
+    if (p->target[0]) {
+        int kept = 0;
+        for (int k = 0; k < n; k++)
+            if (strcmp(self->instances[order[k]].instance, p->target) == 0)
+                order[kept++] = order[k];
+        n = kept;
+    }
+
     sh_envelope_t env = {0};
     env.version = SH_PROTO_VERSION;
     env.kind = SH_KIND_REQUEST;
@@ -340,7 +348,9 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
              opts->traceparent ? opts->traceparent : "");
     snprintf(p->session, sizeof p->session, "%s", opts->session ? opts->session : "");
     snprintf(p->idem_key, sizeof p->idem_key, "%s", opts->idem_key ? opts->idem_key : "");
-    p->retry_safe = op->idempotent || p->idem_key[0];
+    snprintf(p->target, sizeof p->target, "%s", opts->instance ? opts->instance : "");
+    p->retry_safe = (op->idempotent || p->idem_key[0]) && !p->target[0];
+
     if (self->budget < SH_POOL_BUDGET_MAX)
         self->budget += SH_POOL_BUDGET_RATIO;
     if (s_attempt(self, p, -1) != 0) {
@@ -385,7 +395,7 @@ static void s_send_to(sh_pool_t *self, int index, uint64_t type, const void *bod
 
 void sh_pool_broadcast(sh_pool_t *self, uint64_t type, const void *body, const sh_call_opts_t *opts)
 {
-    sh_call_opts_t none = {sh_clock_wall_ms() + SH_POOL_PING_DEADLINE_MS, NULL, NULL, NULL};
+    sh_call_opts_t none = {.deadline_ms = sh_clock_wall_ms() + SH_POOL_PING_DEADLINE_MS};
     for (int i = 0; i < self->high; i++)
         if (self->instances[i].slot == S_LIVE && self->instances[i].state != SH_MEMBER_DEAD)
             s_send_to(self, i, type, body, opts ? opts : &none);
@@ -477,7 +487,6 @@ static void s_on_frames(sh_pool_t *self, sh_frames_t *frames)
         free(body);
     s_free(p);
 }
-
 
 /*  Connection events: a peer that disconnects (killed: at once; paused:
     after the ZMTP heartbeat timeout) stops being used, and what was in
@@ -618,7 +627,7 @@ void sh_pool_tick(sh_pool_t *self)
             continue;
         inst->last_ping_ms = now;
         sh_ping_req_t ping = {0};
-        sh_call_opts_t opts = {sh_clock_wall_ms() + SH_POOL_PING_DEADLINE_MS, NULL, NULL, NULL};
+        sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + SH_POOL_PING_DEADLINE_MS};
         s_send_to(self, i, SH_OP_ping, &ping, &opts);
     }
     sh_pool_drain(self);

@@ -51,6 +51,7 @@ typedef struct {
     const char *traceparent;
     const char *session;
     const char *idem_key; /* makes a write safe to repeat */
+    const char *instance; /* only this instance (by name), never another */
 } sh_call_opts_t;
 
 /*  A pool for calls to `service`. metrics is borrowed (may be NULL).  */

@@ -198,7 +198,7 @@ static void s_request_snapshot(s_view_t *view)
     view->syncing = true;
     view->last_sync_try_ms = sh_clock_mono_ms();
     sh_members_req_t req = {sh_str(""), 0};
-    sh_call_opts_t opts = {sh_clock_wall_ms() + S_CALL_DEADLINE, NULL, NULL, NULL};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + S_CALL_DEADLINE};
     sh_pool_send(view->pool, SH_OP_members, &req, &opts, s_on_snapshot, view);
 }
 
@@ -353,7 +353,7 @@ void sh_registry_destroy(sh_registry_t **self_p)
 
 void sh_registry_beat(sh_registry_t *self, const sh_member_t *me, int64_t deadline_ms)
 {
-    sh_call_opts_t opts = {deadline_ms, NULL, NULL, NULL};
+    sh_call_opts_t opts = {.deadline_ms = deadline_ms};
     for (int i = 0; i < self->count; i++)
         sh_pool_send(self->views[i].pool, SH_OP_heartbeat, me, &opts, s_on_heartbeat,
                      &self->views[i]);
@@ -362,7 +362,7 @@ void sh_registry_beat(sh_registry_t *self, const sh_member_t *me, int64_t deadli
 void sh_registry_leave(sh_registry_t *self, const char *service, const char *instance)
 {
     sh_leave_req_t req = {sh_str(service), sh_str(instance), 0};
-    sh_call_opts_t opts = {sh_clock_wall_ms() + S_CALL_DEADLINE, NULL, NULL, NULL};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + S_CALL_DEADLINE};
     for (int i = 0; i < self->count; i++)
         sh_pool_broadcast(self->views[i].pool, SH_OP_leave, &req, &opts);
 }

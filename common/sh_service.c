@@ -159,7 +159,22 @@ static void s_on_info(sh_service_t *self, sh_request_t *request, void *arg)
     sh_service_reply(self, &request, SH_STATUS_OK, NULL, &rep);
 }
 
+static void s_on_metrics(sh_service_t *self, sh_request_t *request, void *arg)
+{
+    (void)arg;
+    sh_buf_t text = {0};
+    if (sh_metrics_render(sh_service_metrics(self), &text) || text.len > SH_METRICS_MAX) {
+        sh_buf_free(&text);
+        sh_service_reply(self, &request, SH_STATUS_INTERNAL, "metrics do not fit", NULL);
+        return;
+    }
+    sh_metrics_rep_t rep = {{text.data, (uint32_t)text.len}, 0};
+    sh_service_reply(self, &request, SH_STATUS_OK, NULL, &rep);
+    sh_buf_free(&text);
+}
+
 static void s_burn(void *arg)
+
 {
     s_load_job_t *job = arg;
     sh_workers_burn_cpu(job->ms);
@@ -437,6 +452,8 @@ sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, con
     sh_service_handle(self, SH_OP_ping, s_on_ping, NULL);
     sh_service_handle(self, SH_OP_info, s_on_info, NULL);
     sh_service_handle(self, SH_OP_load, s_on_load, NULL);
+    sh_service_handle(self, SH_OP_metrics, s_on_metrics, NULL);
+
     sh_loop_add_socket(self->loop, self->router, ZMQ_POLLIN, s_on_router, self);
     sh_loop_add_socket(self->loop, sh_workers_socket(self->workers), ZMQ_POLLIN, s_on_workers,
                        self);

@@ -97,7 +97,12 @@
     F(U64, errors, 0)            \
     F(U64, in_flight, 0)
 
+/*  metrics: the instance's Prometheus text exposition.  */
+#define SH_METRICS_MAX           524288
+#define SH_FIELDS_metrics_rep(F) F(STR, text, SH_METRICS_MAX)
+
 #define SH_FIELDS_load_req(F) F(U64, ms, 0) /* CPU time to burn; capped by the service */
+
 #define SH_FIELDS_load_rep(F)          \
     F(U64, ms, 0) /* what was burnt */ \
     F(STR, instance, SH_ID_MAX)
@@ -195,6 +200,7 @@
     OP(1, ping, SH_FIELDS_ping_req, SH_FIELDS_ping_rep, 1)                                   \
     OP(2, info, SH_FIELDS_info_req, SH_FIELDS_info_rep, 1)                                   \
     OP(3, load, SH_FIELDS_load_req, SH_FIELDS_load_rep, 1)                                   \
+    OP(4, metrics, SH_FIELDS_empty, SH_FIELDS_metrics_rep, 1)                                \
     OP(10, session_touch, SH_FIELDS_session_touch_req, SH_FIELDS_session_rep, 0)             \
     OP(11, session_get, SH_FIELDS_session_get_req, SH_FIELDS_session_rep, 1)                 \
     OP(12, session_destroy, SH_FIELDS_session_destroy_req, SH_FIELDS_session_destroy_rep, 1) \

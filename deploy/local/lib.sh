@@ -308,8 +308,11 @@ define_piece() {
     health-*)
       p=$(health_port "$k")
       PIECE_PORTS=("$p" $((p + 1))) PIECE_ADDR=tcp://$HOST:$p,tcp://$HOST:$((p + 1))
+      # health instances register with every health instance too (themselves
+      # included), so each one's snapshot lists all of them
       PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p" SHOAL_PUB_BIND="tcp://$HOST:$((p + 1))"
-                 SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+                 SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+
       PIECE_CMD=("$BIN_DIR/shoal-health") ;;
     session-*)
       p=$(session_port "$k")

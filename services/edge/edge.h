@@ -90,6 +90,8 @@ struct edge_t {
     edge_config_t *config;
     sh_metrics_t *metrics;
     sh_pool_t *sessions;
+    sh_pool_t *scrape; /* every non-edge instance, for /metrics/cluster */
+
     sh_registry_t *registry; /* NULL without health endpoints */
     sh_workers_t *workers;
     int64_t started_ms;

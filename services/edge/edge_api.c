@@ -108,8 +108,10 @@ static sh_call_opts_t s_opts(edge_t *edge, edge_req_t *req, char *traceparent)
     sh_random_hex(trace, 16);
     sh_random_hex(span, 8);
     snprintf(traceparent, SH_TRACE_MAX + 1, "00-%s-%s-01", trace, span);
-    sh_call_opts_t opts = {sh_clock_wall_ms() + edge->config->request_timeout_ms, traceparent,
-                           req->cookie, NULL};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + edge->config->request_timeout_ms,
+                           .traceparent = traceparent,
+                           .session = req->cookie};
+
     return opts;
 }
 
@@ -416,7 +418,129 @@ static void s_cluster(edge_t *edge, edge_req_t *req)
     sh_pool_drain(pool);
 }
 
-/*  --- /metrics --------------------------------------------------------------  */
+/*  --- /metrics/cluster: every instance's metrics in one exposition ---------------  */
+
+typedef struct {
+    edge_job_t job; /* job.conn is NULLed if the client leaves */
+    edge_t *edge;
+    int64_t started_us;
+    int waiting;
+    char **texts;
+    int count;
+} s_scrape_t;
+
+static void s_scrape_finish(s_scrape_t *scrape)
+{
+    if (--scrape->waiting > 0)
+        return;
+    edge_t *edge = scrape->edge;
+    if (scrape->job.conn) {
+        /*  this edge's own series first, then every instance's  */
+        sh_buf_t own = {0}, merged = {0};
+        sh_metrics_render(edge->metrics, &own);
+        scrape->texts[scrape->count++] = own.data ? own.data : strdup("");
+        own.data = NULL;
+        sh_metrics_merge((const char *const *)scrape->texts, scrape->count, &merged);
+        edge_resp_t resp = {200,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                            merged.data ? merged.data : "",
+                            merged.len,
+                            {NULL},
+                            {NULL}};
+        edge_http_respond(scrape->job.conn, &resp);
+        sh_buf_free(&merged);
+    }
+    for (int i = 0; i < scrape->count; i++)
+        free(scrape->texts[i]);
+    free(scrape->texts);
+    free(scrape);
+}
+
+static void s_on_scrape_reply(void *arg, const sh_reply_t *reply)
+{
+    s_scrape_t *scrape = arg;
+    if (reply->status == SH_STATUS_OK && reply->body) {
+        const sh_metrics_rep_t *rep = reply->body;
+        char *text = malloc(rep->text.len + 1);
+        if (text) {
+            sh_str_copy(rep->text, text, rep->text.len + 1);
+            scrape->texts[scrape->count++] = text;
+        }
+    }
+    s_scrape_finish(scrape);
+}
+
+static void s_on_scrape_members(void *arg, const sh_reply_t *reply)
+{
+    s_scrape_t *scrape = arg;
+    edge_t *edge = scrape->edge;
+    if (reply->status != SH_STATUS_OK || !reply->body) {
+        if (scrape->job.conn) {
+            edge_req_t req = {0};
+            req.conn = scrape->job.conn;
+            req.started_us = scrape->started_us;
+            scrape->job.conn = NULL;
+            edge_api_error(edge, &req, sh_status_http(reply->status), sh_status_code(reply->status),
+                           reply->error);
+        }
+        s_scrape_finish(scrape);
+        return;
+    }
+    const sh_members_rep_t *rep = reply->body;
+    /*  one slot per instance plus this edge's own text  */
+    scrape->texts = calloc(rep->members.count + 1, sizeof *scrape->texts);
+    if (!scrape->texts) {
+        scrape->job.conn = NULL;
+        s_scrape_finish(scrape);
+        return;
+    }
+    for (uint32_t i = 0; i < rep->members.count; i++) {
+        const sh_member_t *m = &rep->members.items[i];
+        if (sh_str_eq(m->service, "edge") || m->state == SH_MEMBER_DEAD)
+            continue;
+        char instance[SH_ID_MAX + 1];
+        sh_str_copy(m->instance, instance, sizeof instance);
+        sh_pool_update(edge->scrape, m);
+        sh_metrics_req_t body = {0};
+        sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + edge->config->request_timeout_ms,
+                               .instance = instance};
+        scrape->waiting++;
+        sh_pool_send(edge->scrape, SH_OP_metrics, &body, &opts, s_on_scrape_reply, scrape);
+    }
+    sh_pool_drain(edge->scrape);
+    s_scrape_finish(scrape); /* the members call itself */
+}
+
+static void s_metrics_cluster(edge_t *edge, edge_req_t *req)
+{
+    if (req->method != EDGE_GET) {
+        s_method_not_allowed(edge, req, "GET");
+        return;
+    }
+    if (!edge->registry) {
+        edge_api_error(edge, req, 503, "unavailable",
+                       "no registry configured (set SHOAL_HEALTH_ENDPOINTS)");
+        return;
+    }
+    s_scrape_t *scrape = calloc(1, sizeof *scrape);
+    if (!scrape) {
+        edge_api_error(edge, req, 500, "internal", "out of memory");
+        return;
+    }
+    scrape->edge = edge;
+    scrape->started_us = req->started_us;
+    scrape->job.conn = req->conn;
+    scrape->waiting = 1;
+    edge_http_await_job(req->conn, &scrape->job);
+    sh_members_req_t body = {sh_str(""), 0};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + edge->config->request_timeout_ms};
+    sh_pool_t *pool = sh_registry_pool(edge->registry);
+    sh_pool_send(pool, SH_OP_members, &body, &opts, s_on_scrape_members, scrape);
+    sh_pool_drain(pool);
+}
+
+/*  --- /metrics ----
+----------------------------------------------------------  */
 
 static void s_metrics(edge_t *edge, edge_req_t *req)
 {
@@ -446,6 +570,9 @@ int edge_api_handle(edge_t *edge, edge_req_t *req)
         s_health(edge, req);
     else if (strcmp(path, "/metrics") == 0)
         s_metrics(edge, req);
+    else if (strcmp(path, "/metrics/cluster") == 0)
+        s_metrics_cluster(edge, req);
+
     else if (strcmp(path, "/api/session") == 0)
         s_session(edge, req);
     else if (strcmp(path, "/api/load") == 0)

@@ -435,7 +435,9 @@ static void s_drain_workers(edge_t *edge)
 static void s_drain_all(edge_t *edge)
 {
     sh_pool_drain(edge->sessions);
+    sh_pool_drain(edge->scrape);
     if (edge->registry)
+
         sh_registry_drain(edge->registry);
     s_drain_workers(edge);
 }
@@ -478,7 +480,9 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
 {
     edge_t *edge = s_http.edge;
     sh_pool_tick(edge->sessions);
+    sh_pool_tick(edge->scrape);
     if (edge->registry) {
+
         sh_registry_tick(edge->registry);
         if (sh_clock_mono_ms() - edge->last_beat_ms >= edge->config->base.heartbeat_ms)
             edge_api_beat(edge);
@@ -559,8 +563,10 @@ int edge_http_start(edge_t *edge)
     s_http.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
     if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
         return -1;
-    void *sockets[SH_REGISTRY_SOCKETS + SH_POOL_SOCKETS + 1];
+    void *sockets[SH_REGISTRY_SOCKETS + 2 * SH_POOL_SOCKETS + 1];
     int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_SOCKETS);
+    n += sh_pool_sockets(edge->scrape, sockets + n, SH_POOL_SOCKETS);
+
     sockets[n++] = sh_workers_socket(edge->workers);
     if (edge->registry)
         n += sh_registry_sockets(edge->registry, sockets + n, SH_REGISTRY_SOCKETS);

@@ -49,6 +49,9 @@ static void s_on_member(void *arg, const sh_member_t *member)
     edge_t *edge = arg;
     if (sh_str_eq(member->service, "session"))
         sh_pool_update(edge->sessions, member);
+    /*  stay connected to every service instance for /metrics/cluster  */
+    if (!sh_str_eq(member->service, "edge"))
+        sh_pool_update(edge->scrape, member);
 }
 
 static int s_add_endpoints(sh_pool_t *pool, const char *list, bool required)
@@ -100,13 +103,17 @@ int main(int argc, char **argv)
     edge.config = &config;
     edge.metrics = sh_metrics_new("edge", config.base.instance);
     edge.sessions = sh_pool_new("session", edge.metrics);
+    edge.scrape = sh_pool_new("scrape", NULL);
+
     edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
     edge.started_ms = sh_clock_wall_ms();
     bool with_registry = config.base.health_endpoints[0] != 0;
     if (with_registry)
         edge.registry =
             sh_registry_new(config.base.health_endpoints, s_on_member, &edge, edge.metrics);
-    if (!edge.metrics || !edge.sessions || !edge.workers || (with_registry && !edge.registry) ||
+    if (!edge.metrics || !edge.sessions || !edge.scrape || !edge.workers ||
+        (with_registry && !edge.registry) ||
+
         s_add_endpoints(edge.sessions, config.session_endpoints, !with_registry)) {
         if (with_registry && !edge.registry)
             fprintf(stderr, "invalid health_endpoints \"%s\"\n", config.base.health_endpoints);
@@ -140,6 +147,8 @@ int main(int argc, char **argv)
 done:
     sh_registry_destroy(&edge.registry);
     sh_pool_destroy(&edge.sessions);
+    sh_pool_destroy(&edge.scrape);
+
     sh_workers_destroy(&edge.workers);
     sh_metrics_destroy(&edge.metrics);
     sh_transport_shutdown();

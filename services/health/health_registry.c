@@ -176,8 +176,10 @@ static void s_on_members(sh_service_t *service, sh_request_t *request, void *arg
                          SH_MEMBER_UP, 0, 0, 0, 0, self->started_ms);
     my.events = sh_str(self->events);
     sh_member_own(&me, &my);
-    if (req->service.len == 0 || sh_str_eq(req->service, "health"))
+    bool registered = zhashx_lookup(self->entries, sh_service_instance(service)) != NULL;
+    if (!registered && (req->service.len == 0 || sh_str_eq(req->service, "health")))
         sh_member_view(&me, &rep->members.items[rep->members.count++]);
+
     for (h_entry_t *e = zhashx_first(self->entries); e && rep->members.count < SH_MEMBERS_MAX;
          e = zhashx_next(self->entries)) {
         if (req->service.len && !sh_str_eq(req->service, e->rec.service))

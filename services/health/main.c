@@ -40,8 +40,8 @@ int main(int argc, char **argv)
         sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
         return rc > 0 ? 0 : 2;
     }
-    /*  health does not register with other health instances  */
-    config.base.health_endpoints[0] = 0;
+    /*  with health_endpoints set, a health instance registers like any
+        service (with its peers and itself): every snapshot lists them all  */
     sh_service_t *service = sh_service_new("health", &config.base, config.bind);
     health_registry_config_t registry_config = {config.pub_bind, config.base.advertise,
                                                 config.base.heartbeat_ms, config.forget_ms};

@@ -59,9 +59,43 @@ static void test_metrics_quantiles_follow_buckets(void **state)
     assert_true(p999 > 0.1 && p999 <= 0.25);
 }
 
+static void test_metrics_merge_keeps_one_header_per_family(void **state)
+{
+    (void)state;
+    sh_metrics_t *a = sh_metrics_new("session", "s-1");
+    sh_metrics_t *b = sh_metrics_new("session", "s-2");
+    (*sh_metrics_counter(a, "t_total", "Total", NULL)) = 1;
+    (*sh_metrics_gauge(a, "t_gauge", "Gauge", NULL)) = 5;
+    (*sh_metrics_counter(b, "t_total", "Total", NULL)) = 2;
+    (*sh_metrics_counter(b, "t_only_b", "Only b", NULL)) = 3;
+    sh_buf_t ta = {0}, tb = {0}, out = {0};
+    assert_int_equal(sh_metrics_render(a, &ta), 0);
+    assert_int_equal(sh_metrics_render(b, &tb), 0);
+    const char *texts[] = {ta.data, tb.data};
+    assert_int_equal(sh_metrics_merge(texts, 2, &out), 0);
+    const char *expected = "# HELP t_total Total\n"
+                           "# TYPE t_total counter\n"
+                           "t_total{service=\"session\",instance=\"s-1\"} 1\n"
+                           "t_total{service=\"session\",instance=\"s-2\"} 2\n"
+                           "# HELP t_gauge Gauge\n"
+                           "# TYPE t_gauge gauge\n"
+                           "t_gauge{service=\"session\",instance=\"s-1\"} 5\n"
+                           "# HELP t_only_b Only b\n"
+                           "# TYPE t_only_b counter\n"
+                           "t_only_b{service=\"session\",instance=\"s-2\"} 3\n";
+    assert_string_equal(out.data, expected);
+    sh_buf_free(&ta);
+    sh_buf_free(&tb);
+    sh_buf_free(&out);
+    sh_metrics_destroy(&a);
+    sh_metrics_destroy(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_metrics_merge_keeps_one_header_per_family),
+
         cmocka_unit_test(test_metrics_render_counters_gauges_histograms),
         cmocka_unit_test(test_metrics_quantiles_follow_buckets),
     };
