@@ -2,6 +2,7 @@
     retries within a budget, pings, membership from the registry.  */
 #include <czmq.h>
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,9 @@ typedef struct s_pending_t {
     int64_t deadline_wall;    /* absolute wall ms */
     int64_t deadline_ms;      /* monotonic */
     int64_t attempt_deadline; /* monotonic */
-    void *body;               /* encoded once, re-sent as is */
+    void *body;               /* encoded once, re-sent as is: small or heap */
+    char small[160];          /* most request bodies fit here */
+
     size_t body_len;
     char traceparent[SH_TRACE_MAX + 1];
     char session[SH_SESSION_MAX + 1];
@@ -77,6 +80,14 @@ struct sh_pool_t {
 };
 
 /*  --- pending list ------------------------------------------------------  */
+
+/*  Bounded copy of an optional C string (the hot path avoids printf).  */
+static void s_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = src ? strnlen(src, size - 1) : 0;
+    memcpy(dst, src ? src : "", n);
+    dst[n] = 0;
+}
 
 static void s_link(sh_pool_t *self, s_pending_t *p)
 {
@@ -117,7 +128,8 @@ static void s_unlink(sh_pool_t *self, s_pending_t *p)
 
 static void s_free(s_pending_t *p)
 {
-    free(p->body);
+    if (p->body != p->small)
+        free(p->body);
     free(p);
 }
 
@@ -140,6 +152,28 @@ static void s_fail(sh_pool_t *self, s_pending_t *p, uint64_t status, const char 
 
 static void s_instance_died(sh_pool_t *self, int index);
 static void s_drain_monitor(sh_pool_t *self);
+
+/*  <prefix>-<handle hex>-<attempt>: unique per attempt, without printf.  */
+static void s_make_rid(const sh_pool_t *self, s_pending_t *p)
+{
+    static const char digits[] = "0123456789abcdef";
+    char *out = p->rid;
+    size_t n = strlen(self->prefix);
+    memcpy(out, self->prefix, n);
+    out[n++] = '-';
+    char hex[17];
+    int h = 0;
+    uint64_t v = p->handle;
+    do {
+        hex[h++] = digits[v & 15];
+        v >>= 4;
+    } while (v);
+    while (h)
+        out[n++] = hex[--h];
+    out[n++] = '-';
+    out[n++] = digits[p->attempts & 15];
+    out[n] = 0;
+}
 
 /*  --- instances -------------------------------------------------------------  */
 
@@ -250,8 +284,7 @@ static int s_attempt(sh_pool_t *self, s_pending_t *p, int avoid)
     env.session = sh_str(p->session);
     env.idem_key = sh_str(p->idem_key);
     p->attempts++;
-    snprintf(p->rid, sizeof p->rid, "%s-%llx-%d", self->prefix, (unsigned long long)p->handle,
-             p->attempts);
+    s_make_rid(self, p);
     env.request_id = sh_str(p->rid);
     for (int k = 0; k < n; k++) {
         s_instance_t *inst = &self->instances[order[k]];
@@ -319,8 +352,6 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
         s_answer(fn, arg, SH_STATUS_INTERNAL, "unknown operation", 0);
         return 0;
     }
-    /*  learn of connections made or lost since the last drain first  */
-    s_drain_monitor(self);
     int64_t now_wall = sh_clock_wall_ms();
 
     int64_t deadline = opts->deadline_ms ? opts->deadline_ms : now_wall + SH_POOL_PING_DEADLINE_MS;
@@ -329,14 +360,25 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
         s_answer(fn, arg, SH_STATUS_TIMEOUT, "deadline passed", 0);
         return 0;
     }
-    s_pending_t *p = calloc(1, sizeof *p);
-    if (!p || sh_transport_encode(op->request, body, &p->body, &p->body_len)) {
-        bool oom = !p;
-        free(p);
-        s_answer(fn, arg, oom ? SH_STATUS_INTERNAL : SH_STATUS_TOO_LARGE,
-                 oom ? "out of memory" : "request exceeds the message limits", 0);
+    size_t len = 0;
+    const void *encoded = sh_transport_encode_scratch(op->request, body, &len);
+    if (!encoded) {
+        s_answer(fn, arg, SH_STATUS_TOO_LARGE, "request exceeds the message limits", 0);
         return 0;
     }
+    s_pending_t *p = malloc(sizeof *p);
+    if (p) {
+        memset(p, 0, offsetof(s_pending_t, small));
+        p->body = len <= sizeof p->small ? p->small : malloc(len);
+    }
+    if (!p || !p->body) {
+        free(p);
+        s_answer(fn, arg, SH_STATUS_INTERNAL, "out of memory", 0);
+        return 0;
+    }
+    memcpy(p->body, encoded, len);
+    p->body_len = len;
+
     p->handle = ++self->next_handle;
     p->type = type;
     p->fn = fn;
@@ -344,16 +386,17 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
     p->instance = -1;
     p->deadline_wall = deadline;
     p->deadline_ms = sh_clock_mono_ms() + (deadline - now_wall);
-    snprintf(p->traceparent, sizeof p->traceparent, "%s",
-             opts->traceparent ? opts->traceparent : "");
-    snprintf(p->session, sizeof p->session, "%s", opts->session ? opts->session : "");
-    snprintf(p->idem_key, sizeof p->idem_key, "%s", opts->idem_key ? opts->idem_key : "");
-    snprintf(p->target, sizeof p->target, "%s", opts->instance ? opts->instance : "");
+    s_copy(p->traceparent, sizeof p->traceparent, opts->traceparent);
+    s_copy(p->session, sizeof p->session, opts->session);
+    s_copy(p->idem_key, sizeof p->idem_key, opts->idem_key);
+    s_copy(p->target, sizeof p->target, opts->instance);
     p->retry_safe = (op->idempotent || p->idem_key[0]) && !p->target[0];
 
     if (self->budget < SH_POOL_BUDGET_MAX)
         self->budget += SH_POOL_BUDGET_RATIO;
-    if (s_attempt(self, p, -1) != 0) {
+    /*  nothing usable: first learn of connections made since the last drain  */
+    if (s_attempt(self, p, -1) != 0 && (s_drain_monitor(self), s_attempt(self, p, -1) != 0)) {
+
         (*self->none)++;
         s_free(p);
         s_answer(fn, arg, SH_STATUS_UNAVAILABLE, "no instance available", 1);
@@ -648,7 +691,13 @@ sh_pool_t *sh_pool_new(const char *service, sh_metrics_t *metrics)
     snprintf(own_id, sizeof own_id, "c%s", hex);
     self->socket = sh_transport_caller(own_id);
     self->by_rid = zhashx_new();
+    if (self->by_rid) {
+        /*  keys are the pending entries' own rid buffers: no copies  */
+        zhashx_set_key_duplicator(self->by_rid, NULL);
+        zhashx_set_key_destructor(self->by_rid, NULL);
+    }
     char monitor[64];
+
     snprintf(monitor, sizeof monitor, "inproc://sh-pool-monitor-%s", hex);
     if (self->socket &&
         zmq_socket_monitor(self->socket, monitor,
