@@ -53,6 +53,8 @@ typedef struct {
     uint64_t seq;
     bool synced;
     bool syncing;
+    bool beat_lost; /* the last heartbeat could not be sent: re-send at the next tick */
+
     int64_t last_sync_try_ms;
     int64_t last_ok_ms;
     zhashx_t *members; /* instance -> sh_member_owned_t */
@@ -63,7 +65,10 @@ struct sh_registry_t {
     void *arg;
     s_view_t views[SH_REGISTRY_MAX_HEALTH];
     int count;
-    void *sub;        /* NULL when not watching */
+    void *sub;            /* NULL when not watching */
+    sh_member_owned_t me; /* the last record announced */
+    bool announced;
+    int64_t beat_deadline_span;
     sh_pool_t *all;   /* every health instance, for callers' requests */
     zhashx_t *merged; /* instance -> sh_member_owned_t as last told */
     uint64_t *resyncs, *gaps, *events;
@@ -86,15 +91,27 @@ static zhashx_t *s_record_map(void)
 
 /*  Merge every view's word on `instance` and tell fn when the state or
     the address changed. An instance no view knows keeps its last state.  */
+static bool s_view_reachable(const s_view_t *view, int64_t now);
+
 static void s_merge(sh_registry_t *self, const char *instance)
 {
     const sh_member_owned_t *best = NULL;
     uint64_t state = SH_MEMBER_DEAD;
     bool draining = false;
+    /*  the views of health instances that answer now decide; the frozen
+        view of a dead one counts only when no live view knows the instance  */
+    int64_t now = sh_clock_mono_ms();
+    bool live_knows = false;
+    for (int i = 0; i < self->count && !live_knows; i++)
+        live_knows = s_view_reachable(&self->views[i], now) &&
+                     zhashx_lookup(self->views[i].members, instance);
     for (int i = 0; i < self->count; i++) {
+        if (live_knows && !s_view_reachable(&self->views[i], now))
+            continue;
         const sh_member_owned_t *rec = zhashx_lookup(self->views[i].members, instance);
         if (!rec)
             continue;
+
         if (rec->state == SH_MEMBER_DRAINING)
             draining = true;
         if (rec->state < state)
@@ -146,8 +163,12 @@ static void s_learn(s_view_t *view, sh_str_t epoch, sh_str_t instance, sh_str_t 
 static void s_on_heartbeat(void *arg, const sh_reply_t *reply)
 {
     s_view_t *view = arg;
+    /*  not sent at all (the connection is still being made): a new instance
+        should not wait a whole period to be known, so try again next tick  */
+    view->beat_lost = !reply->env && reply->status == SH_STATUS_UNAVAILABLE;
     if (reply->status != SH_STATUS_OK)
         return;
+
     const sh_heartbeat_rep_t *rep = reply->body;
     s_learn(view, rep->epoch, rep->instance, rep->events);
 }
@@ -353,6 +374,9 @@ void sh_registry_destroy(sh_registry_t **self_p)
 
 void sh_registry_beat(sh_registry_t *self, const sh_member_t *me, int64_t deadline_ms)
 {
+    sh_member_own(&self->me, me);
+    self->announced = true;
+    self->beat_deadline_span = deadline_ms - sh_clock_wall_ms();
     sh_call_opts_t opts = {.deadline_ms = deadline_ms};
     for (int i = 0; i < self->count; i++)
         sh_pool_send(self->views[i].pool, SH_OP_heartbeat, me, &opts, s_on_heartbeat,
@@ -392,6 +416,14 @@ void sh_registry_tick(sh_registry_t *self)
     for (int i = 0; i < self->count; i++) {
         s_view_t *view = &self->views[i];
         sh_pool_tick(view->pool);
+        if (view->beat_lost && self->announced) {
+            view->beat_lost = false;
+            sh_member_t me;
+            sh_member_view(&self->me, &me);
+            sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + self->beat_deadline_span};
+            sh_pool_send(view->pool, SH_OP_heartbeat, &me, &opts, s_on_heartbeat, view);
+        }
+
         if (self->sub && !view->synced && !view->syncing &&
             now - view->last_sync_try_ms > S_RESYNC_MS)
             s_request_snapshot(view);
@@ -400,8 +432,14 @@ void sh_registry_tick(sh_registry_t *self)
     s_drain_sub(self);
 }
 
+static bool s_view_reachable(const s_view_t *view, int64_t now)
+{
+    return view->last_ok_ms && now - view->last_ok_ms < S_REACHABLE_MS;
+}
+
 int sh_registry_reachable(const sh_registry_t *self)
 {
+
     int n = 0;
     int64_t now = sh_clock_mono_ms();
     for (int i = 0; i < self->count; i++)

@@ -144,7 +144,8 @@ static void s_on_reply(void *arg, const sh_reply_t *reply)
     snprintf(out->error, sizeof out->error, "%s", reply->error);
     if (reply->env)
         sh_str_copy(reply->env->instance, out->instance, sizeof out->instance);
-    if (reply->body) {
+    if (reply->body && cap->codec->size <= sizeof out->body) {
+
         /*  keep the body beyond the callback: encode into raw, decode back  */
         msgpack_sbuffer buf;
         msgpack_sbuffer_init(&buf);
@@ -162,7 +163,7 @@ int t_call(sh_pool_t *pool, uint64_t type, const void *body, int64_t deadline_ms
     memset(out, 0, sizeof *out);
     const sh_op_info_t *op = sh_op_find(type);
     s_capture_t cap = {out, op ? op->reply : NULL, sh_clock_mono_ms()};
-    sh_call_opts_t opts = {deadline_ms ? sh_clock_wall_ms() + deadline_ms : 0, NULL, NULL, NULL};
+    sh_call_opts_t opts = {.deadline_ms = deadline_ms ? sh_clock_wall_ms() + deadline_ms : 0};
     uint64_t handle = sh_pool_send(pool, type, body, &opts, s_on_reply, &cap);
     int64_t end = sh_clock_mono_ms() + wait_ms;
     while (!out->done && sh_clock_mono_ms() < end) {

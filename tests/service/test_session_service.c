@@ -126,7 +126,7 @@ static void test_session_service_load_burns_and_is_capped(void **state)
     assert_int_equal(r.status, SH_STATUS_INVALID);
     /*  a ping is answered while a long load burns: the loop never blocks  */
     load.ms = 400;
-    sh_call_opts_t opts = {sh_clock_wall_ms() + 3000, NULL, NULL, NULL};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + 3000};
     sh_pool_send(f->pool, SH_OP_load, &load, &opts, NULL, NULL);
     sh_ping_req_t ping = {0};
     assert_int_equal(t_call(f->pool, SH_OP_ping, &ping, 1000, 2000, &r), 0);
@@ -278,7 +278,7 @@ static void test_session_service_drains_on_sigterm(void **state)
     t_reply_t r;
     sh_load_req_t load = {300, 0};
     /*  start a long load, then ask the service to stop: the load finishes  */
-    sh_call_opts_t opts = {sh_clock_wall_ms() + 3000, NULL, NULL, NULL};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + 3000};
     sh_pool_send(f->pool, SH_OP_load, &load, &opts, NULL, NULL);
     sh_pool_drain(f->pool);
     /*  ... wait until the service reports it in flight, then SIGTERM  */
