@@ -52,7 +52,12 @@ void *sh_transport_router(const char *endpoint, char *bound, size_t bound_size)
     int one = 1;
     s_common_options(socket);
     zmq_setsockopt(socket, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
+    /*  a caller that reconnects (say after this process was paused) keeps its
+        routing id; without handover the new connection would be ignored for
+        as long as the old one lingers, and the caller would wait in silence  */
+    zmq_setsockopt(socket, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
     if (zmq_bind(socket, endpoint) != 0) {
+
         int err = errno;
         zmq_close(socket);
         errno = err;

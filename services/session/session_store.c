@@ -23,6 +23,8 @@
 #define S_RECONNECT_MIN_MS 100
 #define S_RECONNECT_MAX_MS 1000
 #define S_STALL_FACTOR     2 /* a call this many timeouts old means Redis stalled */
+#define S_PAUSE_TICKS      10 /* a tick this many periods late: we were not running */
+
 
 /*  KEYS: [1] the session's key or "-", [2] the key a new session gets,
           [3] the idempotency record's key or "-".
@@ -103,6 +105,9 @@ struct session_store_t {
     int timer;
     int64_t connect_started_ms;
     int64_t reconnect_at_ms;
+    int64_t last_tick_ms;
+    int64_t stall_grace_until_ms;
+
     int64_t backoff_ms;
     char sha[48];
     s_pending_t *head; /* oldest first */
@@ -435,6 +440,12 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
     (void)loop;
     session_store_t *self = arg;
     int64_t now = sh_clock_mono_ms();
+    /*  A tick long overdue means this process did not run (paused, starved):
+        what looks like a silent Redis is our own absence. Give the replies
+        that are already waiting a chance before blaming Redis.  */
+    if (self->last_tick_ms && now - self->last_tick_ms > S_TICK_MS * S_PAUSE_TICKS)
+        self->stall_grace_until_ms = now + self->config.timeout_ms;
+    self->last_tick_ms = now;
     for (s_pending_t *p = self->head; p; p = p->next)
         if (!p->done && p->deadline_ms <= now) {
             (*self->timeouts)++;
@@ -442,9 +453,10 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
         }
     if (self->ac && !self->connected && now - self->connect_started_ms > self->config.timeout_ms)
         s_drop(self, "connect timed out");
-    else if (self->ac && self->head &&
+    else if (self->ac && self->head && now >= self->stall_grace_until_ms &&
              now - self->head->started_ms > self->config.timeout_ms * S_STALL_FACTOR)
         s_drop(self, "no reply in time");
+
     if (!self->ac && now >= self->reconnect_at_ms)
         s_connect(self);
     return 0;
