@@ -1,0 +1,614 @@
+#!/usr/bin/python3
+"""tests/k8s/check.py — offline checks of deploy/k8s, deploy/prometheus and deploy/grafana.
+
+Prints one line per check ("ok   name" or "FAIL name: why") and ends with
+"N passed, N failed"; exits 1 when a check failed. Run it through tests/k8s/run, which
+installs the tools it uses (python3-yaml, yamllint, promtool, the npm schemas).
+
+usage: check.py [--root DIR] [--repo DIR]
+  --root DIR  the tree whose deploy/ is checked (default: the repository; the mutation
+              tests give a modified copy)
+  --repo DIR  where README.md, the C sources and tests/k8s are (default: the repository)
+Environment: SHOAL_K8S_PROMTOOL (path of promtool), SHOAL_K8S_NODE (node, "" = no schema
+check is possible and it fails), SHOAL_K8S_KUBECTL (kubectl for `kubectl kustomize`;
+optional: skipped when absent).
+"""
+import argparse
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--root", default=REPO)
+ap.add_argument("--repo", default=REPO)
+ap.add_argument("-q", "--quiet", action="store_true", help="print only failures and the count")
+args = ap.parse_args()
+ROOT, REPO = os.path.abspath(args.root), os.path.abspath(args.repo)
+K8S = os.path.join(ROOT, "deploy/k8s")
+NAMESPACE = "shoal"
+DEFAULT_DRAIN_MS = 5000  # README: SHOAL_DRAIN_TIMEOUT_MS default
+DRAIN_MARGIN_S = 2
+
+results = []
+
+
+def check(name, ok, why=""):
+    results.append((name, bool(ok), why))
+    if not ok:
+        print(f"FAIL {name}: {why}")
+    elif not args.quiet:
+        print(f"ok   {name}")
+    return bool(ok)
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+# ------------------------------------------------------------------ load the manifests
+
+yaml_files = sorted(
+    glob.glob(os.path.join(ROOT, "deploy/k8s/**/*.yaml"), recursive=True)
+    + glob.glob(os.path.join(ROOT, "deploy/k8s/**/*.yml"), recursive=True)
+)
+check("k8s: manifests found", len(yaml_files) >= 5, f"{len(yaml_files)} files under deploy/k8s")
+docs = []  # (file, doc) of every Kubernetes object (kustomizations apart)
+kustomizations = {}  # dir -> doc
+for path in yaml_files:
+    try:
+        with open(path) as f:
+            loaded = [d for d in yaml.safe_load_all(f) if d is not None]
+    except yaml.YAMLError as e:
+        check(f"yaml parses: {rel(path)}", False, str(e).replace("\n", " "))
+        continue
+    check(f"yaml parses: {rel(path)}", True)
+    for d in loaded:
+        if not isinstance(d, dict):
+            check(f"object is a mapping: {rel(path)}", False, repr(d)[:60])
+        elif os.path.basename(path) in ("kustomization.yaml", "kustomization.yml"):
+            kustomizations[os.path.dirname(path)] = d
+        else:
+            docs.append((path, d))
+
+
+def name_of(d):
+    return (d.get("metadata") or {}).get("name")
+
+
+def objs(kind):
+    return [d for _, d in docs if d.get("kind") == kind]
+
+
+def find(kind, name):
+    for d in objs(kind):
+        if name_of(d) == name:
+            return d
+    return None
+
+
+# ------------------------------------------------------------------ basic fields
+
+for path, d in docs:
+    ident = f"{rel(path)} {d.get('kind')}/{name_of(d)}"
+    missing = [k for k in ("apiVersion", "kind") if not d.get(k)]
+    if not name_of(d):
+        missing.append("metadata.name")
+    if d.get("kind") != "Namespace" and (d.get("metadata") or {}).get("namespace") != NAMESPACE:
+        missing.append(f"metadata.namespace={NAMESPACE}")
+    check(f"fields: {ident}", not missing, "missing or wrong: " + ", ".join(missing))
+seen = {}
+for path, d in docs:
+    key = (d.get("kind"), name_of(d))
+    check(f"unique: {key[0]}/{key[1]}", key not in seen, f"also in {seen.get(key)}")
+    seen[key] = rel(path)
+check("namespace: Namespace shoal defined", find("Namespace", NAMESPACE) is not None, "no Namespace")
+
+# ------------------------------------------------------------------ kustomizations
+
+referenced = set()
+for kdir, k in sorted(kustomizations.items()):
+    bad = []
+    for r in k.get("resources") or []:
+        target = os.path.normpath(os.path.join(kdir, r))
+        if os.path.isdir(target):
+            if not any(os.path.exists(os.path.join(target, n)) for n in ("kustomization.yaml", "kustomization.yml")):
+                bad.append(f"{r} (directory without kustomization.yaml)")
+        elif os.path.isfile(target):
+            referenced.add(target)
+        else:
+            bad.append(f"{r} (missing)")
+    check(f"kustomization resources exist: {rel(kdir)}", not bad, "; ".join(bad))
+    commented = re.findall(r"^\s*#\s*-\s*(\S+\.ya?ml)\s*$", open(os.path.join(kdir, "kustomization.yaml")).read(), re.M)
+    referenced.update(os.path.normpath(os.path.join(kdir, c)) for c in commented)
+orphans = sorted({rel(p) for p, _ in docs if os.path.normpath(p) not in referenced})
+check("kustomization: every manifest is listed (or listed commented out)", not orphans, ", ".join(orphans))
+check("kustomization: deploy/k8s/kustomization.yaml exists", K8S in kustomizations, "missing")
+
+kubectl = os.environ.get("SHOAL_K8S_KUBECTL", shutil.which("kubectl") or "")
+if kubectl:
+    for kdir in sorted(kustomizations):
+        if any(kdir != o and kdir.startswith(o + "/") for o in kustomizations) and \
+                os.path.basename(kdir) in ("app", "redis"):
+            continue  # components, built as part of their parents
+        p = subprocess.run([kubectl, "kustomize", kdir], capture_output=True, text=True)
+        check(f"kubectl kustomize {rel(kdir)}", p.returncode == 0, p.stderr.strip()[:300])
+else:
+    print("skip kubectl kustomize: no kubectl (optional; the other checks do not need it)")
+
+# ------------------------------------------------------------------ schemas (npm kubernetes-models)
+
+node = os.environ.get("SHOAL_K8S_NODE", shutil.which("node") or "")
+schema_js = os.path.join(REPO, "tests/k8s/schema.mjs")
+if node and os.path.isdir(os.path.join(REPO, "tests/k8s/node_modules/kubernetes-models")):
+    p = subprocess.run([node, schema_js], input=json.dumps([{"file": rel(f), "doc": d} for f, d in docs]),
+                       capture_output=True, text=True, cwd=os.path.join(REPO, "tests/k8s"))
+    lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    check("schema: validator ran on every object", p.returncode == 0 and len(lines) == len(docs),
+          f"exit {p.returncode}, {len(lines)}/{len(docs)} results; {p.stderr.strip()[:200]}")
+    for r in lines:
+        check(f"schema: {r['file']} {r['kind']}/{r['name']}", r["ok"], r["error"])
+else:
+    check("schema: validator available", False,
+          "node or tests/k8s/node_modules/kubernetes-models missing (tests/k8s/run installs them)")
+
+# ------------------------------------------------------------------ settings (README)
+
+readme = open(os.path.join(REPO, "README.md")).read()
+documented = set(re.findall(r"`(SHOAL_[A-Z0-9_]+)`", readme))
+check("readme: configuration reference found", len(documented) > 20, f"{len(documented)} names")
+
+
+def configmap_data(kind, name):
+    d = find(kind, name)
+    if d is None:
+        return None
+    data = dict(d.get("data") or {})
+    data.update(d.get("stringData") or {})
+    return data
+
+
+for kind in ("ConfigMap", "Secret"):
+    for d in objs(kind):
+        data = configmap_data(kind, name_of(d))
+        undocumented = [k for k in data if k.startswith("SHOAL_") and k not in documented]
+        check(f"settings documented: {kind}/{name_of(d)}", not undocumented,
+              "not in README.md: " + ", ".join(undocumented))
+
+# ------------------------------------------------------------------ workloads
+
+WORKLOADS = ("Deployment", "StatefulSet")
+workloads = [d for _, d in docs if d.get("kind") in WORKLOADS]
+
+
+def pod_labels(w):
+    return ((w.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+
+
+def selects(selector, labels):
+    """matchLabels semantics (matchExpressions are not used here and fail the check)."""
+    if not selector or selector.get("matchExpressions"):
+        return False
+    ml = selector.get("matchLabels", selector)
+    return bool(ml) and all(labels.get(k) == v for k, v in ml.items())
+
+
+def container_env(w, c):
+    """The value every variable has in container c: envFrom first (later sources win),
+    then env (wins over envFrom). Values of missing sources are None."""
+    env = {}
+    for src in c.get("envFrom") or []:
+        for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+            if key in src:
+                data = configmap_data(kind, src[key].get("name"))
+                env.update(data or {})
+    for e in c.get("env") or []:
+        env[e.get("name")] = e.get("value")
+    return env
+
+
+for w in workloads:
+    ident = f"{w['kind']}/{name_of(w)}"
+    spec = w.get("spec") or {}
+    tspec = (spec.get("template") or {}).get("spec") or {}
+    check(f"{ident}: selector matches template labels", selects(spec.get("selector"), pod_labels(w)),
+          f"selector {spec.get('selector')} vs labels {pod_labels(w)}")
+    containers = tspec.get("containers") or []
+    check(f"{ident}: has containers", containers, "no containers")
+    pod_sc = tspec.get("securityContext") or {}
+    drain_s = 0
+    for c in containers:
+        cid = f"{ident} container {c.get('name')}"
+        check(f"{cid}: image", isinstance(c.get("image"), str) and c["image"].strip(), "no image")
+        res = c.get("resources") or {}
+        miss = [f"{k}.{r}" for k in ("requests", "limits") for r in ("cpu", "memory")
+                if not (res.get(k) or {}).get(r)]
+        check(f"{cid}: resource requests and limits", not miss, "missing " + ", ".join(miss))
+        ports = {p.get("name") for p in c.get("ports") or []} | {p.get("containerPort") for p in c.get("ports") or []}
+        for probe in ("livenessProbe", "readinessProbe"):
+            pr = c.get(probe)
+            if not pr:
+                check(f"{cid}: {probe}", False, "missing")
+                continue
+            handler = next((h for h in ("httpGet", "tcpSocket", "exec", "grpc") if h in pr), None)
+            if handler in ("httpGet", "tcpSocket"):
+                port = pr[handler].get("port")
+                check(f"{cid}: {probe} {handler} port {port} declared", port in ports,
+                      f"container declares {sorted(map(str, ports - {None}))}")
+            else:
+                check(f"{cid}: {probe}", handler == "exec" and pr["exec"].get("command"),
+                      f"unsupported probe {list(pr)}")
+        sc = c.get("securityContext") or {}
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        check(f"{cid}: runAsNonRoot", non_root is True and sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0,
+              "runAsNonRoot not true (or runAsUser 0)")
+        check(f"{cid}: readOnlyRootFilesystem", sc.get("readOnlyRootFilesystem") is True, "not true")
+        check(f"{cid}: capabilities drop ALL", "ALL" in ((sc.get("capabilities") or {}).get("drop") or []),
+              "capabilities.drop lacks ALL")
+        check(f"{cid}: allowPrivilegeEscalation false", sc.get("allowPrivilegeEscalation") is False, "not false")
+        # $(VAR) is expanded only from variables defined earlier in env.
+        defined, bad = set(), []
+        for e in c.get("env") or []:
+            for ref in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", str(e.get("value") or "")):
+                if ref not in defined:
+                    bad.append(f"{e.get('name')} uses $({ref})")
+            defined.add(e.get("name"))
+        check(f"{cid}: env $(VAR) references defined earlier", not bad, "; ".join(bad))
+        undocumented = [e.get("name") for e in c.get("env") or []
+                        if e.get("name", "").startswith("SHOAL_") and e.get("name") not in documented]
+        check(f"{cid}: SHOAL_* env documented in README.md", not undocumented, ", ".join(undocumented))
+        missing_refs = []
+        for src in c.get("envFrom") or []:
+            for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                if key in src and find(kind, src[key].get("name")) is None:
+                    missing_refs.append(f"{kind}/{src[key].get('name')}")
+        for e in c.get("env") or []:
+            vf = e.get("valueFrom") or {}
+            for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
+                if key in vf:
+                    data = configmap_data(kind, vf[key].get("name"))
+                    if data is None or vf[key].get("key") not in data:
+                        missing_refs.append(f"{kind}/{vf[key].get('name')} key {vf[key].get('key')}")
+        check(f"{cid}: referenced ConfigMaps and Secrets exist", not missing_refs, ", ".join(missing_refs))
+        env = container_env(w, c)
+        try:
+            ms = max(int(env.get("SHOAL_DRAIN_TIMEOUT_MS") or DEFAULT_DRAIN_MS),
+                     min(int(env.get("SHOAL_DRAIN_GRACE_MS") or 0),
+                         int(env.get("SHOAL_DRAIN_TIMEOUT_MS") or DEFAULT_DRAIN_MS)))
+        except ValueError:
+            ms = 10 ** 9
+        drain_s = max(drain_s, ms / 1000)
+        grace = int(env.get("SHOAL_DRAIN_GRACE_MS") or 0)
+        if grace:
+            check(f"{cid}: SHOAL_DRAIN_GRACE_MS below SHOAL_DRAIN_TIMEOUT_MS",
+                  grace < int(env.get("SHOAL_DRAIN_TIMEOUT_MS") or DEFAULT_DRAIN_MS),
+                  "the edge stops at the drain timeout: no time left for in-flight calls")
+    tgp = tspec.get("terminationGracePeriodSeconds", 30)
+    check(f"{ident}: terminationGracePeriodSeconds {tgp} >= drain {drain_s:g} s + {DRAIN_MARGIN_S}",
+          isinstance(tgp, int) and tgp >= drain_s + DRAIN_MARGIN_S, "SIGKILL would cut the drain short")
+    if w["kind"] == "StatefulSet":
+        svc = find("Service", spec.get("serviceName"))
+        check(f"{ident}: serviceName {spec.get('serviceName')} is a Service selecting it",
+              svc is not None and selects((svc.get("spec") or {}).get("selector"), pod_labels(w)),
+              "missing or selects other pods")
+
+
+def workload_for(component):
+    return [w for w in workloads if pod_labels(w).get("app.kubernetes.io/component") == component]
+
+
+for comp, kind in (("edge", "Deployment"), ("session", "Deployment"), ("health", "StatefulSet")):
+    ws = workload_for(comp)
+    check(f"topology: {comp} runs as a {kind}", len(ws) == 1 and ws[0]["kind"] == kind,
+          f"found {[w['kind'] + '/' + name_of(w) for w in ws]}")
+    if ws:
+        args0 = (((ws[0]["spec"]["template"]["spec"].get("containers") or [{}])[0]).get("args") or [])
+        check(f"topology: {comp} container runs `shoal {comp}`", args0[:1] == [comp], f"args {args0}")
+
+# The health endpoints name StatefulSet pods through their headless Service.
+for w in workloads:
+    for c in w["spec"]["template"]["spec"].get("containers") or []:
+        eps = container_env(w, c).get("SHOAL_HEALTH_ENDPOINTS")
+        if eps is None:
+            continue
+        bad = []
+        health = workload_for("health")
+        for ep in [e for e in eps.split(",") if e]:
+            m = re.fullmatch(r"tcp://([a-z0-9-]+)-(\d+)\.([a-z0-9-]+)(?:\.[a-z0-9.-]+)?:(\d+)", ep)
+            if not m:
+                bad.append(f"{ep}: not tcp://<statefulset>-<n>.<service>:<port>")
+                continue
+            sts = find("StatefulSet", m.group(1))
+            svc = find("Service", m.group(3))
+            if not sts or int(m.group(2)) >= sts["spec"].get("replicas", 1):
+                bad.append(f"{ep}: no pod {m.group(1)}-{m.group(2)}")
+            elif not svc or svc["spec"].get("clusterIP") != "None" or sts["spec"].get("serviceName") != m.group(3):
+                bad.append(f"{ep}: {m.group(3)} is not the StatefulSet's headless Service")
+            elif int(m.group(4)) not in [p.get("containerPort") for cc in sts["spec"]["template"]["spec"]["containers"] for p in cc.get("ports") or []]:
+                bad.append(f"{ep}: port not declared")
+        if health:
+            n = health[0]["spec"].get("replicas", 1)
+            if len([e for e in eps.split(",") if e]) != n:
+                bad.append(f"lists {len(eps.split(','))} endpoints for {n} health pods")
+        check(f"{w['kind']}/{name_of(w)}: SHOAL_HEALTH_ENDPOINTS name every health pod", not bad, "; ".join(bad))
+        break
+
+# ------------------------------------------------------------------ autoscalers, budgets, services
+
+for h in objs("HorizontalPodAutoscaler"):
+    ident = f"HorizontalPodAutoscaler/{name_of(h)}"
+    spec = h.get("spec") or {}
+    ref = spec.get("scaleTargetRef") or {}
+    check(f"{ident}: targets an existing Deployment",
+          ref.get("kind") == "Deployment" and find("Deployment", ref.get("name")) is not None, f"target {ref}")
+    check(f"{ident}: minReplicas 2, maxReplicas 10", spec.get("minReplicas") == 2 and spec.get("maxReplicas") == 10,
+          f"{spec.get('minReplicas')}..{spec.get('maxReplicas')}")
+    cpu = [m for m in spec.get("metrics") or [] if m.get("type") == "Resource"
+           and (m.get("resource") or {}).get("name") == "cpu"
+           and (m["resource"].get("target") or {}).get("type") == "Utilization"
+           and m["resource"]["target"].get("averageUtilization") == 50]
+    check(f"{ident}: CPU utilization target 50 %", len(cpu) == 1, f"metrics {spec.get('metrics')}")
+    target = find("Deployment", ref.get("name"))
+    if target:
+        c0 = target["spec"]["template"]["spec"]["containers"]
+        check(f"{ident}: target containers request CPU", all(((c.get("resources") or {}).get("requests") or {}).get("cpu") for c in c0),
+              "utilization needs CPU requests")
+hpa_targets = {(h.get("spec") or {}).get("scaleTargetRef", {}).get("name") for h in objs("HorizontalPodAutoscaler")}
+for comp in ("edge", "session"):
+    names = {name_of(w) for w in workload_for(comp)}
+    check(f"autoscaling: {comp} has a HorizontalPodAutoscaler", names & hpa_targets, f"none targets {names}")
+
+for p in objs("PodDisruptionBudget"):
+    ident = f"PodDisruptionBudget/{name_of(p)}"
+    spec = p.get("spec") or {}
+    matched = [w for w in workloads if selects(spec.get("selector"), pod_labels(w))]
+    check(f"{ident}: selects an existing workload", matched, f"selector {spec.get('selector')} matches no pods")
+    check(f"{ident}: exactly one of minAvailable/maxUnavailable",
+          ("minAvailable" in spec) != ("maxUnavailable" in spec), "both or neither")
+    for w in matched:
+        replicas = w["spec"].get("replicas", 1)
+        if "minAvailable" in spec and isinstance(spec["minAvailable"], int):
+            check(f"{ident}: minAvailable below {w['kind']}/{name_of(w)} replicas", spec["minAvailable"] < replicas,
+                  "no pod could ever be evicted")
+for comp in ("edge", "session", "health"):
+    check(f"disruption budget: {comp}",
+          any(selects((p.get("spec") or {}).get("selector"), pod_labels(w))
+              for p in objs("PodDisruptionBudget") for w in workload_for(comp)), "no PodDisruptionBudget selects it")
+
+for s in objs("Service"):
+    ident = f"Service/{name_of(s)}"
+    spec = s.get("spec") or {}
+    matched = [w for w in workloads if selects(spec.get("selector"), pod_labels(w))]
+    check(f"{ident}: selects pods that exist", matched, f"selector {spec.get('selector')} matches no pods")
+    declared = set()
+    for w in matched:
+        for c in w["spec"]["template"]["spec"].get("containers") or []:
+            for pt in c.get("ports") or []:
+                declared |= {pt.get("name"), pt.get("containerPort")}
+    bad = [str(pt.get("targetPort", pt.get("port"))) for pt in spec.get("ports") or []
+           if pt.get("targetPort", pt.get("port")) not in declared]
+    check(f"{ident}: target ports declared by its pods", matched and not bad, "undeclared: " + ", ".join(bad))
+
+for n in objs("NetworkPolicy"):
+    sel = (n.get("spec") or {}).get("podSelector")
+    check(f"NetworkPolicy/{name_of(n)}: selects pods that exist",
+          any(selects(sel, pod_labels(w)) for w in workloads), f"podSelector {sel} matches no pods")
+
+OPERATOR_PATHS = ("/api/cluster", "/api/load", "/metrics", "/metrics/cluster", "/health/ready")
+for ing in objs("Ingress"):
+    ident = f"Ingress/{name_of(ing)}"
+    spec = ing.get("spec") or {}
+    check(f"{ident}: TLS configured", spec.get("tls"), "no tls section")
+    exposed, bad = [], []
+    for rule in spec.get("rules") or []:
+        for path in ((rule.get("http") or {}).get("paths") or []):
+            b = ((path.get("backend") or {}).get("service") or {})
+            svc = find("Service", b.get("name"))
+            port = b.get("port") or {}
+            if not svc or not any(pt.get("name") == port.get("name") if "name" in port else pt.get("port") == port.get("number")
+                                  for pt in svc["spec"].get("ports") or []):
+                bad.append(f"{path.get('path')} -> {b}")
+            p, t = path.get("path", "/"), path.get("pathType")
+            for op in OPERATOR_PATHS:
+                if (t == "Exact" and p == op) or (t != "Exact" and (p.rstrip("/") == "" or op == p.rstrip("/") or op.startswith(p.rstrip("/") + "/"))):
+                    exposed.append(f"{op} via {t} {p}")
+    check(f"{ident}: backends are existing Service ports", not bad, "; ".join(bad))
+    check(f"{ident}: operators' views not routed publicly", not exposed, "; ".join(exposed))
+
+# ------------------------------------------------------------------ yamllint
+
+yamllint = shutil.which("yamllint")
+lint_targets = [os.path.join(ROOT, "deploy/k8s"), os.path.join(ROOT, "deploy/prometheus")]
+if yamllint:
+    p = subprocess.run([yamllint, "-f", "parsable", "-c", os.path.join(REPO, "tests/k8s/yamllint.yml")] + lint_targets,
+                       capture_output=True, text=True)
+    check("yamllint deploy/k8s deploy/prometheus", p.returncode == 0, (p.stdout + p.stderr).strip()[:600])
+else:
+    check("yamllint available", False, "yamllint missing (tests/k8s/run installs it)")
+
+# ------------------------------------------------------------------ metric names in the C code
+
+c_metrics = set()
+for path in glob.glob(os.path.join(REPO, "common/*.c")) + glob.glob(os.path.join(REPO, "services/*/*.c")):
+    c_metrics |= set(re.findall(r'"(shoal_[a-z0-9_]+)"', open(path, errors="replace").read()))
+check("metrics: names found in the C code", len(c_metrics) > 10, f"{len(c_metrics)} names")
+
+
+def metric_names(expr):
+    names = set(re.findall(r"\b(shoal_[a-z0-9_]+)\b", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if re.sub(r"_(bucket|sum|count)$", "", n) in c_metrics else n
+            for n in names}
+
+
+# ------------------------------------------------------------------ Prometheus
+
+prom_path = os.path.join(ROOT, "deploy/prometheus/prometheus.yml")
+try:
+    prom = yaml.safe_load(open(prom_path))
+    check("prometheus: prometheus.yml parses", isinstance(prom, dict), "not a mapping")
+except (OSError, yaml.YAMLError) as e:
+    prom = {}
+    check("prometheus: prometheus.yml parses", False, str(e)[:200])
+jobs = {j.get("job_name"): j for j in prom.get("scrape_configs") or []}
+promtool = os.environ.get("SHOAL_K8S_PROMTOOL") or shutil.which("promtool") or ""
+if promtool:
+    # Debian's Prometheus is built without Kubernetes discovery: check a copy whose
+    # kubernetes_sd_configs become static targets; the relabelling is simulated below.
+    copy = json.loads(json.dumps(prom))
+    for j in copy.get("scrape_configs") or []:
+        if j.pop("kubernetes_sd_configs", None) is not None:
+            j["static_configs"] = [{"targets": ["pod.invalid:8080"]}]
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(copy, f)
+    p = subprocess.run([promtool, "check", "config", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    check("prometheus: promtool check config", p.returncode == 0, (p.stdout + p.stderr).strip()[-400:])
+else:
+    check("prometheus: promtool available", False, "promtool missing (tests/k8s/run fetches it)")
+
+
+def relabel(labels, rules):
+    """Prometheus relabelling (keep, drop, replace); None when the target is dropped."""
+    labels = dict(labels)
+    for r in rules:
+        value = r.get("separator", ";").join(labels.get(s, "") for s in r.get("source_labels") or [])
+        m = re.fullmatch(r.get("regex", "(.*)"), value)
+        action = r.get("action", "replace")
+        if action == "keep" and not m:
+            return None
+        if action == "drop" and m:
+            return None
+        if action == "replace" and m:
+            labels[r["target_label"]] = m.expand(r.get("replacement", "$1").replace("$", "\\"))
+    return labels
+
+
+def local_targets(job):
+    return sorted(t for sc in (job or {}).get("static_configs") or [] for t in sc.get("targets") or [])
+
+
+local_edges = [j for j in jobs.values() if j.get("metrics_path", "/metrics") == "/metrics"
+               and local_targets(j) == ["127.0.0.1:8081", "127.0.0.1:8082"]]
+check("prometheus: local job scrapes /metrics of edges 127.0.0.1:8081 and :8082", local_edges, f"jobs {list(jobs)}")
+local_cluster = [j for j in jobs.values() if j.get("metrics_path") == "/metrics/cluster"
+                 and len(local_targets(j)) == 1 and local_targets(j)[0].startswith("127.0.0.1:")]
+check("prometheus: local job scrapes /metrics/cluster on one edge", local_cluster, "none")
+check("prometheus: every job keeps Shoal's instance labels (honor_labels)",
+      jobs and all(j.get("honor_labels") is True for j in jobs.values()),
+      "without honor_labels the instance label becomes exported_instance")
+sd_jobs = [j for j in jobs.values() if any(s.get("role") == "pod" for s in j.get("kubernetes_sd_configs") or [])]
+check("prometheus: a kubernetes_sd_configs job with role pod", len(sd_jobs) == 1, f"{len(sd_jobs)} jobs")
+if sd_jobs:
+    # Simulate discovery: one target per declared container port of every pod in the manifests.
+    kept = set()
+    for w in workloads:
+        for c in w["spec"]["template"]["spec"].get("containers") or []:
+            for pt in c.get("ports") or []:
+                meta = {"__address__": f"{name_of(w)}-pod:{pt.get('containerPort')}",
+                        "__meta_kubernetes_namespace": NAMESPACE,
+                        "__meta_kubernetes_pod_name": f"{name_of(w)}-0",
+                        "__meta_kubernetes_pod_phase": "Running",
+                        "__meta_kubernetes_pod_container_port_number": str(pt.get("containerPort")),
+                        "__meta_kubernetes_pod_container_port_name": pt.get("name", "")}
+                for k, v in pod_labels(w).items():
+                    meta["__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k)] = v
+                out = relabel(meta, sd_jobs[0].get("relabel_configs") or [])
+                if out is not None:
+                    kept.add((pod_labels(w).get("app.kubernetes.io/component"), out.get("__address__", "")))
+    check("prometheus: pod discovery keeps exactly the edge pods' port 8080",
+          kept and all(c == "edge" and a.endswith(":8080") for c, a in kept) and len(kept) == 1,
+          f"kept {sorted(kept)}")
+cluster_jobs = [j for j in jobs.values() if j.get("metrics_path") == "/metrics/cluster"
+                and any(".svc" in t for t in local_targets(j))]
+ok_svc, why = False, "no /metrics/cluster job with a Service target"
+for j in cluster_jobs:
+    for t in local_targets(j):
+        m = re.fullmatch(r"([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:(\d+)", t)
+        svc = find("Service", m.group(1)) if m else None
+        edge_pods = workload_for("edge")
+        if svc and m.group(2) == NAMESPACE and int(m.group(3)) in [p.get("port") for p in svc["spec"].get("ports") or []] \
+                and edge_pods and selects(svc["spec"].get("selector"), pod_labels(edge_pods[0])):
+            ok_svc, why = True, ""
+        else:
+            why = f"{t}: not a port of a Service selecting the edge pods"
+check("prometheus: /metrics/cluster scraped through the edge Service", ok_svc, why)
+# ------------------------------------------------------------------ Grafana
+
+dash_path = os.path.join(ROOT, "deploy/grafana/shoal-dashboard.json")
+try:
+    dash = json.load(open(dash_path))
+    check("grafana: dashboard JSON parses", isinstance(dash, dict) and dash.get("panels"), "no panels")
+except (OSError, ValueError) as e:
+    dash = {}
+    check("grafana: dashboard JSON parses", False, str(e)[:200])
+
+
+def all_panels(ps):
+    for p in ps or []:
+        yield p
+        yield from all_panels(p.get("panels"))
+
+
+exprs = [(p.get("title"), t.get("expr")) for p in all_panels(dash.get("panels")) for t in p.get("targets") or []]
+variables = {v.get("name") for v in (dash.get("templating") or {}).get("list") or []}
+for v in (dash.get("templating") or {}).get("list") or []:
+    q = v.get("query")
+    q = q.get("query") if isinstance(q, dict) else q
+    if v.get("type") == "query":
+        exprs.append((f"variable {v.get('name')}", re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", q or "")))
+check("grafana: panels have queries", len(exprs) >= 10, f"{len(exprs)} queries")
+ids = [p.get("id") for p in all_panels(dash.get("panels"))]
+check("grafana: panel ids unique", len(ids) == len(set(ids)) and None not in ids, f"ids {ids}")
+used = set()
+for title, e in exprs:
+    names = metric_names(e or "")
+    used |= names
+    unknown = sorted(n for n in names if n not in c_metrics)
+    check(f"grafana: metrics exist in the C code: {title}", names and not unknown, f"unknown {unknown}" if unknown else "no shoal_ metric")
+    refs = set(re.findall(r"\$\{?([a-zA-Z_]\w*)", e or "")) - {"__rate_interval", "__interval", "__range"}
+    check(f"grafana: variables defined: {title}", refs <= variables, f"undefined {sorted(refs - variables)}")
+required = ["shoal_requests_total", "shoal_http_requests_total", "shoal_request_errors_total",
+            "shoal_http_responses_total", "shoal_request_seconds", "shoal_http_request_seconds", "shoal_in_flight",
+            "shoal_rss_bytes", "shoal_calls_retries_total", "shoal_calls_late_replies_total", "shoal_health_dead_total"]
+missing = [m for m in required if m not in used]
+check("grafana: dashboard covers the required metrics", not missing, "missing " + ", ".join(missing))
+for hist in ("shoal_http_request_seconds", "shoal_request_seconds"):
+    panels_q = []
+    for p in all_panels(dash.get("panels")):
+        targets = [t.get("expr") or "" for t in p.get("targets") or []]
+        if targets and all(hist + "_bucket" in e for e in targets):
+            panels_q.append({q for e in targets for q in re.findall(r"histogram_quantile\(\s*(0\.\d+)", e)})
+    check(f"grafana: a panel with p50, p95, p99 of {hist}", {"0.5", "0.95", "0.99"} in panels_q,
+          f"quantiles per panel {[sorted(q) for q in panels_q]}")
+if promtool and exprs:
+    # PromQL syntax: every query as a recording rule, Grafana's variables filled in.
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"shoal:dashboard_query_{i}",
+         "expr": re.sub(r"\$\{?(service|instance)\}?", ".*", re.sub(r"\$__(rate_)?interval|\$__range", "1m", e))}
+        for i, (_, e) in enumerate(exprs)]}]}
+    with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as f:
+        yaml.safe_dump(rules, f)
+    p = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    os.unlink(f.name)
+    check("grafana: every query is valid PromQL (promtool)", p.returncode == 0, (p.stdout + p.stderr).strip()[-400:])
+
+# ------------------------------------------------------------------ deploy/README.md
+
+guide = os.path.join(ROOT, "deploy/README.md")
+text = open(guide).read() if os.path.exists(guide) else ""
+for needle in ("kubectl apply -k deploy/k8s", "Containers (Docker / podman compose)", "deploy/compose/README.md",
+               "prometheus.yml", "shoal-dashboard.json", "/metrics/cluster", "/api/cluster"):
+    check(f"deploy/README.md mentions {needle}", needle in text, "missing")
+
+failed = sum(1 for _, ok, _ in results if not ok)
+print(f"{len(results) - failed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
