@@ -22,9 +22,8 @@
 #define S_TICK_MS          20
 #define S_RECONNECT_MIN_MS 100
 #define S_RECONNECT_MAX_MS 1000
-#define S_STALL_FACTOR     2 /* a call this many timeouts old means Redis stalled */
+#define S_STALL_FACTOR     2  /* a call this many timeouts old means Redis stalled */
 #define S_PAUSE_TICKS      10 /* a tick this many periods late: we were not running */
-
 
 /*  KEYS: [1] the session's key or "-", [2] the key a new session gets,
           [3] the idempotency record's key or "-".
