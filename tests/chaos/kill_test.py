@@ -69,10 +69,10 @@ STACK_VARS = ("SHOAL_RUN_DIR", "SHOAL_PORT", "SHOAL_EDGES", "SHOAL_EDGE_PORT", "
 PROFILES = {
     # kill_s: how long instances are killed (one every kill_every_s);
     # pause_s: how long one instance stays stopped; health_s: health down.
-    "short": {"kill_s": 30.0, "pause_s": 10.0, "health_s": 10.0},
+    "short": {"kill_s": 60.0, "pause_s": 10.0, "health_s": 10.0},
     "long": {"kill_s": 60.0, "pause_s": 20.0, "health_s": 20.0},
 }
-SCENARIOS = ("kill", "pause", "health")
+SCENARIOS = ("kill", "pause", "health", "restart")
 KILL_EVERY_S = 5.0
 WARMUP_S = 1.0           # load before the first fault
 TAIL_S = 3.0             # load after the last fault
@@ -735,6 +735,40 @@ def scenario_kill(stack, load, res, prof, t0):
     return kills
 
 
+def scenario_restart(stack, load, res, prof, t0):
+    """Rolling restart: SIGTERM every session instance in turn (it drains and
+    exits; the supervisor starts it again) and wait until the stack is whole
+    before the next one."""
+    restarts = []
+    sleep_until(t0 + WARMUP_S)
+    for piece in stack.pieces("session"):
+        t = time.monotonic()
+        pid = stack.signal(piece, signal.SIGTERM)
+        r = {"instance": piece, "pid": pid, "at_s": round(t - t0, 3), "new_pid": None,
+             "back_after_s": None}
+        restarts.append(r)
+        if pid is None:
+            continue
+        newpid, _ = wait_for(lambda: (lambda p: p if p and p != pid else None)(stack.pid(piece)),
+                             STEADY_TIMEOUT_S, interval=0.01)
+        r["new_pid"] = newpid
+        _, waited = wait_for(stack.whole, STEADY_TIMEOUT_S, interval=0.05)
+        r["back_after_s"] = round(time.monotonic() - t, 3)
+        log("restart %s PID %s -> %s, whole again after %.2f s" % (piece, pid, newpid,
+                                                                   r["back_after_s"]))
+    sleep_until(time.monotonic() + TAIL_S)
+    return restarts
+
+
+def finish_restart(res, restarts, fails):
+    res.info["restarts"] = restarts
+    done = [r for r in restarts if r["new_pid"]]
+    res.check("every session instance restarted in turn", restarts and len(done) == len(restarts),
+              "%d of %d" % (len(done), len(restarts)))
+    res.check("a rolling restart fails no request", not fails,
+              "%d failures" % len(fails) if fails else "")
+
+
 def finish_kill(res, kills, fails, t_end):
     worst = 0.0
     rows = []
@@ -994,6 +1028,8 @@ def run_scenario(name, stack, args, prof):
             info = scenario_pause(stack, load, res, prof, t0)
         elif name == "health":
             info = scenario_health(stack, load, res, prof, t0)
+        elif name == "restart":
+            info = scenario_restart(stack, load, res, prof, t0)
     finally:
         load.stop()
     t_end = time.monotonic()
@@ -1007,6 +1043,8 @@ def run_scenario(name, stack, args, prof):
         finish_pause(res, info or {}, fails, delta)
     elif name == "health":
         finish_health(res, info, fails)
+    elif name == "restart":
+        finish_restart(res, info or [], fails)
     return res
 
 
