@@ -1,0 +1,697 @@
+#!/usr/bin/env python3
+"""tests/containers/stack_test.py -- start the compose stack and check it through HAProxy.
+
+Run by tests/containers/run (which installs podman, builds the images and starts the
+podman API socket for docker-compose); standard library only.
+
+  stack_test.py --tool podman-compose|docker-compose --project P --compose-file F \\
+                --https-port N --http-port N --stats-port N [--full] [--log FILE]
+
+Without --full (the podman-compose pass): up, ready through HTTPS, counter across both
+edges, cluster lists 2 edges + 2 sessions + 2 health, down.
+With --full (the docker-compose pass) also: HTTP->HTTPS redirect, certificate, cookies,
+front end, image health checks, Redis AOF, S3 server, networks and published ports,
+scale session 2 -> 4 (new instances serve), kill one session and one edge container
+under load (no acknowledged view lost, no duplicate, HAProxy stops using the dead edge
+within 3 s), down -v.
+
+Every check prints "ok - NAME: detail" or "FAIL - NAME: detail"; figures print as
+"figure - NAME: value". The last line is "checks: N passed, N failed".
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+READY_TIMEOUT_S = 120.0
+EDGE_OUT_LIMIT_S = 3.0
+
+TLS = ssl.create_default_context()
+TLS.check_hostname = False
+TLS.verify_mode = ssl.CERT_NONE
+
+PASSED = []
+FAILED = []
+FIGURES = []
+LOG = None
+
+
+def log(msg):
+    if LOG:
+        LOG.write("%s %s\n" % (time.strftime("%H:%M:%S"), msg))
+        LOG.flush()
+
+
+def check(name, ok, detail=""):
+    line = "%s - %s%s" % ("ok" if ok else "FAIL", name, (": " + detail) if detail else "")
+    print(line, flush=True)
+    log(line)
+    (PASSED if ok else FAILED).append(name)
+    return ok
+
+
+def figure(name, value):
+    line = "figure - %s: %s" % (name, value)
+    print(line, flush=True)
+    log(line)
+    FIGURES.append((name, value))
+
+
+def note(msg):
+    print("  " + msg, flush=True)
+    log(msg)
+
+
+# ------------------------------------------------------------------ processes
+
+def run(cmd, timeout=300, env=None, check_rc=False):
+    log("$ " + " ".join(cmd))
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
+                       env=env, text=True)
+    log("  rc=%d in %.1fs\n%s" % (p.returncode, time.monotonic() - t0, p.stdout[-6000:]))
+    if check_rc and p.returncode != 0:
+        raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), p.returncode, p.stdout[-2000:]))
+    return p
+
+
+def podman_json(args):
+    p = run(["podman"] + args, timeout=60)
+    if p.returncode != 0:
+        return []
+    # podman prints healthcheck/systemd warnings on stderr (merged here): keep the JSON only
+    text = p.stdout
+    start = min([i for i in (text.find("["), text.find("{")) if i >= 0] or [0])
+    try:
+        return json.loads(text[start:])
+    except ValueError:
+        return []
+
+
+class Compose:
+    def __init__(self, args):
+        self.tool = args.tool
+        self.project = args.project
+        self.file = args.compose_file
+        self.env = dict(os.environ)
+        self.env.update(SHOAL_PUBLISH_HTTPS=str(args.https_port),
+                        SHOAL_PUBLISH_HTTP=str(args.http_port),
+                        SHOAL_PUBLISH_STATS=str(args.stats_port),
+                        SHOAL_PUBLISH_ADDR="127.0.0.1")
+
+    def __call__(self, *words, timeout=300):
+        return run([self.tool, "-f", self.file, "-p", self.project] + list(words),
+                   timeout=timeout, env=self.env)
+
+    def containers(self, service=None, all_states=False):
+        args = ["ps", "--format", "json", "--filter",
+                "label=com.docker.compose.project=" + self.project]
+        if service:
+            args += ["--filter", "label=com.docker.compose.service=" + service]
+        if all_states:
+            args.append("-a")
+        out = podman_json(args)
+        return sorted(out, key=lambda c: c["Names"][0])
+
+    def scoped(self, name):
+        return "%s_%s" % (self.project, name)
+
+
+def instance_name(service, container):
+    """The default SHOAL_INSTANCE in a container: <service>-<hostname = short id>-<pid 1>."""
+    return "%s-%s-1" % (service, container["Id"][:12])
+
+
+def container_ip(cid, network):
+    info = podman_json(["inspect", cid])
+    if not info:
+        return None
+    nets = info[0].get("NetworkSettings", {}).get("Networks", {}) or {}
+    return (nets.get(network) or {}).get("IPAddress")
+
+
+# ------------------------------------------------------------------ HTTP
+
+class Client:
+    """One keep-alive HTTPS connection through HAProxy, with its own cookie."""
+
+    def __init__(self, port, timeout=5.0):
+        self.port = port
+        self.timeout = timeout
+        self.conn = None
+        self.cookie = None
+
+    def get(self, path, keep_cookie=True):
+        if self.conn is None:
+            self.conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=TLS,
+                                                    timeout=self.timeout)
+        headers = {"Cookie": self.cookie} if (self.cookie and keep_cookie) else {}
+        try:
+            self.conn.request("GET", path, headers=headers)
+            r = self.conn.getresponse()
+            body = r.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        if keep_cookie:
+            sc = r.getheader("Set-Cookie")
+            if sc and sc.startswith("shoal_sid="):
+                self.cookie = sc.split(";")[0]
+        if r.getheader("Connection", "").lower() == "close":
+            self.close()
+        return r.status, r, body
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def get_json(port, path, timeout=5.0):
+    c = Client(port, timeout)
+    try:
+        status, _, body = c.get(path, keep_cookie=False)
+        return status, json.loads(body) if body else None
+    finally:
+        c.close()
+
+
+def wait_for(fn, timeout, interval=0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            last = e
+        time.sleep(interval)
+    return None
+
+
+def ready(port):
+    status, _ = get_json(port, "/health/ready", timeout=2.0)
+    return status == 200
+
+
+def cluster_counts(port):
+    status, doc = get_json(port, "/api/cluster")
+    if status != 200:
+        return None, {}
+    up = {}
+    for inst in doc.get("instances", []):
+        if inst.get("state") == "up":
+            up.setdefault(inst["service"], set()).add(inst["instance"])
+    return doc, up
+
+
+def haproxy_servers(stats_port):
+    """{address ip: status} of the `edges` backend from HAProxy's CSV statistics."""
+    conn = http.client.HTTPConnection("127.0.0.1", stats_port, timeout=2)
+    try:
+        conn.request("GET", "/stats;csv")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    lines = text.splitlines()
+    head = lines[0].lstrip("# ").split(",")
+    col = {n: i for i, n in enumerate(head)}
+    out = {}
+    for line in lines[1:]:
+        f = line.split(",")
+        if len(f) < len(head) or f[col["pxname"]] != "edges" or f[col["svname"]] == "BACKEND":
+            continue
+        addr = f[col["addr"]] if "addr" in col else ""
+        if addr:
+            out[addr.rsplit(":", 1)[0]] = f[col["status"]]
+    return out
+
+
+# ------------------------------------------------------------------ checks
+
+def start_stack(compose, args, label):
+    t0 = time.monotonic()
+    p = compose("up", "-d", timeout=600)
+    t_up = time.monotonic() - t0
+    if not check("%s: up -d" % label, p.returncode == 0,
+                 "%.1f s" % t_up if p.returncode == 0 else p.stdout[-1500:]):
+        return False
+    ok = wait_for(lambda: ready(args.https_port), READY_TIMEOUT_S, 0.1)
+    t_ready = time.monotonic() - t0
+    check("%s: HAProxy answers /health/ready 200 over HTTPS" % label, bool(ok),
+          "%.1f s after `up -d` started" % t_ready)
+    if ok:
+        figure("%s stack start (compose up -> HAProxy ready)" % label, "%.1f s" % t_ready)
+    return bool(ok)
+
+
+def check_counter(args, label, n=20):
+    """One client, one keep-alive connection: views 1..n, +1 each, both edges alternate."""
+    c = Client(args.https_port)
+    # HAProxy takes an edge into rotation after its first good check: wait for both.
+    seen = set()
+
+    def both():
+        _, doc = get_json(args.https_port, "/health/live")
+        seen.add(doc["instance"])
+        return len(seen) >= 2
+    wait_for(both, 15, 0.05)
+    views, edges, statuses = [], [], []
+    try:
+        for _ in range(n):
+            status, _, body = c.get("/api/session")
+            statuses.append(status)
+            if status == 200:
+                doc = json.loads(body)
+                views.append(doc["views"])
+                edges.append(doc["edge"])
+    except (OSError, http.client.HTTPException) as e:
+        statuses.append(repr(e))
+    finally:
+        c.close()
+    ok = statuses == [200] * n and views == list(range(1, n + 1))
+    check("%s: session counter +1 per request (%d requests, one cookie)" % (label, n), ok,
+          "views %s..%s" % (views[:1], views[-1:]) if ok else "statuses %s views %s" % (statuses, views))
+    alternate = len(set(edges)) == 2 and all(a != b for a, b in zip(edges, edges[1:]))
+    check("%s: requests alternate between both edges" % label, alternate,
+          " ".join(edges[:4]) + " ...")
+
+
+def check_cluster(compose, args, label, want):
+    """/api/cluster lists exactly the running containers, each `up`."""
+    expect = {}
+    for service in ("edge", "session"):
+        expect[service] = {instance_name(service, c) for c in compose.containers(service)}
+    expect["health"] = {"health-1", "health-2"}
+
+    def complete():
+        _, up = cluster_counts(args.https_port)
+        return all(up.get(s, set()) >= expect[s] for s in expect) and up
+    up = wait_for(complete, 20, 0.2)
+    doc, up_now = cluster_counts(args.https_port)
+    counts = {s: len(up_now.get(s, ())) for s in ("edge", "session", "health")}
+    ok = bool(up) and all(len(expect[s]) == want[s] for s in want) and counts == want
+    check("%s: /api/cluster lists every instance up (%s)" % (label, ", ".join(
+        "%d %s" % (want[s], s) for s in ("edge", "session", "health"))), ok,
+        "up: %s" % counts if ok else "up %s, expected containers %s" % (
+            {s: sorted(v) for s, v in up_now.items()}, {s: sorted(v) for s, v in expect.items()}))
+    if doc:
+        reach = [h.get("reachable") for h in doc.get("health", [])]
+        check("%s: both health instances reachable from the edge" % label,
+              reach == [True, True], str(doc.get("health")))
+
+
+def check_http_redirect(args):
+    conn = http.client.HTTPConnection("127.0.0.1", args.http_port, timeout=5)
+    try:
+        conn.request("GET", "/api/session?probe=1", headers={"Host": "127.0.0.1:%d" % args.http_port})
+        r = conn.getresponse()
+        r.read()
+        loc = r.getheader("Location")
+    finally:
+        conn.close()
+    want = "https://127.0.0.1:%d/api/session?probe=1" % args.https_port
+    check("HTTP redirects to HTTPS (same host, HTTPS port, path and query)",
+          r.status == 301 and loc == want, "%d Location: %s" % (r.status, loc))
+
+
+def check_tls_and_headers(args):
+    # The self-signed certificate verifies for 127.0.0.1 when trusted explicitly.
+    pem = ssl.get_server_certificate(("127.0.0.1", args.https_port))
+    ctx = ssl.create_default_context(cadata=pem)
+    ok, detail = True, ""
+    try:
+        conn = http.client.HTTPSConnection("127.0.0.1", args.https_port, context=ctx, timeout=5)
+        conn.request("GET", "/health/live")
+        conn.getresponse().read()
+        detail = "%s, %s" % (conn.sock.version(), conn.sock.cipher()[0])
+        conn.close()
+    except (ssl.SSLError, OSError) as e:
+        ok, detail = False, repr(e)
+    check("TLS: self-signed certificate valid for 127.0.0.1 (SAN), TLS >= 1.2", ok, detail)
+
+    c = Client(args.https_port)
+    try:
+        status, r, _ = c.get("/api/session")
+        cookie = r.getheader("Set-Cookie") or ""
+        flags = [f.strip().lower() for f in cookie.split(";")[1:]]
+        check("session cookie is Secure, HttpOnly, SameSite=Lax behind TLS",
+              status == 200 and "secure" in flags and "httponly" in flags and "samesite=lax" in flags,
+              "%d %s" % (status, re.sub(r"=[A-Za-z0-9_-]{43}", "=<id>", cookie)))
+        status, r, body = c.get("/")
+        csp = r.getheader("Content-Security-Policy") or ""
+        check("front end served from the image (GET / -> index.html with CSP)",
+              status == 200 and b"<div id=" in body and "default-src" in csp,
+              "%d, %d bytes, CSP %s" % (status, len(body), csp[:40]))
+    finally:
+        c.close()
+
+
+def check_images_and_runtime(compose, args):
+    ctrs = compose.containers()
+    bad = []
+    for ctr in ctrs:
+        name = ctr["Names"][0]
+        p = run(["podman", "healthcheck", "run", name], timeout=30)
+        if p.returncode != 0:
+            bad.append("%s: %s" % (name, p.stdout.strip()[-200:]))
+    check("image HEALTHCHECK passes in every container (podman healthcheck run)",
+          not bad and len(ctrs) >= 9, "%d containers" % len(ctrs) if not bad else "; ".join(bad))
+
+    users = {}
+    for ctr in compose.containers("edge") + compose.containers("session") + compose.containers("health-1"):
+        p = run(["podman", "exec", ctr["Names"][0], "id", "-u"], timeout=30)
+        users[ctr["Names"][0]] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "?"
+    check("Shoal services run as a non-root user", users and all(u == "10001" for u in users.values()),
+          "uid %s" % sorted(set(users.values())))
+
+    redis = compose.containers("redis")
+    if redis:
+        p = run(["podman", "exec", redis[0]["Names"][0], "redis-cli", "config", "get", "appendonly"])
+        info = podman_json(["inspect", redis[0]["Id"]])
+        mounts = [(m.get("Name"), m.get("Destination")) for m in info[0].get("Mounts", [])] if info else []
+        check("Redis: AOF on, data in the named volume",
+              p.stdout.split()[-1:] == ["yes"] and (compose.scoped("redis-data"), "/data") in mounts,
+              "appendonly=%s mounts=%s" % (p.stdout.split()[-1:], mounts))
+    else:
+        check("Redis: AOF on, data in the named volume", False, "no redis container")
+
+    s3 = compose.containers("s3")
+    script = r"""
+const http = require('http');
+function req(m, p, body) { return new Promise((ok, ko) => {
+  const r = http.request({host: 's3', port: 9000, method: m, path: p,
+    headers: body ? {'content-length': Buffer.byteLength(body)} : {}}, res => {
+      let d = ''; res.on('data', c => d += c); res.on('end', () => ok([res.statusCode, d])); });
+  r.on('error', ko); if (body) r.write(body); r.end(); }); }
+(async () => {
+  const put = await req('PUT', '/shoal/containers-test.txt', 'hello shoal');
+  const get = await req('GET', '/shoal/containers-test.txt');
+  const del = await req('DELETE', '/shoal/containers-test.txt');
+  const gone = await req('GET', '/shoal/containers-test.txt');
+  console.log(JSON.stringify([put[0], get[0], get[1], del[0], gone[0]]));
+})().catch(e => { console.error(e); process.exit(1); });
+"""
+    if s3:
+        p = run(["podman", "exec", s3[0]["Names"][0], "node", "-e", script], timeout=60)
+        try:
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            res = p.stdout[-300:]
+        check("S3 server: PUT, GET, DELETE an object in bucket `shoal` at http://s3:9000",
+              res == [200, 200, "hello shoal", 204, 404], str(res))
+    else:
+        check("S3 server: PUT, GET, DELETE an object in bucket `shoal` at http://s3:9000", False,
+              "no s3 container")
+
+    nets = podman_json(["network", "inspect", compose.scoped("internal")])
+    internal = bool(nets) and nets[0].get("internal") is True
+    published = {}
+    for ctr in ctrs:
+        info = podman_json(["inspect", ctr["Id"]])
+        ports = (info[0].get("HostConfig", {}).get("PortBindings") or {}) if info else {}
+        for cport, binds in ports.items():
+            for b in binds or []:
+                published.setdefault(ctr["Labels"].get("com.docker.compose.service"), []).append(
+                    "%s:%s->%s" % (b.get("HostIp"), b.get("HostPort"), cport))
+    only_lb = set(published) == {"haproxy"} and all(
+        p.startswith("127.0.0.1:") for p in published.get("haproxy", []))
+    check("networks: services on an internal network; only HAProxy publishes, on 127.0.0.1",
+          internal and only_lb, "internal=%s published=%s" % (internal, published))
+
+
+def check_scale(compose, args):
+    before = {instance_name("session", c) for c in compose.containers("session")}
+    t0 = time.monotonic()
+    p = compose("up", "-d", "--scale", "session=4", timeout=300)
+    if not check("scale session 2 -> 4 (%s up -d --scale session=4)" % compose.tool,
+                 p.returncode == 0 and len(compose.containers("session")) == 4,
+                 "%d session containers" % len(compose.containers("session"))):
+        return
+    after = {instance_name("session", c) for c in compose.containers("session")}
+    new = after - before
+
+    def registered():
+        _, up = cluster_counts(args.https_port)
+        return up.get("session", set()) >= after
+    ok = wait_for(registered, 20, 0.1)
+    t_reg = time.monotonic() - t0
+    check("new session instances register and are listed up", bool(ok),
+          "%s in %.1f s" % (sorted(new), t_reg))
+    if ok:
+        figure("scale-out: compose up --scale -> new sessions listed up", "%.1f s" % t_reg)
+
+    # Traffic from several clients at once (the caller picks the least busy instance).
+    served = {}
+    lock = threading.Lock()
+
+    def worker():
+        c = Client(args.https_port)
+        try:
+            for _ in range(40):
+                status, _, body = c.get("/api/session")
+                if status == 200:
+                    name = json.loads(body)["session_instance"]
+                    with lock:
+                        served[name] = served.get(name, 0) + 1
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            c.close()
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not new <= set(served):
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    check("new session instances serve traffic (named in /api/session replies)",
+          bool(new) and new <= set(served), "replies per instance: %s" % served)
+
+
+class LoadClient(threading.Thread):
+    """GET /api/session in a loop on its own keep-alive connection and session."""
+
+    def __init__(self, port, stop):
+        super().__init__(daemon=True)
+        self.client = Client(port, timeout=5.0)
+        self.stop = stop
+        self.acked = []      # (t, views, edge, session_instance)
+        self.failures = []   # (t, what)
+        self.cookies = set()
+
+    def run(self):
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                status, _, body = self.client.get("/api/session")
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append((time.monotonic(), type(e).__name__))
+                time.sleep(0.01)
+                continue
+            if status == 200:
+                doc = json.loads(body)
+                self.acked.append((t, doc["views"], doc["edge"], doc["session_instance"]))
+                self.cookies.add(self.client.cookie)
+            else:
+                self.failures.append((time.monotonic(), status))
+        self.client.close()
+
+
+def check_kill(compose, args):
+    sessions = compose.containers("session")
+    edges = compose.containers("edge")
+    if len(sessions) < 2 or len(edges) < 2:
+        check("kill under load", False, "need 2 sessions and 2 edges, have %d and %d" % (
+            len(sessions), len(edges)))
+        return
+    victim_s, victim_e = sessions[0], edges[0]
+    victim_e_ip = container_ip(victim_e["Id"], compose.scoped("internal"))
+    note("victims: session %s (%s), edge %s (%s, %s)" % (
+        victim_s["Names"][0], instance_name("session", victim_s), victim_e["Names"][0],
+        instance_name("edge", victim_e), victim_e_ip))
+
+    stop = threading.Event()
+    clients = [LoadClient(args.https_port, stop) for _ in range(args.clients)]
+    for c in clients:
+        c.start()
+    time.sleep(2.0)
+
+    t_kill_s = time.monotonic()
+    p = run(["podman", "kill", victim_s["Names"][0]], timeout=30)
+    check("podman kill a session container under load", p.returncode == 0, victim_s["Names"][0])
+    time.sleep(3.0)
+
+    # Watch HAProxy's view of the edge about to die.
+    states = []
+
+    def watch():
+        end = time.monotonic() + 8
+        while time.monotonic() < end:
+            try:
+                states.append((time.monotonic(), haproxy_servers(args.stats_port).get(victim_e_ip)))
+            except (OSError, http.client.HTTPException, ValueError, IndexError):
+                pass
+            time.sleep(0.05)
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    time.sleep(0.3)
+    t_kill_e = time.monotonic()
+    p = run(["podman", "kill", victim_e["Names"][0]], timeout=30)
+    check("podman kill an edge container under load", p.returncode == 0, victim_e["Names"][0])
+    time.sleep(6.0)
+    stop.set()
+    for c in clients:
+        c.join(10)
+    watcher.join(10)
+    t_end = time.monotonic()
+
+    # Final read: one more view per client, with its cookie.
+    finals = []
+    for c in clients:
+        try:
+            status, _, body = c.client.get("/api/session")
+            finals.append(json.loads(body)["views"] if status == 200 else None)
+        except (OSError, http.client.HTTPException, ValueError):
+            finals.append(None)
+        c.client.close()
+
+    acked = sum(len(c.acked) for c in clients)
+    failures = [f for c in clients for f in c.failures]
+    by_victims = [sum(1 for c in clients for a in c.acked if a[0] < t and a[pos] == name)
+                  for t, pos, name in ((t_kill_s, 3, instance_name("session", victim_s)),
+                                       (t_kill_e, 2, instance_name("edge", victim_e)))]
+    check("the victims served traffic before their kill", all(by_victims),
+          "session %d, edge %d acknowledged replies" % tuple(by_victims))
+    lost, dupes, one_session = [], [], True
+    for i, c in enumerate(clients):
+        views = [a[1] for a in c.acked]
+        if len(set(views)) != len(views) or views != sorted(views):
+            dupes.append(i)
+        if len(c.cookies) > 1:
+            one_session = False
+        if finals[i] is None or finals[i] < len(views) + 1:
+            lost.append((i, len(views), finals[i]))
+    figure("kill test load", "%d clients, %.1f s, %d acknowledged views, %d failed requests" % (
+        len(clients), t_end - t_kill_s + 2.0, acked, len(failures)))
+    check("no acknowledged view lost (final counter >= acknowledged + 1, every client)",
+          not lost and one_session and acked > 0,
+          "acknowledged %d" % acked if not lost else "lost: %s" % lost)
+    check("no duplicate or backward views values among acknowledged replies", not dupes,
+          "clients with duplicates: %s" % dupes if dupes else "%d clients" % len(clients))
+
+    # Failures around each kill.
+    def window(t0, t1):
+        return [f for f in failures if t0 <= f[0] < t1]
+    fail_s = window(t_kill_s, t_kill_e)
+    fail_e = window(t_kill_e, t_end + 1)
+    last_e = max((f[0] for f in fail_e), default=None)
+    figure("session kill: failed requests until the edge kill",
+           "%d %s" % (len(fail_s), sorted({str(f[1]) for f in fail_s})))
+    since = ("last failure %.2f s after the kill" % (last_e - t_kill_e)) if last_e else "none"
+    figure("edge kill: failed requests (502/connection) after the kill",
+           "%d %s, %s" % (len(fail_e), sorted({str(f[1]) for f in fail_e}), since))
+    out_at = None
+    for t, st in states:
+        if t >= t_kill_e and (st is None or not st.startswith("UP")):
+            out_at = t
+            break
+    before_states = sorted({st for t, st in states if t < t_kill_e and st})
+    figure("edge kill: HAProxy marks the dead edge out of rotation",
+           ("%.2f s after the kill (was %s, then %s)" % (
+               out_at - t_kill_e, before_states, [st for t, st in states if t >= out_at][:1]))
+           if out_at else "never seen (states %s)" % sorted({str(s) for _, s in states}))
+    check("HAProxy stops sending to the dead edge within %.0f s" % EDGE_OUT_LIMIT_S,
+          out_at is not None and out_at - t_kill_e <= EDGE_OUT_LIMIT_S
+          and (last_e is None or last_e - t_kill_e <= EDGE_OUT_LIMIT_S),
+          "out of rotation after %.2f s; last failed request %s" % (
+              (out_at - t_kill_e) if out_at else -1, since))
+    late = [a for c in clients for a in c.acked if a[0] > t_kill_e + EDGE_OUT_LIMIT_S]
+    late_fail = window(t_kill_e + EDGE_OUT_LIMIT_S, t_end + 1)
+    check("after the kills the stack serves without errors (from kill + 3 s to the end)",
+          len(late) > 0 and not late_fail and all(
+              a[2] != instance_name("edge", victim_e) and a[3] != instance_name("session", victim_s)
+              for a in late),
+          "%d acknowledged, %d failed" % (len(late), len(late_fail)))
+
+    # The registry saw both die.
+    def dead():
+        status, doc = get_json(args.https_port, "/api/cluster")
+        st = {i["instance"]: i["state"] for i in doc.get("instances", [])}
+        return all(st.get(n, "dead") == "dead" for n in (
+            instance_name("session", victim_s), instance_name("edge", victim_e)))
+    check("/api/cluster shows the killed session and edge as dead", bool(wait_for(dead, 10)))
+
+
+def stop_stack(compose, label, volumes=True):
+    t0 = time.monotonic()
+    p = compose("down", "-v", timeout=300) if volumes else compose("down", timeout=300)
+    t = time.monotonic() - t0
+    left = compose.containers(all_states=True)
+    check("%s: down -v removes the project's containers" % label,
+          p.returncode == 0 and not left,
+          "%.1f s" % t if not left else "left: %s" % [c["Names"][0] for c in left])
+    figure("%s down" % label, "%.1f s" % t)
+
+
+def dump_logs(compose, path):
+    try:
+        with open(path, "w") as f:
+            for ctr in compose.containers(all_states=True):
+                p = run(["podman", "logs", "--tail", "200", ctr["Names"][0]], timeout=30)
+                f.write("==== %s (%s)\n%s\n" % (ctr["Names"][0], ctr.get("State"), p.stdout))
+        note("container logs: %s" % path)
+    except (OSError, subprocess.SubprocessError) as e:
+        note("could not save container logs: %r" % e)
+
+
+def main(argv):
+    global LOG
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tool", required=True)
+    ap.add_argument("--project", required=True)
+    ap.add_argument("--compose-file", required=True)
+    ap.add_argument("--https-port", type=int, required=True)
+    ap.add_argument("--http-port", type=int, required=True)
+    ap.add_argument("--stats-port", type=int, required=True)
+    ap.add_argument("--clients", type=int, default=6)
+    ap.add_argument("--full", action="store_true")
+    ap.add_argument("--log")
+    ap.add_argument("--logs-on-failure")
+    args = ap.parse_args(argv)
+    if args.log:
+        LOG = open(args.log, "a")
+    label = os.path.basename(args.tool)
+    compose = Compose(args)
+    try:
+        if start_stack(compose, args, label):
+            check_counter(args, label)
+            want = {"edge": 2, "session": 2, "health": 2}
+            check_cluster(compose, args, label, want)
+            if args.full:
+                check_http_redirect(args)
+                check_tls_and_headers(args)
+                check_images_and_runtime(compose, args)
+                check_scale(compose, args)
+                check_kill(compose, args)
+    except Exception as e:  # a crash of the harness is a failed check, and the stack still goes
+        check("%s: test harness" % label, False, repr(e))
+    finally:
+        if FAILED and args.logs_on_failure:
+            dump_logs(compose, args.logs_on_failure)
+        stop_stack(compose, label)
+    print("checks: %d passed, %d failed" % (len(PASSED), len(FAILED)), flush=True)
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
