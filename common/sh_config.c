@@ -193,3 +193,15 @@ int sh_config_base_finish(sh_base_config_t *base, const char *service)
         }
     return 0;
 }
+
+int sh_config_start(const sh_setting_t *table, size_t count, void *config, sh_base_config_t *base,
+                    const char *service, const char *summary, int argc, char **argv)
+{
+    int rc = sh_config_load(table, count, config, service, summary, argc, argv);
+    if (rc == 0 && sh_config_base_finish(base, service))
+        rc = -1;
+    if (rc == 0)
+        return -1;
+    sh_config_free(table, count, config);
+    return rc > 0 ? 0 : 2;
+}

@@ -77,6 +77,13 @@ int sh_config_load(const sh_setting_t *table, size_t count, void *config, const 
 void sh_config_usage(const sh_setting_t *table, size_t count, const char *service,
                      const char *summary);
 
+/*  What every main does first: load the settings (config's base at
+    `base`), finish the base settings, and on --help/--version or an invalid
+    setting release the strings. Returns -1 to go on, else the exit code
+    (0 after --help/--version, 2 for an invalid setting).  */
+int sh_config_start(const sh_setting_t *table, size_t count, void *config, sh_base_config_t *base,
+                    const char *service, const char *summary, int argc, char **argv);
+
 /*  Release strings allocated by sh_config_load.  */
 void sh_config_free(const sh_setting_t *table, size_t count, void *config);
 

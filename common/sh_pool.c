@@ -55,7 +55,9 @@ typedef struct s_pending_t {
     char session[SH_SESSION_MAX + 1];
     char idem_key[SH_ID_MAX + 1];
     char target[SH_ID_MAX + 1]; /* "" or the one instance allowed */
-    sh_reply_fn *fn;            /* NULL when cancelled */
+    int64_t attempt_ms;         /* per-attempt timeout */
+
+    sh_reply_fn *fn; /* NULL when cancelled */
 
     void *arg;
 } s_pending_t;
@@ -293,9 +295,10 @@ static int s_attempt(sh_pool_t *self, s_pending_t *p, int avoid)
             p->instance = order[k];
             inst->in_flight++;
             int64_t now = sh_clock_mono_ms();
-            p->attempt_deadline = p->retry_safe && now + self->attempt_timeout_ms < p->deadline_ms
-                                      ? now + self->attempt_timeout_ms
+            p->attempt_deadline = p->retry_safe && now + p->attempt_ms < p->deadline_ms
+                                      ? now + p->attempt_ms
                                       : p->deadline_ms;
+
             zhashx_insert(self->by_rid, p->rid, p);
             (*self->sent)++;
             return 0;
@@ -390,6 +393,8 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
     s_copy(p->session, sizeof p->session, opts->session);
     s_copy(p->idem_key, sizeof p->idem_key, opts->idem_key);
     s_copy(p->target, sizeof p->target, opts->instance);
+    p->attempt_ms = opts->attempt_ms > 0 ? opts->attempt_ms : self->attempt_timeout_ms;
+
     p->retry_safe = (op->idempotent || p->idem_key[0]) && !p->target[0];
 
     if (self->budget < SH_POOL_BUDGET_MAX)

@@ -52,6 +52,7 @@ typedef struct {
     const char *session;
     const char *idem_key; /* makes a write safe to repeat */
     const char *instance; /* only this instance (by name), never another */
+    int64_t attempt_ms;   /* per-attempt timeout if the work itself takes long (0: default) */
 } sh_call_opts_t;
 
 /*  A pool for calls to `service`. metrics is borrowed (may be NULL).  */

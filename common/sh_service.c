@@ -395,7 +395,7 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
     return 0;
 }
 
-sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, const char *bind)
+int sh_process_start(const char *name, const sh_base_config_t *base)
 {
     sigset_t mask;
     sigemptyset(&mask);
@@ -406,15 +406,24 @@ sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, con
     sh_crypto_init();
     sh_log_init(name, base->instance, (sh_log_level_t)sh_log_level_parse(base->log_level),
                 base->log_json);
+    return signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+}
+
+sh_service_t *sh_service_new(const char *name, const sh_base_config_t *base, const char *bind)
+{
+    int signal_fd = sh_process_start(name, base);
 
     sh_service_t *self = calloc(1, sizeof *self);
-    if (!self)
+    if (!self) {
+        if (signal_fd >= 0)
+            close(signal_fd);
         return NULL;
+    }
     snprintf(self->name, sizeof self->name, "%s", name);
     snprintf(self->instance, sizeof self->instance, "%s", base->instance);
     self->base = base;
     self->started_ms = sh_clock_wall_ms();
-    self->signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    self->signal_fd = signal_fd;
     self->loop = sh_loop_new();
     self->metrics = sh_metrics_new(name, base->instance);
     self->routes = calloc(sh_op_count, sizeof *self->routes);

@@ -37,6 +37,12 @@ typedef struct {
 
 typedef void(sh_handler_fn)(sh_service_t *service, sh_request_t *request, void *arg);
 
+/*  What every Shoal process does first: block SIGTERM/SIGINT (every
+    thread created later inherits the mask), ignore SIGPIPE, initialise
+    libsodium and logging. Returns a signalfd that reads the stop signals,
+    or -1.  */
+int sh_process_start(const char *name, const sh_base_config_t *base);
+
 /*  Block SIGTERM/SIGINT (so every thread created later inherits it), bind
     the ROUTER at `bind` and set up logging, metrics and workers. Call it
     before anything creates threads. Returns NULL (error logged).  */

@@ -44,6 +44,24 @@ static void s_common_options(void *socket)
     zmq_setsockopt(socket, ZMQ_HEARTBEAT_TTL, &timeout, sizeof timeout);
 }
 
+/*  Bind socket at endpoint and report the endpoint actually bound; closes
+    the socket and returns NULL (errno kept) when binding fails.  */
+static void *s_bind(void *socket, const char *endpoint, char *bound, size_t bound_size)
+{
+    if (zmq_bind(socket, endpoint) != 0) {
+        int err = errno;
+        zmq_close(socket);
+        errno = err;
+        return NULL;
+    }
+    if (bound) {
+        size_t size = bound_size;
+        if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, bound, &size) != 0 && bound_size)
+            bound[0] = 0;
+    }
+    return socket;
+}
+
 void *sh_transport_router(const char *endpoint, char *bound, size_t bound_size)
 {
     void *socket = zmq_socket(sh_transport_ctx(), ZMQ_ROUTER);
@@ -56,19 +74,7 @@ void *sh_transport_router(const char *endpoint, char *bound, size_t bound_size)
         routing id; without handover the new connection would be ignored for
         as long as the old one lingers, and the caller would wait in silence  */
     zmq_setsockopt(socket, ZMQ_ROUTER_HANDOVER, &one, sizeof one);
-    if (zmq_bind(socket, endpoint) != 0) {
-
-        int err = errno;
-        zmq_close(socket);
-        errno = err;
-        return NULL;
-    }
-    if (bound) {
-        size_t size = bound_size;
-        if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, bound, &size) != 0 && bound_size)
-            bound[0] = 0;
-    }
-    return socket;
+    return s_bind(socket, endpoint, bound, bound_size);
 }
 
 void *sh_transport_dealer(const char *endpoint)
@@ -96,18 +102,7 @@ void *sh_transport_publisher(const char *endpoint, char *bound, size_t bound_siz
     if (!socket)
         return NULL;
     s_common_options(socket);
-    if (zmq_bind(socket, endpoint) != 0) {
-        int err = errno;
-        zmq_close(socket);
-        errno = err;
-        return NULL;
-    }
-    if (bound) {
-        size_t size = bound_size;
-        if (zmq_getsockopt(socket, ZMQ_LAST_ENDPOINT, bound, &size) != 0 && bound_size)
-            bound[0] = 0;
-    }
-    return socket;
+    return s_bind(socket, endpoint, bound, bound_size);
 }
 
 int sh_transport_publish(void *socket, const char *topic, const sh_envelope_t *env,

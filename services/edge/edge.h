@@ -97,6 +97,7 @@ struct edge_t {
     int64_t started_ms;
     int64_t last_beat_ms;
     char advertised[SH_ENDPOINT_MAX];
+    int signal_fd; /* reads SIGTERM/SIGINT; -1 if it could not be made */
     bool draining;
     bool stop;
     int64_t drain_started_ms;

@@ -325,8 +325,11 @@ static void s_load(edge_t *edge, edge_req_t *req)
     char traceparent[SH_TRACE_MAX + 1];
     sh_load_req_t body = {(uint64_t)ms, 0};
     sh_call_opts_t opts = s_opts(edge, req, traceparent);
-    /*  the service needs the whole burn time inside the deadline  */
+    /*  the service needs the whole burn time inside the deadline, and an
+        attempt is not late before the burn could have finished  */
     opts.deadline_ms += ms;
+    opts.attempt_ms = ms + edge->config->request_timeout_ms / 2;
+
     uint64_t handle = sh_pool_send(edge->sessions, SH_OP_load, &body, &opts, s_on_load, call);
     edge_http_await(req->conn, edge->sessions, handle);
     sh_pool_drain(edge->sessions);
@@ -395,17 +398,26 @@ static void s_on_members(void *arg, const sh_reply_t *reply)
            NULL, NULL);
 }
 
-static void s_cluster(edge_t *edge, edge_req_t *req)
+/*  The operator views are GETs answered from the registry: true when
+    this request may go on, else the error reply was sent.  */
+static bool s_registry_get(edge_t *edge, edge_req_t *req)
 {
     if (req->method != EDGE_GET) {
         s_method_not_allowed(edge, req, "GET");
-        return;
+        return false;
     }
     if (!edge->registry) {
         edge_api_error(edge, req, 503, "unavailable",
                        "no registry configured (set SHOAL_HEALTH_ENDPOINTS)");
-        return;
+        return false;
     }
+    return true;
+}
+
+static void s_cluster(edge_t *edge, edge_req_t *req)
+{
+    if (!s_registry_get(edge, req))
+        return;
     s_call_t *call = s_call_new(edge, req);
     if (!call)
         return;
@@ -513,15 +525,8 @@ static void s_on_scrape_members(void *arg, const sh_reply_t *reply)
 
 static void s_metrics_cluster(edge_t *edge, edge_req_t *req)
 {
-    if (req->method != EDGE_GET) {
-        s_method_not_allowed(edge, req, "GET");
+    if (!s_registry_get(edge, req))
         return;
-    }
-    if (!edge->registry) {
-        edge_api_error(edge, req, 503, "unavailable",
-                       "no registry configured (set SHOAL_HEALTH_ENDPOINTS)");
-        return;
-    }
     s_scrape_t *scrape = calloc(1, sizeof *scrape);
     if (!scrape) {
         edge_api_error(edge, req, 500, "internal", "out of memory");

@@ -556,11 +556,7 @@ int edge_http_start(edge_t *edge)
         return -1;
     }
     s_http.vhost = lws_get_vhost_by_name(s_http.context, "default");
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    s_http.signal_fd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    s_http.signal_fd = edge->signal_fd;
     if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
         return -1;
     void *sockets[SH_REGISTRY_SOCKETS + 2 * SH_POOL_SOCKETS + 1];

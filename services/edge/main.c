@@ -9,6 +9,7 @@
 
 #include "edge.h"
 #include "sh_log.h"
+#include "sh_service.h"
 #include "sh_transport.h"
 
 #define SH_CONFIG_T edge_config_t
@@ -79,28 +80,17 @@ static int s_add_endpoints(sh_pool_t *pool, const char *list, bool required)
 int main(int argc, char **argv)
 {
     static edge_config_t config;
-    int rc = sh_config_load(s_settings, SH_ARRAY_SIZE(s_settings), &config, "edge",
-                            "The Shoal edge: HTTP API, static front end, calls to services.", argc,
-                            argv);
-    if (rc == 0 && sh_config_base_finish(&config.base, "edge"))
-        rc = -1;
-    if (rc != 0) {
-        sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
-        return rc > 0 ? 0 : 2;
-    }
+    int rc = sh_config_start(s_settings, SH_ARRAY_SIZE(s_settings), &config, &config.base, "edge",
+                             "The Shoal edge: HTTP API, static front end, calls to services.", argc,
+                             argv);
+    if (rc >= 0)
+        return rc;
     /*  block the stop signals before any thread exists; a signalfd reads them  */
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &mask, NULL);
-    signal(SIGPIPE, SIG_IGN);
-    sh_crypto_init();
-    sh_log_init("edge", config.base.instance,
-                (sh_log_level_t)sh_log_level_parse(config.base.log_level), config.base.log_json);
+    int signal_fd = sh_process_start("edge", &config.base);
 
     edge_t edge = {0};
     edge.config = &config;
+    edge.signal_fd = signal_fd;
     edge.metrics = sh_metrics_new("edge", config.base.instance);
     edge.sessions = sh_pool_new("session", edge.metrics);
     edge.scrape = sh_pool_new("scrape", NULL);

@@ -32,14 +32,10 @@ int main(int argc, char **argv)
 {
     health_config_t config = {0};
     int rc =
-        sh_config_load(s_settings, SH_ARRAY_SIZE(s_settings), &config, "health",
-                       "The Shoal health service: the registry of live instances.", argc, argv);
-    if (rc == 0 && sh_config_base_finish(&config.base, "health"))
-        rc = -1;
-    if (rc != 0) {
-        sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
-        return rc > 0 ? 0 : 2;
-    }
+        sh_config_start(s_settings, SH_ARRAY_SIZE(s_settings), &config, &config.base, "health",
+                        "The Shoal health service: the registry of live instances.", argc, argv);
+    if (rc >= 0)
+        return rc;
     /*  with health_endpoints set, a health instance registers like any
         service (with its peers and itself): every snapshot lists them all  */
     sh_service_t *service = sh_service_new("health", &config.base, config.bind);

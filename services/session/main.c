@@ -53,15 +53,11 @@ static const sh_setting_t s_settings[] = {
 int main(int argc, char **argv)
 {
     session_config_t config = {0};
-    int rc = sh_config_load(s_settings, SH_ARRAY_SIZE(s_settings), &config, "session",
-                            "The Shoal session service: sessions and view counters in Redis.", argc,
-                            argv);
-    if (rc == 0 && sh_config_base_finish(&config.base, "session"))
-        rc = -1;
-    if (rc != 0) {
-        sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
-        return rc > 0 ? 0 : 2;
-    }
+    int rc = sh_config_start(
+        s_settings, SH_ARRAY_SIZE(s_settings), &config, &config.base, "session",
+        "The Shoal session service: sessions and view counters in Redis.", argc, argv);
+    if (rc >= 0)
+        return rc;
     sh_service_t *service = sh_service_new("session", &config.base, config.bind);
     if (!service) {
         sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
