@@ -102,6 +102,18 @@ static edge_req_t s_req_of(const s_call_t *call)
     return req;
 }
 
+/*  Finish a call: take the request back from its context (freed here) and
+    answer an error reply. Returns the edge when the reply succeeded and the
+    caller should answer it, NULL when it was answered here.  */
+static edge_t *s_call_done(void *arg, const sh_reply_t *reply, edge_req_t *req)
+{
+    s_call_t *call = arg;
+    edge_t *edge = call->edge;
+    *req = s_req_of(call);
+    free(call);
+    return s_call_ok(edge, req, reply) ? edge : NULL;
+}
+
 static sh_call_opts_t s_opts(edge_t *edge, edge_req_t *req, char *traceparent)
 {
     char trace[33], span[17];
@@ -158,11 +170,9 @@ static void s_cookie(edge_t *edge, const char *id, long max_age, char *out, size
 
 static void s_on_touch(void *arg, const sh_reply_t *reply)
 {
-    s_call_t *call = arg;
-    edge_t *edge = call->edge;
-    edge_req_t req = s_req_of(call);
-    free(call);
-    if (!s_call_ok(edge, &req, reply))
+    edge_req_t req;
+    edge_t *edge = s_call_done(arg, reply, &req);
+    if (!edge)
         return;
     const sh_session_touch_rep_t *rec = reply->body;
     char id[SH_SESSION_MAX + 1], instance[SH_ID_MAX + 1];
@@ -184,11 +194,9 @@ static void s_on_touch(void *arg, const sh_reply_t *reply)
 
 static void s_on_destroy(void *arg, const sh_reply_t *reply)
 {
-    s_call_t *call = arg;
-    edge_t *edge = call->edge;
-    edge_req_t req = s_req_of(call);
-    free(call);
-    if (!s_call_ok(edge, &req, reply))
+    edge_req_t req;
+    edge_t *edge = s_call_done(arg, reply, &req);
+    if (!edge)
         return;
     char cookie[EDGE_COOKIE_ATTR_MAX];
     s_cookie(edge, "", 0, cookie, sizeof cookie);
@@ -260,11 +268,9 @@ static void s_session(edge_t *edge, edge_req_t *req)
 
 static void s_on_load(void *arg, const sh_reply_t *reply)
 {
-    s_call_t *call = arg;
-    edge_t *edge = call->edge;
-    edge_req_t req = s_req_of(call);
-    free(call);
-    if (!s_call_ok(edge, &req, reply))
+    edge_req_t req;
+    edge_t *edge = s_call_done(arg, reply, &req);
+    if (!edge)
         return;
     const sh_load_rep_t *rep = reply->body;
     char instance[SH_ID_MAX + 1];
@@ -374,11 +380,9 @@ static json_t *s_member_json(const sh_member_t *m)
 
 static void s_on_members(void *arg, const sh_reply_t *reply)
 {
-    s_call_t *call = arg;
-    edge_t *edge = call->edge;
-    edge_req_t req = s_req_of(call);
-    free(call);
-    if (!s_call_ok(edge, &req, reply))
+    edge_req_t req;
+    edge_t *edge = s_call_done(arg, reply, &req);
+    if (!edge)
         return;
     const sh_members_rep_t *rep = reply->body;
     json_t *instances = json_array();

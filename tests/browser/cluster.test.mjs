@@ -7,48 +7,25 @@
 // the last good table; that an edge without /api/cluster gives a quiet "unavailable"
 // line; and that polling stops while the tab is hidden.
 
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import {
+  ARTIFACTS_DIR,
+  BASE_URL,
+  STEP_TIMEOUT_MS,
+  TEST_TIMEOUT_MS,
+  useBrowser,
+} from './browser.mjs';
 
-const BASE_URL = process.env.SHOAL_URL;
-const ARTIFACTS_DIR = process.env.SHOAL_ARTIFACTS;
-const CHROMIUM_PATH = process.env.SHOAL_CHROMIUM || '/usr/bin/chromium';
-const STEP_TIMEOUT_MS = Number(process.env.SHOAL_BROWSER_TIMEOUT_MS || 10_000);
-const TEST_TIMEOUT_MS = 6 * STEP_TIMEOUT_MS;
 // Optional: a session instance of the stack to kill, by pid, and its instance name.
 const KILL_PID = process.env.SHOAL_KILL_SESSION_PID;
 const KILL_NAME = process.env.SHOAL_KILL_SESSION_NAME;
 const KILL_WAIT_MS = 10_000;
 
 const CLUSTER_PATH = '/api/cluster';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-let browser;
-
-before(async () => {
-  assert.ok(BASE_URL, 'SHOAL_URL must be set to the edge (or load balancer), e.g. http://127.0.0.1:8080');
-  browser = await chromium.launch({
-    executablePath: CHROMIUM_PATH,
-    args: CHROMIUM_ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const getBrowser = useBrowser();
 
 function isClusterPoll(url) {
   try {
@@ -154,7 +131,7 @@ async function saveArtifacts(page, name, data) {
 }
 
 async function openPage(options) {
-  const context = await browser.newContext();
+  const context = await getBrowser().newContext();
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const problems = watchForProblems(page, options);

@@ -5,46 +5,22 @@
 // HttpOnly and SameSite=Lax), and fails on any console error, page error, failed or
 // error-status request (which includes CSP violations).
 
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { chromium } from 'playwright-core';
+import {
+  ARTIFACTS_DIR,
+  BASE_URL,
+  STEP_TIMEOUT_MS,
+  TEST_TIMEOUT_MS,
+  useBrowser,
+} from './browser.mjs';
 
-const BASE_URL = process.env.SHOAL_URL;
-const ARTIFACTS_DIR = process.env.SHOAL_ARTIFACTS;
-const CHROMIUM_PATH = process.env.SHOAL_CHROMIUM || '/usr/bin/chromium';
-const STEP_TIMEOUT_MS = Number(process.env.SHOAL_BROWSER_TIMEOUT_MS || 10_000);
-const TEST_TIMEOUT_MS = 6 * STEP_TIMEOUT_MS;
 
 const COOKIE_NAME = 'shoal_sid';
 const PLACEHOLDER = '—';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
-
-let browser;
-
-before(async () => {
-  assert.ok(BASE_URL, 'SHOAL_URL must be set to the edge (or load balancer), e.g. http://127.0.0.1:8080');
-  // Playwright gives every launch its own temporary profile and removes it on close.
-  browser = await chromium.launch({
-    executablePath: CHROMIUM_PATH,
-    args: CHROMIUM_ARGS,
-    timeout: STEP_TIMEOUT_MS,
-  });
-});
-
-after(async () => {
-  await browser?.close();
-});
+const getBrowser = useBrowser();
 
 /**
  * The page's cluster panel polls /api/cluster every second (cluster.test.mjs tests
@@ -179,7 +155,7 @@ async function sessionCookie(context, page, step) {
 }
 
 test('session counter counts views, survives a reload and can be forgotten', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const context = await browser.newContext();
+  const context = await getBrowser().newContext();
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const problems = watchForProblems(page);
@@ -227,7 +203,7 @@ test('session counter counts views, survives a reload and can be forgotten', { t
 });
 
 test('an error reply is shown in the alert and the last good values stay', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const context = await browser.newContext();
+  const context = await getBrowser().newContext();
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const pageErrors = [];

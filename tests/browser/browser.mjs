@@ -1,0 +1,43 @@
+// Shared set-up of the browser tests: settings from the environment and one
+// Chromium (Debian's, driven by playwright-core) per test file, launched with
+// the flags that work on these machines and closed after the file's tests.
+
+import { after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { chromium } from 'playwright-core';
+
+export const BASE_URL = process.env.SHOAL_URL;
+export const ARTIFACTS_DIR = process.env.SHOAL_ARTIFACTS;
+export const CHROMIUM_PATH = process.env.SHOAL_CHROMIUM || '/usr/bin/chromium';
+export const STEP_TIMEOUT_MS = Number(process.env.SHOAL_BROWSER_TIMEOUT_MS || 10_000);
+export const TEST_TIMEOUT_MS = 6 * STEP_TIMEOUT_MS;
+
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+/** Launch Chromium before the file's tests and close it after; returns a
+ *  getter for the running browser. Playwright gives every launch its own
+ *  temporary profile and removes it on close. */
+export function useBrowser() {
+  let browser;
+  before(async () => {
+    assert.ok(BASE_URL, 'SHOAL_URL must be set to the edge (or load balancer), e.g. http://127.0.0.1:8080');
+    browser = await chromium.launch({
+      executablePath: CHROMIUM_PATH,
+      args: CHROMIUM_ARGS,
+      timeout: STEP_TIMEOUT_MS,
+    });
+  });
+  after(async () => {
+    await browser?.close();
+  });
+  return () => browser;
+}
