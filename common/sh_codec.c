@@ -404,22 +404,41 @@ int sh_codec_encode(const sh_codec_t *codec, const void *msg, msgpack_sbuffer *b
     return codec->encode(msg, &pk) ? -1 : 0;
 }
 
+static _Thread_local msgpack_zone s_zone;
+static _Thread_local bool s_zone_ready;
+
+void sh_codec_thread_release(void)
+{
+    if (s_zone_ready) {
+        msgpack_zone_destroy(&s_zone);
+        s_zone_ready = false;
+    }
+}
+
 int sh_codec_decode(const sh_codec_t *codec, void *msg, const void *data, size_t size)
 {
+
     memset(msg, 0, codec->size);
     if (size > codec->max_bytes)
         return SH_DECODE_TOO_LARGE;
     int rc = s_prescan(data, size);
     if (rc)
         return rc;
-    msgpack_unpacked result;
-    msgpack_unpacked_init(&result);
+    /*  one zone per thread, cleared after each decode: no allocation per
+        message once the zone has grown to the largest one seen  */
+    if (!s_zone_ready) {
+        if (!msgpack_zone_init(&s_zone, MSGPACK_ZONE_CHUNK_SIZE))
+            return SH_DECODE_TOO_LARGE;
+        s_zone_ready = true;
+    }
+    msgpack_object root;
     size_t off = 0;
-    if (msgpack_unpack_next(&result, data, size, &off) != MSGPACK_UNPACK_SUCCESS)
+    if (msgpack_unpack(data, size, &off, &s_zone, &root) != MSGPACK_UNPACK_SUCCESS)
         rc = SH_DECODE_BAD_MSGPACK;
     else
-        rc = codec->decode(msg, &result.data);
-    msgpack_unpacked_destroy(&result);
+        rc = codec->decode(msg, &root);
+    msgpack_zone_clear(&s_zone);
+
     if (rc)
         memset(msg, 0, codec->size);
     return rc;

@@ -131,7 +131,11 @@ int sh_codec_encode(const sh_codec_t *codec, const void *msg, msgpack_sbuffer *b
     size, depth, counts and string lengths are checked before use.  */
 int sh_codec_decode(const sh_codec_t *codec, void *msg, const void *data, size_t size);
 
+/*  Release the calling thread's decoding memory (at thread or process end).  */
+void sh_codec_thread_release(void);
+
 /*  Text for a SH_DECODE_* result.  */
+
 const char *sh_codec_strerror(int rc);
 
 /*  HTTP status and JSON code word for a SH_STATUS_* value.  */

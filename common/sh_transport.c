@@ -22,6 +22,8 @@ static _Thread_local msgpack_sbuffer s_env_buf, s_body_buf;
 
 void sh_transport_shutdown(void)
 {
+    sh_codec_thread_release();
+
     msgpack_sbuffer_destroy(&s_env_buf);
     msgpack_sbuffer_destroy(&s_body_buf);
     memset(&s_env_buf, 0, sizeof s_env_buf);
