@@ -162,22 +162,31 @@ void sh_loop_stop(sh_loop_t *self)
 static long s_run_timers(sh_loop_t *self)
 {
     int64_t now = sh_clock_mono_ms();
+    /*  fire what is due, earliest first (a late loop may find several due),
+        each timer at most once per round  */
+    int fired[SH_LOOP_MAX_TIMERS] = {0};
+    while (!self->stopped) {
+        s_timer_t *next = NULL;
+        for (int i = 0; i < SH_LOOP_MAX_TIMERS; i++) {
+            s_timer_t *t = &self->timers[i];
+            if (t->id && !fired[i] && t->due_ms <= now && (!next || t->due_ms < next->due_ms))
+                next = t;
+        }
+        if (!next)
+            break;
+        fired[next - self->timers] = 1;
+        if (next->repeat)
+            next->due_ms = now + next->interval_ms;
+        else
+            next->id = 0;
+        if (next->fn(self, next->arg) != 0)
+            self->stopped = true;
+    }
     long wait = -1;
-    for (int i = 0; i < SH_LOOP_MAX_TIMERS && !self->stopped; i++) {
-        s_timer_t *t = &self->timers[i];
+    for (int i = 0; i < SH_LOOP_MAX_TIMERS; i++) {
+        const s_timer_t *t = &self->timers[i];
         if (t->id == 0)
             continue;
-        if (t->due_ms <= now) {
-            int id = t->id;
-            if (t->repeat)
-                t->due_ms = now + t->interval_ms;
-            else
-                t->id = 0;
-            if (t->fn(self, t->arg) != 0)
-                self->stopped = true;
-            if (t->id != id)
-                continue; /* cancelled or one-shot */
-        }
         long left = (long)(t->due_ms - now);
         if (wait < 0 || left < wait)
             wait = left < 0 ? 0 : left;
