@@ -423,10 +423,11 @@ static void s_send_to(sh_pool_t *self, int index, uint64_t type, const void *bod
                       const sh_call_opts_t *opts)
 {
     const sh_op_info_t *op = sh_op_find(type);
-    void *encoded = NULL;
     size_t len = 0;
-    if (!op || sh_transport_encode(op->request, body, &encoded, &len))
+    const void *encoded = op ? sh_transport_encode_scratch(op->request, body, &len) : NULL;
+    if (!encoded)
         return;
+
     s_instance_t *inst = &self->instances[index];
     sh_envelope_t env = {0};
     char rid[SH_ID_MAX + 1];
@@ -436,9 +437,9 @@ static void s_send_to(sh_pool_t *self, int index, uint64_t type, const void *bod
     env.type = type;
     env.request_id = sh_str(rid);
     env.deadline_ms = (uint64_t)opts->deadline_ms;
+    /*  the envelope has its own scratch buffer: the body's stays valid  */
     sh_transport_send_encoded(self->socket, inst->peer_id, strlen(inst->peer_id), &env, encoded,
                               len);
-    free(encoded);
 }
 
 void sh_pool_broadcast(sh_pool_t *self, uint64_t type, const void *body, const sh_call_opts_t *opts)

@@ -154,21 +154,6 @@ const void *sh_transport_encode_scratch(const sh_codec_t *codec, const void *msg
     return s_body_buf.data;
 }
 
-int sh_transport_encode(const sh_codec_t *codec, const void *msg, void **out, size_t *out_len)
-{
-
-    /*  encode into the thread's reusable buffer, keep an exact-size copy  */
-    msgpack_sbuffer_clear(&s_body_buf);
-    if (sh_codec_encode(codec, msg, &s_body_buf) || s_body_buf.size > SH_PROTO_MAX_BODY)
-        return -1;
-    *out = malloc(s_body_buf.size ? s_body_buf.size : 1);
-    if (!*out)
-        return -1;
-    memcpy(*out, s_body_buf.data, s_body_buf.size);
-    *out_len = s_body_buf.size;
-    return 0;
-}
-
 int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const sh_envelope_t *env,
                               const void *body, size_t body_len)
 {

@@ -84,9 +84,6 @@ int sh_transport_connect_peer(void *socket, const char *endpoint, const char *pe
 int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const sh_envelope_t *env,
                               const void *body, size_t body_len);
 
-/*  Encode msg with codec into a new heap buffer (*out, *out_len).
-    Returns 0 or -1. The caller frees *out.  */
-int sh_transport_encode(const sh_codec_t *codec, const void *msg, void **out, size_t *out_len);
 /*  Encode msg into this thread's scratch buffer; the result lives until
     the thread's next encode. Returns the bytes (and *len) or NULL.  */
 const void *sh_transport_encode_scratch(const sh_codec_t *codec, const void *msg, size_t *len);
