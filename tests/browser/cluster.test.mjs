@@ -13,6 +13,9 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   ARTIFACTS_DIR,
+  assertNoProblems,
+  CLUSTER_PATH,
+  watchForProblems,
   BASE_URL,
   STEP_TIMEOUT_MS,
   TEST_TIMEOUT_MS,
@@ -24,49 +27,8 @@ const KILL_PID = process.env.SHOAL_KILL_SESSION_PID;
 const KILL_NAME = process.env.SHOAL_KILL_SESSION_NAME;
 const KILL_WAIT_MS = 10_000;
 
-const CLUSTER_PATH = '/api/cluster';
 const getBrowser = useBrowser();
 
-function isClusterPoll(url) {
-  try {
-    return new URL(url).pathname === CLUSTER_PATH;
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Records everything that must not happen while the page is used. `expectedStatus`
- * is an HTTP status a test makes /api/cluster answer on purpose: its response and
- * the console line Chromium logs for it are not problems. A poll cut by closing the
- * page is not one either.
- */
-function watchForProblems(page, { expectedStatus = null } = {}) {
-  const problems = [];
-  const expected = (url, status) => status === expectedStatus && isClusterPoll(url);
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    const logged = /status of (\d{3})\b/.exec(msg.text());
-    if (logged && expected(msg.location().url, Number(logged[1]))) return;
-    problems.push(`console error: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-  page.on('requestfailed', (req) => {
-    const reason = req.failure()?.errorText;
-    if (isClusterPoll(req.url()) && reason === 'net::ERR_ABORTED') return;
-    problems.push(`request failed: ${req.method()} ${req.url()}: ${reason}`);
-  });
-  page.on('response', (res) => {
-    if (res.status() >= 400 && !expected(res.url(), res.status())) {
-      problems.push(`error status: ${res.request().method()} ${res.url()} -> ${res.status()}`);
-    }
-  });
-  return problems;
-}
-
-function assertNoProblems(problems, step) {
-  assert.deepEqual(problems, [], `problems ${step}`);
-}
 
 /** Attribute selector with a quoted value (instance names are plain, but be safe). */
 function attr(name, value) {

@@ -11,6 +11,8 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import {
   ARTIFACTS_DIR,
+  assertNoProblems,
+  watchForProblems,
   BASE_URL,
   STEP_TIMEOUT_MS,
   TEST_TIMEOUT_MS,
@@ -22,46 +24,10 @@ const COOKIE_NAME = 'shoal_sid';
 const PLACEHOLDER = '—';
 const getBrowser = useBrowser();
 
-/**
- * The page's cluster panel polls /api/cluster every second (cluster.test.mjs tests
- * it). An edge without that endpoint answers 404, which the panel shows as "cluster
- * view unavailable" and Chromium logs as a console error of its own; a page reload
- * or close can also cut a poll in flight. None of that is a fault of the counter.
- */
-function isClusterPoll(url) {
-  try {
-    return new URL(url).pathname === '/api/cluster';
-  } catch {
-    return false;
-  }
-}
-
-/** Records everything that must not happen while the page is used. */
-function watchForProblems(page) {
-  const problems = [];
-  page.on('console', (msg) => {
-    if (msg.type() !== 'error') return;
-    if (isClusterPoll(msg.location().url) && /status of 404\b/.test(msg.text())) return;
-    problems.push(`console error: ${msg.text()}`);
-  });
-  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
-  page.on('requestfailed', (req) => {
-    const reason = req.failure()?.errorText;
-    if (isClusterPoll(req.url()) && reason === 'net::ERR_ABORTED') return;
-    problems.push(`request failed: ${req.method()} ${req.url()}: ${reason}`);
-  });
-  page.on('response', (res) => {
-    if (res.status() === 404 && isClusterPoll(res.url())) return;
-    if (res.status() >= 400) {
-      problems.push(`error status: ${res.request().method()} ${res.url()} -> ${res.status()}`);
-    }
-  });
-  return problems;
-}
-
-function assertNoProblems(problems, step) {
-  assert.deepEqual(problems, [], `problems ${step}`);
-}
+/* The cluster panel polls /api/cluster every second (cluster.test.mjs tests it). An
+   edge without that endpoint answers 404, which the panel shows as "cluster view
+   unavailable": that 404 is expected here, it is no fault of the counter. */
+const CLUSTER_ABSENT = { expectedStatus: 404 };
 
 /**
  * Waits until the page is ready and shows `expected` views, or fails early with the
@@ -158,7 +124,7 @@ test('session counter counts views, survives a reload and can be forgotten', { t
   const context = await getBrowser().newContext();
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
-  const problems = watchForProblems(page);
+  const problems = watchForProblems(page, CLUSTER_ABSENT);
   const sessionSetCookies = watchSessionSetCookies(page);
   try {
     await page.goto(new URL('/', BASE_URL).href, { timeout: STEP_TIMEOUT_MS });
