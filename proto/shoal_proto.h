@@ -36,6 +36,18 @@
 #define SH_ADDR_MAX    255 /* ZeroMQ endpoints, host:port */
 #define SH_MEMBERS_MAX 256 /* instances in one membership snapshot */
 
+/*  The board (accounts and items). Text limits are in bytes of UTF-8; the
+    query service also checks the limits in characters that users see.  */
+#define SH_USERNAME_MAX 32    /* [A-Za-z0-9_.-], 3..32 characters */
+#define SH_PASSWORD_MAX 1024  /* 8..256 characters */
+#define SH_CSRF_MAX     64    /* CSRF tokens (43 chars base64url today) */
+#define SH_RLKEY_MAX    160   /* rate-limit window names */
+#define SH_TITLE_MAX    800   /* 1..200 characters */
+#define SH_TEXT_MAX     40000 /* item bodies: 0..10,000 characters */
+#define SH_SEARCH_MAX   400   /* search text: 0..100 characters */
+#define SH_SOURCE_MAX   16    /* where a read was served from */
+#define SH_PAGE_MAX     100   /* items in one page */
+
 /*  Envelope kinds.  */
 #define SH_KIND_REQUEST 0
 #define SH_KIND_REPLY   1
@@ -108,12 +120,15 @@
     F(STR, instance, SH_ID_MAX)
 
 /*  Session service.  A session record as replies carry it.  */
-#define SH_FIELDS_session_rep(F)                   \
-    F(STR, id, SH_SESSION_MAX)                     \
-    F(U64, views, 0)                               \
-    F(I64, created_at, 0) /* ms since the epoch */ \
-    F(I64, last_seen, 0)                           \
-    F(BOOL, created, 0) /* true when this call created the session */
+#define SH_FIELDS_session_rep(F)                                      \
+    F(STR, id, SH_SESSION_MAX)                                        \
+    F(U64, views, 0)                                                  \
+    F(I64, created_at, 0) /* ms since the epoch */                    \
+    F(I64, last_seen, 0)                                              \
+    F(BOOL, created, 0) /* true when this call created the session */ \
+    F(U64, user_id, 0)  /* the logged-in user, 0 for none */          \
+    F(STR, username, SH_USERNAME_MAX)                                 \
+    F(STR, csrf, SH_CSRF_MAX) /* CSRF token of a logged-in session, else "" */
 
 /*  touch: views + 1 and refresh the idle timeout. With create set, a
     missing, expired or empty id creates a new session (new id, views 1).  */
@@ -123,6 +138,72 @@
 #define SH_FIELDS_session_get_req(F)     F(STR, id, SH_SESSION_MAX)
 #define SH_FIELDS_session_destroy_req(F) F(STR, id, SH_SESSION_MAX)
 #define SH_FIELDS_session_destroy_rep(F) F(BOOL, existed, 0)
+
+/*  login: a new session (new id, new CSRF token) for user_id; the session
+    old_id (may be "") is destroyed, so a pre-login id stops working.  */
+#define SH_FIELDS_session_login_req(F) \
+    F(STR, old_id, SH_SESSION_MAX)     \
+    F(U64, user_id, 0)                 \
+    F(STR, username, SH_USERNAME_MAX)
+
+/*  ratelimit_hit: count one hit in the fixed window `key` of window_ms;
+    allowed is false once more than `limit` hits fell in the window.  */
+#define SH_FIELDS_ratelimit_hit_req(F) \
+    F(STR, key, SH_RLKEY_MAX)          \
+    F(U64, limit, 0)                   \
+    F(U64, window_ms, 0)
+#define SH_FIELDS_ratelimit_hit_rep(F) \
+    F(BOOL, allowed, 0)                \
+    F(U64, count, 0)                   \
+    F(U64, retry_after_ms, 0) /* until the window ends */
+
+/*  Query service: accounts.  */
+#define SH_FIELDS_user_create_req(F)  \
+    F(STR, username, SH_USERNAME_MAX) \
+    F(STR, password, SH_PASSWORD_MAX)
+#define SH_FIELDS_user_login_req(F) SH_FIELDS_user_create_req(F)
+#define SH_FIELDS_user_rep(F)         \
+    F(U64, id, 0)                     \
+    F(STR, username, SH_USERNAME_MAX) \
+    F(I64, created_at, 0)
+
+/*  Query service: items. An item as replies carry it (lists carry an
+    excerpt of the body).  */
+#define SH_FIELDS_item(F)                          \
+    F(U64, id, 0)                                  \
+    F(U64, author_id, 0)                           \
+    F(STR, author, SH_USERNAME_MAX)                \
+    F(STR, title, SH_TITLE_MAX)                    \
+    F(STR, body, SH_TEXT_MAX)                      \
+    F(I64, created_at, 0) /* ms since the epoch */ \
+    F(U64, views, 0)      /* item_get: views including this one */
+
+/*  Reads name min_lsn: the caller's last write position (0: none). A read
+    is served only from data that has replayed past it.  source says where
+    the read was served: "cache", "replica" or "primary".  */
+#define SH_FIELDS_item_create_req(F) \
+    F(U64, user_id, 0)               \
+    F(STR, title, SH_TITLE_MAX)      \
+    F(STR, body, SH_TEXT_MAX)
+#define SH_FIELDS_item_write_rep(F) \
+    SH_FIELDS_item(F) F(U64, lsn, 0) /* WAL position after the write committed */
+#define SH_FIELDS_item_get_req(F) \
+    F(U64, id, 0)                 \
+    F(U64, min_lsn, 0)
+#define SH_FIELDS_item_get_rep(F) SH_FIELDS_item(F) F(STR, source, SH_SOURCE_MAX)
+#define SH_FIELDS_item_list_req(F)         \
+    F(STR, q, SH_SEARCH_MAX)               \
+    F(U64, cursor, 0) /* 0: newest page */ \
+    F(U64, limit, 0)                       \
+    F(U64, min_lsn, 0)
+#define SH_FIELDS_item_list_rep(F)                  \
+    F(LIST_item, items, 0)                          \
+    F(U64, next_cursor, 0) /* 0: no further page */ \
+    F(STR, source, SH_SOURCE_MAX)
+#define SH_FIELDS_item_delete_req(F) \
+    F(U64, id, 0)                    \
+    F(U64, user_id, 0)
+#define SH_FIELDS_item_delete_rep(F) F(U64, lsn, 0)
 
 /*  Instance states in the registry: S(NAME, value, word).  */
 #define SH_MEMBER_STATES(S)                                       \
@@ -159,8 +240,11 @@
 
 /*  Records that appear in lists: R(name, fields, max count). Each needs
     its C type named for the LIST_ field kind.  */
-#define SH_RECORD_LIST(R)    R(member, SH_FIELDS_member, SH_MEMBERS_MAX)
+#define SH_RECORD_LIST(R)                       \
+    R(member, SH_FIELDS_member, SH_MEMBERS_MAX) \
+    R(item, SH_FIELDS_item, SH_PAGE_MAX)
 #define SH_CTYPE_LIST_member sh_member_list_t
+#define SH_CTYPE_LIST_item   sh_item_list_t
 
 /*  Health service (registry).  heartbeat registers or refreshes one
     instance with its load; the reply says where membership is published.  */
@@ -204,9 +288,17 @@
     OP(10, session_touch, SH_FIELDS_session_touch_req, SH_FIELDS_session_rep, 0)             \
     OP(11, session_get, SH_FIELDS_session_get_req, SH_FIELDS_session_rep, 1)                 \
     OP(12, session_destroy, SH_FIELDS_session_destroy_req, SH_FIELDS_session_destroy_rep, 1) \
+    OP(13, session_login, SH_FIELDS_session_login_req, SH_FIELDS_session_rep, 0)             \
+    OP(14, ratelimit_hit, SH_FIELDS_ratelimit_hit_req, SH_FIELDS_ratelimit_hit_rep, 1)       \
     OP(20, heartbeat, SH_FIELDS_heartbeat_req, SH_FIELDS_heartbeat_rep, 1)                   \
     OP(21, leave, SH_FIELDS_leave_req, SH_FIELDS_leave_rep, 1)                               \
     OP(22, members, SH_FIELDS_members_req, SH_FIELDS_members_rep, 1)                         \
-    OP(23, member_event, SH_FIELDS_member_event, SH_FIELDS_empty, 1)
+    OP(23, member_event, SH_FIELDS_member_event, SH_FIELDS_empty, 1)                         \
+    OP(40, user_create, SH_FIELDS_user_create_req, SH_FIELDS_user_rep, 0)                    \
+    OP(41, user_login, SH_FIELDS_user_login_req, SH_FIELDS_user_rep, 1)                      \
+    OP(42, item_create, SH_FIELDS_item_create_req, SH_FIELDS_item_write_rep, 0)              \
+    OP(43, item_get, SH_FIELDS_item_get_req, SH_FIELDS_item_get_rep, 1)                      \
+    OP(44, item_list, SH_FIELDS_item_list_req, SH_FIELDS_item_list_rep, 1)                   \
+    OP(45, item_delete, SH_FIELDS_item_delete_req, SH_FIELDS_item_delete_rep, 1)
 
 #endif

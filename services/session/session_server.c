@@ -38,8 +38,11 @@ static void s_on_record(void *arg, uint64_t status, const session_record_t *rec)
 {
     s_call_t *call = arg;
     if (status == SH_STATUS_OK) {
-        sh_session_touch_rep_t rep = {sh_str(rec->id), rec->views,   rec->created_at,
-                                      rec->last_seen,  rec->created, 0};
+        sh_session_touch_rep_t rep = {.id = sh_str(rec->id),
+                                      .views = rec->views,
+                                      .created_at = rec->created_at,
+                                      .last_seen = rec->last_seen,
+                                      .created = rec->created};
         sh_service_reply(call->service, &call->request, status, NULL, &rep);
     } else
         sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);

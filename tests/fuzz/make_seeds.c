@@ -26,6 +26,14 @@ static char s_text[256];
         f.items[1].instance = sh_str("session-2");                   \
         f.items[1].state = 3;                                        \
     } while (0)
+#define S_FILL_LIST_item(f)                                   \
+    do {                                                      \
+        f.count = 2;                                          \
+        f.items[0].id = 2;                                    \
+        f.items[0].title = sh_str("second");                  \
+        f.items[1].id = 1;                                    \
+        f.items[1].title = f.items[1].body = sh_str("first"); \
+    } while (0)
 #define S_FILL(kind, name, max) S_FILL_##kind(msg->name);
 
 #define S_FILLER(tname, FIELDS)           \

@@ -37,27 +37,35 @@ static void t_fill_STR(sh_str_t *v, uint32_t max)
 }
 static void t_fill_STR(sh_str_t *v, uint32_t max);
 static void t_fill_U64(uint64_t *v, uint32_t max);
-/*  A list at its limit, every record at its limits.  */
-static void t_fill_LIST_member(sh_member_list_t *v, uint32_t max)
-{
-    (void)max;
-    v->count = SH_MEMBERS_MAX;
-    for (uint32_t i = 0; i < v->count; i++) {
-        sh_member_t *m = &v->items[i];
-#define T_FILL_MEMBER(kind, name, limit) t_fill_##kind(&m->name, limit);
-        SH_FIELDS_member(T_FILL_MEMBER)
-    }
-}
+/*  A list at its limit (or as many records as fit in a body frame), every
+    record at its limits.  */
 static void t_check_STR(const sh_str_t *a, const sh_str_t *b);
 static void t_check_U64(const uint64_t *a, const uint64_t *b);
-static void t_check_LIST_member(const sh_member_list_t *a, const sh_member_list_t *b)
-{
-    assert_int_equal(a->count, b->count);
-    for (uint32_t i = 0; i < a->count; i++) {
-#define T_CHECK_MEMBER(kind, name, limit) t_check_##kind(&a->items[i].name, &b->items[i].name);
-        SH_FIELDS_member(T_CHECK_MEMBER)
+static void t_check_I64(const int64_t *a, const int64_t *b);
+static void t_check_BOOL(const bool *a, const bool *b);
+static void t_fill_I64(int64_t *v, uint32_t max);
+#define T_RECORD_BYTES(kind, name, limit) +(limit) + 9
+#define T_LIST_CODEC(rname, FIELDS, max)                                                         \
+    static void t_fill_LIST_##rname(sh_##rname##_list_t *v, uint32_t unused)                     \
+    {                                                                                            \
+        (void)unused;                                                                            \
+        size_t fit = (SH_PROTO_MAX_BODY - 64) / (size_t)(1 FIELDS(T_RECORD_BYTES));              \
+        v->count = (uint32_t)(fit < (max) ? fit : (max));                                        \
+        for (uint32_t i = 0; i < v->count; i++) {                                                \
+            sh_##rname##_t *m = &v->items[i];                                                    \
+            FIELDS(T_FILL_RECORD)                                                                \
+        }                                                                                        \
+    }                                                                                            \
+    static void t_check_LIST_##rname(const sh_##rname##_list_t *a, const sh_##rname##_list_t *b) \
+    {                                                                                            \
+        assert_int_equal(a->count, b->count);                                                    \
+        for (uint32_t i = 0; i < a->count; i++) {                                                \
+            FIELDS(T_CHECK_RECORD)                                                               \
+        }                                                                                        \
     }
-}
+#define T_FILL_RECORD(kind, name, limit)  t_fill_##kind(&m->name, limit);
+#define T_CHECK_RECORD(kind, name, limit) t_check_##kind(&a->items[i].name, &b->items[i].name);
+SH_RECORD_LIST(T_LIST_CODEC)
 
 static void t_check_U64(const uint64_t *a, const uint64_t *b)
 {
