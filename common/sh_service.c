@@ -53,6 +53,13 @@ struct sh_service_t {
     char advertised[SH_ENDPOINT_MAX];
 };
 
+/*  A job on the worker threads: work runs there, done back on the loop.  */
+typedef struct {
+    sh_job_fn *work;
+    sh_service_done_fn *done;
+    void *arg;
+} s_job_t;
+
 typedef struct {
     uint64_t ms;
     sh_request_t *request; /* touched only by the loop thread */
@@ -174,10 +181,17 @@ static void s_on_metrics(sh_service_t *self, sh_request_t *request, void *arg)
 }
 
 static void s_burn(void *arg)
-
 {
     s_load_job_t *job = arg;
     sh_workers_burn_cpu(job->ms);
+}
+
+static void s_on_burnt(sh_service_t *self, void *arg)
+{
+    s_load_job_t *job = arg;
+    sh_load_rep_t rep = {job->ms, sh_str(self->instance), 0};
+    sh_service_reply(self, &job->request, SH_STATUS_OK, NULL, &rep);
+    free(job);
 }
 
 static void s_on_load(sh_service_t *self, sh_request_t *request, void *arg)
@@ -197,10 +211,29 @@ static void s_on_load(sh_service_t *self, sh_request_t *request, void *arg)
     }
     job->ms = req->ms;
     job->request = request;
-    if (sh_workers_submit(self->workers, s_burn, job)) {
+    if (sh_service_offload(self, s_burn, s_on_burnt, job)) {
         free(job);
         sh_service_reply(self, &request, SH_STATUS_UNAVAILABLE, "busy: load queue full", NULL);
     }
+}
+
+static void s_run_job(void *arg)
+{
+    s_job_t *job = arg;
+    job->work(job->arg);
+}
+
+int sh_service_offload(sh_service_t *self, sh_job_fn *work, sh_service_done_fn *done, void *arg)
+{
+    s_job_t *job = malloc(sizeof *job);
+    if (!job)
+        return -1;
+    *job = (s_job_t){work, done, arg};
+    if (sh_workers_submit(self->workers, s_run_job, job)) {
+        free(job);
+        return -1;
+    }
+    return 0;
 }
 
 static int s_on_workers(sh_loop_t *loop, short revents, void *arg)
@@ -208,11 +241,10 @@ static int s_on_workers(sh_loop_t *loop, short revents, void *arg)
     (void)loop;
     (void)revents;
     sh_service_t *self = arg;
-    void *done;
-    while (sh_workers_recv(self->workers, &done) == 0) {
-        s_load_job_t *job = done;
-        sh_load_rep_t rep = {job->ms, sh_str(self->instance), 0};
-        sh_service_reply(self, &job->request, SH_STATUS_OK, NULL, &rep);
+    void *finished;
+    while (sh_workers_recv(self->workers, &finished) == 0) {
+        s_job_t *job = finished;
+        job->done(self, job->arg);
         free(job);
     }
     return 0;

@@ -21,6 +21,7 @@
 #include "sh_loop.h"
 #include "sh_metrics.h"
 #include "sh_transport.h"
+#include "sh_workers.h"
 
 typedef struct sh_service_t sh_service_t;
 
@@ -36,6 +37,7 @@ typedef struct {
 } sh_request_t;
 
 typedef void(sh_handler_fn)(sh_service_t *service, sh_request_t *request, void *arg);
+typedef void(sh_service_done_fn)(sh_service_t *service, void *arg);
 
 /*  What every Shoal process does first: block SIGTERM/SIGINT (every
     thread created later inherits the mask), ignore SIGPIPE, initialise
@@ -61,6 +63,11 @@ void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t sta
 /*  Milliseconds until the request's deadline (at least 1; a request with
     no deadline gets `fallback`).  */
 int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback);
+
+/*  Run work(arg) on a worker thread (CPU-heavy work that must not block
+    the loop), then done(service, arg) back on the loop. arg belongs to the
+    worker until done runs. Returns 0, or -1 when the queue is full.  */
+int sh_service_offload(sh_service_t *self, sh_job_fn *work, sh_service_done_fn *done, void *arg);
 
 sh_loop_t *sh_service_loop(sh_service_t *self);
 sh_metrics_t *sh_service_metrics(sh_service_t *self);
