@@ -1,6 +1,6 @@
-/*  shoal-session - sessions, view counters and (later) rate-limit windows in
-    Redis, served over ZeroMQ. Holds no session state of its own: any
-    instance serves any session.
+/*  shoal-session - sessions, login sessions with their CSRF tokens, view
+    counters and rate-limit windows in Redis, served over ZeroMQ. Holds no
+    session state of its own: any instance serves any session.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,8 +45,8 @@ static const sh_setting_t s_settings[] = {
     SH_SETTING(INT, "session_absolute_timeout", session_absolute_timeout, "86400", 1, 31536000,
                "seconds after creation at which a session expires regardless of use"),
     SH_SETTING(INT, "idem_ttl_ms", idem_ttl_ms, "120000", 1000, 86400000,
-               "how long the answer to a request with an idempotency key is kept, so a retry "
-               "on another instance is not applied twice"),
+               "how long the answer to a touch or login with an idempotency key is kept, so a "
+               "retry on another instance is not applied twice"),
 };
 #undef SH_CONFIG_T
 
@@ -55,7 +55,8 @@ int main(int argc, char **argv)
     session_config_t config = {0};
     int rc = sh_config_start(
         s_settings, SH_ARRAY_SIZE(s_settings), &config, &config.base, "session",
-        "The Shoal session service: sessions and view counters in Redis.", argc, argv);
+        "The Shoal session service: sessions, logins, view counters and rate limits in Redis.",
+        argc, argv);
     if (rc >= 0)
         return rc;
     sh_service_t *service = sh_service_new("session", &config.base, config.bind);

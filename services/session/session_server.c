@@ -6,6 +6,7 @@
 #include "sh_log.h"
 
 #define S_FALLBACK_TIMEOUT_MS 1000
+#define S_USERNAME_MIN        3
 
 typedef struct {
     sh_service_t *service;
@@ -42,7 +43,10 @@ static void s_on_record(void *arg, uint64_t status, const session_record_t *rec)
                                       .views = rec->views,
                                       .created_at = rec->created_at,
                                       .last_seen = rec->last_seen,
-                                      .created = rec->created};
+                                      .created = rec->created,
+                                      .user_id = rec->user_id,
+                                      .username = sh_str(rec->username),
+                                      .csrf = sh_str(rec->csrf)};
         sh_service_reply(call->service, &call->request, status, NULL, &rep);
     } else
         sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);
@@ -115,9 +119,90 @@ static void s_on_destroy(sh_service_t *service, sh_request_t *request, void *arg
                              s_on_removed, call);
 }
 
+/*  3..32 characters of [A-Za-z0-9_.-], as accounts are named.  */
+static bool s_username_valid(sh_str_t name)
+{
+    if (name.len < S_USERNAME_MIN || name.len > SH_USERNAME_MAX)
+        return false;
+    for (size_t i = 0; i < name.len; i++) {
+        char c = name.ptr[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static void s_on_login(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    session_store_t *store = arg;
+    sh_session_login_req_t *req = request->body;
+    if (req->user_id == 0) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, "user_id must not be 0", NULL);
+        return;
+    }
+    if (!s_username_valid(req->username)) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID,
+                         "username must be 3-32 characters of A-Z a-z 0-9 _ . -", NULL);
+        return;
+    }
+    /*  a malformed old id names no session: there is nothing to destroy  */
+    char old_id[SESSION_ID_LEN + 1] = "";
+    char new_id[SESSION_ID_LEN + 1], csrf[SESSION_CSRF_LEN + 1];
+    char username[SH_USERNAME_MAX + 1];
+    if (session_id_valid(req->old_id))
+        sh_str_copy(req->old_id, old_id, sizeof old_id);
+    session_id_new(new_id);
+    session_csrf_new(csrf);
+    sh_str_copy(req->username, username, sizeof username);
+    char idem[SH_ID_MAX + 1];
+    sh_str_copy(request->env.idem_key, idem, sizeof idem);
+    s_call_t *call = s_call_new(service, request);
+    if (call)
+        session_store_login(store, old_id, new_id, csrf, req->user_id, username, idem,
+                            sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_record,
+                            call);
+}
+
+static void s_on_counted(void *arg, uint64_t status, const session_ratelimit_t *rl)
+{
+    s_call_t *call = arg;
+    if (status == SH_STATUS_OK) {
+        sh_ratelimit_hit_rep_t rep = {rl->allowed, rl->count, rl->retry_after_ms, 0};
+        sh_service_reply(call->service, &call->request, status, NULL, &rep);
+    } else
+        sh_service_reply(call->service, &call->request, status, s_status_text(status), NULL);
+    free(call);
+}
+
+static void s_on_ratelimit_hit(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    session_store_t *store = arg;
+    sh_ratelimit_hit_req_t *req = request->body;
+    const char *invalid = NULL;
+    if (req->key.len == 0)
+        invalid = "key must not be empty";
+    else if (req->limit == 0)
+        invalid = "limit must be at least 1";
+    else if (req->window_ms == 0 || req->window_ms > SESSION_RATELIMIT_WINDOW_MAX_MS)
+        invalid = "window_ms must be 1..86400000";
+    if (invalid) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, invalid, NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(service, request);
+    if (call)
+        session_store_ratelimit(
+            store, req->key.ptr, req->key.len, req->limit, (int64_t)req->window_ms,
+            sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_counted, call);
+}
+
 void session_server_register(sh_service_t *service, session_store_t *store)
 {
     sh_service_handle(service, SH_OP_session_touch, s_on_touch, store);
     sh_service_handle(service, SH_OP_session_get, s_on_get, store);
     sh_service_handle(service, SH_OP_session_destroy, s_on_destroy, store);
+    sh_service_handle(service, SH_OP_session_login, s_on_login, store);
+    sh_service_handle(service, SH_OP_ratelimit_hit, s_on_ratelimit_hit, store);
 }

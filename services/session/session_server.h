@@ -1,5 +1,6 @@
 /*  session_server.h - the session service's operations on top of
-    sh_service: touch, get and destroy, answered from the session store.
+    sh_service: touch, get, destroy, login and ratelimit_hit, answered
+    from the session store.
 */
 #ifndef SESSION_SERVER_H_INCLUDED
 #define SESSION_SERVER_H_INCLUDED

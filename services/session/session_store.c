@@ -1,43 +1,51 @@
-/*  session_store.c - Redis adapter for sessions (hiredis async in sh_loop).
+/*  session_store.c - sessions, login sessions and rate-limit windows as
+    Lua scripts and commands on sh_redis.
 
     Keys are <prefix>s:<hex BLAKE2b-128 of the session id>, so a leaked
     Redis dump does not hand out live session ids. A session is a hash
-    {views, created_at, last_seen} with a TTL of the idle timeout (never past
-    the absolute timeout). touch is one Lua script: read, check the absolute
-    timeout, increment, refresh the TTL - atomic, so concurrent requests on
-    one session never lose an update.
+    {views, created_at, last_seen, user_id, username, csrf} with a TTL of
+    the idle timeout (never past the absolute timeout). Every operation
+    that reads and writes is one Lua script - atomic, so concurrent
+    requests on one session never lose an update.
 */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <hiredis/async.h>
-#include <hiredis/hiredis.h>
 #include <sodium.h>
 
 #include "session_store.h"
 #include "sh_log.h"
+#include "sh_redis.h"
 #include "sh_util.h"
 
-#define S_KEY_MAX          128
-#define S_TICK_MS          20
-#define S_RECONNECT_MIN_MS 100
-#define S_RECONNECT_MAX_MS 1000
-#define S_STALL_FACTOR     2  /* a call this many timeouts old means Redis stalled */
-#define S_PAUSE_TICKS      10 /* a tick this many periods late: we were not running */
+#define S_KEY_MAX       128
+#define S_NUM_MAX       24
+#define S_ERROR_LOG_MAX 200 /* characters of a Redis error put in a log line */
 
 /*  KEYS: [1] the session's key or "-", [2] the key a new session gets,
           [3] the idempotency record's key or "-".
     ARGV: [1] now ms, [2] idle ms, [3] absolute ms, [4] create "1"/"0",
           [5] deadline ms, [6] the new session's id, [7] idempotency TTL ms.
-    Returns {views, created_at, created 0/1, id of a created session or ""}. */
+    Returns {views, created_at, created 0/1, id of a created session or "",
+    user_id, username, csrf}, or nil when there is no session to count. */
 static const char *s_touch_script =
+    "local function user(key) "
+    "  if key == '-' then return '0', '', '' end "
+    "  local u = redis.call('HMGET', key, 'user_id', 'username', 'csrf') "
+    "  return u[1] or '0', u[2] or '', u[3] or '' "
+    "end "
     /*  a retried call (same idempotency key) gets the first call's answer:
         a view is counted once however many instances saw the request  */
     "if KEYS[3] ~= '-' then "
     "  local prev = redis.call('GET', KEYS[3]) "
     "  if prev then "
     "    local n, c, cr, id = string.match(prev, '^(%d+) (%d+) (%d) ?(.*)$') "
-    "    if n then return {tonumber(n), c, tonumber(cr), id} end "
+    "    if n then "
+    "      local uid, name, csrf = '0', '', '' "
+    "      if cr == '0' then uid, name, csrf = user(KEYS[1]) end "
+    "      return {tonumber(n), c, tonumber(cr), id, uid, name, csrf} "
+    "    end "
     "  end "
     "end "
     /*  a call whose deadline passed while it waited (Redis paused, slow
@@ -46,25 +54,26 @@ static const char *s_touch_script =
     "if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[5]) then "
     "  return redis.error_reply('EXPIRED deadline passed before Redis ran the call') "
     "end "
-    "local function done(n, created_at, created, id) "
+    "local function done(n, created_at, created, id, uid, name, csrf) "
     "  if KEYS[3] ~= '-' then "
     "    redis.call('SET', KEYS[3], n .. ' ' .. created_at .. ' ' .. created .. ' ' .. id, "
     "               'PX', ARGV[7]) "
     "  end "
-    "  return {n, tostring(created_at), created, id} "
+    "  return {n, tostring(created_at), created, id, uid, name, csrf} "
     "end "
     "local now = tonumber(ARGV[1]) "
     "local idle = tonumber(ARGV[2]) "
     "local absolute = tonumber(ARGV[3]) "
     "if KEYS[1] ~= '-' then "
-    "  local v = redis.call('HMGET', KEYS[1], 'views', 'created_at') "
+    "  local v = redis.call('HMGET', KEYS[1], 'views', 'created_at', 'user_id', 'username', "
+    "                       'csrf') "
     "  if v[1] and v[2] then "
     "    local created = tonumber(v[2]) "
     "    if now - created < absolute then "
     "      local n = redis.call('HINCRBY', KEYS[1], 'views', 1) "
     "      redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) "
     "      redis.call('PEXPIRE', KEYS[1], math.min(idle, absolute - (now - created))) "
-    "      return done(n, v[2], 0, '') "
+    "      return done(n, v[2], 0, '', v[3] or '0', v[4] or '', v[5] or '') "
     "    end "
     "    redis.call('DEL', KEYS[1]) "
     "  end "
@@ -72,55 +81,98 @@ static const char *s_touch_script =
     "if ARGV[4] == '1' then "
     "  redis.call('HSET', KEYS[2], 'views', 1, 'created_at', ARGV[1], 'last_seen', ARGV[1]) "
     "  redis.call('PEXPIRE', KEYS[2], math.min(idle, absolute)) "
-    "  return done(1, ARGV[1], 1, ARGV[6]) "
+    "  return done(1, ARGV[1], 1, ARGV[6], '0', '', '') "
     "end "
     "return false";
 
-typedef enum { S_TOUCH, S_GET, S_REMOVE, S_SCRIPT } s_kind_t;
+/*  KEYS: [1] the session's key.  ARGV: [1] now ms, [2] idle ms, [3] absolute ms.
+    Returns {views, created_at, user_id, username, csrf}, or nil when there
+    is no live session. Reading counts as use: the idle timeout restarts. */
+static const char *s_get_script =
+    "local v = redis.call('HMGET', KEYS[1], 'views', 'created_at', 'user_id', 'username', "
+    "                     'csrf') "
+    "if not v[1] or not v[2] then return false end "
+    "local age = tonumber(ARGV[1]) - tonumber(v[2]) "
+    "local absolute = tonumber(ARGV[3]) "
+    "if age >= absolute then "
+    "  redis.call('DEL', KEYS[1]) "
+    "  return false "
+    "end "
+    "redis.call('HSET', KEYS[1], 'last_seen', ARGV[1]) "
+    "redis.call('PEXPIRE', KEYS[1], math.min(tonumber(ARGV[2]), absolute - age)) "
+    "return {tonumber(v[1]), v[2], v[3] or '0', v[4] or '', v[5] or ''}";
 
-/*  A call waiting for Redis. Freed when hiredis hands back its reply (or
-    NULL on disconnect); `done` is set when the caller was already answered
-    (deadline passed), so a late reply is dropped.  */
-typedef struct s_pending_t {
-    struct s_pending_t *prev, *next;
-    session_store_t *store;
-    s_kind_t kind;
-    bool done;
-    int64_t started_ms;
-    int64_t deadline_ms;
-    session_store_fn *fn;
-    void *arg;
-    session_record_t rec;            /* id: the session the call is about */
-    char new_id[SESSION_ID_LEN + 1]; /* touch: the id a created session gets */
-} s_pending_t;
+/*  KEYS: [1] the old session's key or "-", [2] the new session's key,
+          [3] the idempotency record's key or "-".
+    ARGV: [1] now ms, [2] idle ms, [3] absolute ms, [4] deadline ms,
+          [5] new id, [6] CSRF token, [7] user id, [8] username,
+          [9] idempotency TTL ms.
+    Returns {id, created_at, csrf} of the session made.  */
+static const char *s_login_script =
+    "if KEYS[3] ~= '-' then "
+    "  local prev = redis.call('GET', KEYS[3]) "
+    "  if prev then "
+    "    local id, c, csrf = string.match(prev, '^(%S+) (%d+) (%S+)$') "
+    "    if id then return {id, c, csrf} end "
+    "  end "
+    "end "
+    "local t = redis.call('TIME') "
+    "if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[4]) then "
+    "  return redis.error_reply('EXPIRED deadline passed before Redis ran the call') "
+    "end "
+    "if KEYS[1] ~= '-' then redis.call('DEL', KEYS[1]) end "
+    "redis.call('HSET', KEYS[2], 'views', 0, 'created_at', ARGV[1], 'last_seen', ARGV[1], "
+    "           'user_id', ARGV[7], 'username', ARGV[8], 'csrf', ARGV[6]) "
+    "redis.call('PEXPIRE', KEYS[2], math.min(tonumber(ARGV[2]), tonumber(ARGV[3]))) "
+    "if KEYS[3] ~= '-' then "
+    "  redis.call('SET', KEYS[3], ARGV[5] .. ' ' .. ARGV[1] .. ' ' .. ARGV[6], 'PX', ARGV[9]) "
+    "end "
+    "return {ARGV[5], ARGV[1], ARGV[6]}";
+
+/*  KEYS: [1] the window's key.  ARGV: [1] window ms.
+    Returns {hits in the window, ms until it ends}. The window starts with
+    its first hit; a key somehow left without a TTL gets one.  */
+static const char *s_ratelimit_script = "local n = redis.call('INCR', KEYS[1]) "
+                                        "local left = redis.call('PTTL', KEYS[1]) "
+                                        "if left < 0 then "
+                                        "  redis.call('PEXPIRE', KEYS[1], ARGV[1]) "
+                                        "  left = tonumber(ARGV[1]) "
+                                        "end "
+                                        "return {n, left}";
+
+typedef enum { S_TOUCH, S_GET, S_REMOVE, S_LOGIN, S_RATELIMIT } s_op_t;
 
 struct session_store_t {
-    sh_loop_t *loop;
     session_store_config_t config;
-    redisAsyncContext *ac;
-    bool connected;
-    sh_loop_item_t *item;
-    short events;
-    int timer;
-    int64_t connect_started_ms;
-    int64_t reconnect_at_ms;
-    int64_t last_tick_ms;
-    int64_t stall_grace_until_ms;
-
-    int64_t backoff_ms;
-    char sha[48];
-    s_pending_t *head; /* oldest first */
-    s_pending_t *tail;
-    int64_t pending;
-    uint64_t *calls, *errors, *timeouts, *late, *reconnects, *refused;
-    sh_histogram_t *latency;
+    sh_redis_t *redis;
+    int touch_script;
+    int get_script;
+    int login_script;
+    int ratelimit_script;
 };
+
+/*  One operation waiting for its Redis reply.  */
+typedef struct {
+    session_store_t *store;
+    s_op_t op;
+    session_store_fn *fn;
+    session_ratelimit_fn *rl_fn;
+    void *arg;
+    session_record_t rec; /* id: the session the call is about */
+    uint64_t limit;       /* rate limit */
+    int64_t window_ms;
+} s_call_t;
 
 /*  --- ids ------------------------------------------------------------------  */
 
 void session_id_new(char out[SESSION_ID_LEN + 1])
 {
     sh_random_id(out, SESSION_ID_LEN + 1, SESSION_ID_BYTES);
+}
+
+void session_csrf_new(char out[SESSION_CSRF_LEN + 1])
+{
+    sh_random_id(out, SESSION_CSRF_LEN + 1, SESSION_CSRF_BYTES);
 }
 
 bool session_id_valid(sh_str_t text)
@@ -134,432 +186,293 @@ bool session_id_valid(sh_str_t text)
            len == SESSION_ID_BYTES;
 }
 
-/*  <prefix><kind>:<hex BLAKE2b-128 of text>  */
-static void s_key(const session_store_t *self, const char *text, char out[S_KEY_MAX],
-                  const char *kind)
+/*  <prefix><kind>:<hex BLAKE2b-128 of the text>  */
+static void s_key(const session_store_t *self, const char *text, size_t len, const char *kind,
+                  char out[S_KEY_MAX])
 {
     unsigned char hash[16];
     char hex[33];
-    crypto_generichash(hash, sizeof hash, (const unsigned char *)text, strlen(text), NULL, 0);
+    crypto_generichash(hash, sizeof hash, (const unsigned char *)text, len, NULL, 0);
     sodium_bin2hex(hex, sizeof hex, hash, sizeof hash);
     snprintf(out, S_KEY_MAX, "%s%s:%s", self->config.prefix, kind, hex);
 }
 
-/*  --- pending calls ---------------------------------------------------------  */
-
-static void s_unlink(session_store_t *self, s_pending_t *p)
+static const char *s_num(char out[S_NUM_MAX], int64_t value)
 {
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        self->head = p->next;
-    if (p->next)
-        p->next->prev = p->prev;
-    else
-        self->tail = p->prev;
-    self->pending--;
+    snprintf(out, S_NUM_MAX, "%lld", (long long)value);
+    return out;
 }
 
-/*  Answer the caller once.  */
-static void s_finish(s_pending_t *p, uint64_t status, const session_record_t *rec)
+/*  The Redis timeout of a call, as the client will cap it.  */
+static int64_t s_timeout(const session_store_t *self, int64_t timeout_ms)
 {
-    if (p->done || !p->fn)
-        return;
-    p->done = true;
-    p->fn(p->arg, status, rec);
+    if (timeout_ms > self->config.timeout_ms)
+        timeout_ms = self->config.timeout_ms;
+    return timeout_ms < 1 ? 1 : timeout_ms;
 }
 
-static int64_t s_int(const redisReply *r)
-{
-    if (r->type == REDIS_REPLY_INTEGER)
-        return r->integer;
-    if (r->type == REDIS_REPLY_STRING) {
-        int64_t v = 0;
-        return sh_parse_int(r->str, INT64_MIN, INT64_MAX, &v) == 0 ? v : -1;
-    }
-    return -1;
-}
+/*  --- replies ----------------------------------------------------------------  */
 
-/*  Turns a Redis reply into a status + record for the caller.  */
-static uint64_t s_decode(session_store_t *self, s_pending_t *p, const redisReply *r)
+/*  UNAVAILABLE for a call Redis did not answer or answered with an error,
+    else OK.  */
+static uint64_t s_failed(uint64_t status, const sh_redis_reply_t *reply)
 {
-    if (!r)
+    if (status != SH_STATUS_OK)
         return SH_STATUS_UNAVAILABLE;
-    if (r->type == REDIS_REPLY_ERROR) {
-        if (strncmp(r->str, "EXPIRED", 7) == 0)
-            return SH_STATUS_UNAVAILABLE; /* the caller already heard so */
-        sh_warn("redis error: %.200s", r->str);
-        if (strncmp(r->str, "NOSCRIPT", 8) == 0)
-            self->sha[0] = 0; /* next touch uses EVAL and reloads */
-        return SH_STATUS_UNAVAILABLE;
-    }
-    switch (p->kind) {
+    if (sh_redis_type(reply) != SH_REDIS_ERROR)
+        return SH_STATUS_OK;
+    size_t len = 0;
+    const char *text = sh_redis_str(reply, &len);
+    /*  EXPIRED: the deadline passed in the queue; the caller already heard  */
+    if (len < 7 || memcmp(text, "EXPIRED", 7) != 0)
+        sh_warn("redis error: %.*s", (int)(len > S_ERROR_LOG_MAX ? S_ERROR_LOG_MAX : len), text);
+    return SH_STATUS_UNAVAILABLE;
+}
+
+/*  Copy a STR reply of at most size - 1 bytes. Returns 0 or -1.  */
+static int s_copy(const sh_redis_reply_t *reply, char *out, size_t size)
+{
+    size_t len = 0;
+    const char *text = sh_redis_str(reply, &len);
+    if (sh_redis_type(reply) != SH_REDIS_STR || len >= size)
+        return -1;
+    memcpy(out, text, len);
+    out[len] = 0;
+    return 0;
+}
+
+/*  user_id, username, csrf from elements first.. of an array reply.  */
+static int s_user(session_record_t *rec, const sh_redis_reply_t *reply, size_t first)
+{
+    int64_t user_id = sh_redis_int(sh_redis_elem(reply, first), -1);
+    if (user_id < 0)
+        return -1;
+    rec->user_id = (uint64_t)user_id;
+    if (s_copy(sh_redis_elem(reply, first + 1), rec->username, sizeof rec->username) ||
+        s_copy(sh_redis_elem(reply, first + 2), rec->csrf, sizeof rec->csrf))
+        return -1;
+    return 0;
+}
+
+/*  Fill call->rec from the reply of a session operation; returns the status.  */
+static uint64_t s_decode(s_call_t *call, const sh_redis_reply_t *r)
+{
+    session_record_t *rec = &call->rec;
+    int type = sh_redis_type(r);
+    if (type == SH_REDIS_NIL && (call->op == S_TOUCH || call->op == S_GET))
+        return SH_STATUS_NOT_FOUND;
+    switch (call->op) {
     case S_TOUCH:
-        if (r->type == REDIS_REPLY_NIL)
-            return SH_STATUS_NOT_FOUND;
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 4)
+        if (sh_redis_count(r) != 7 || s_user(rec, r, 4))
             return SH_STATUS_INTERNAL;
-        p->rec.views = (uint64_t)s_int(r->element[0]);
-        p->rec.created_at = s_int(r->element[1]);
-        p->rec.created = s_int(r->element[2]) == 1;
+        rec->views = (uint64_t)sh_redis_int(sh_redis_elem(r, 0), 0);
+        rec->created_at = sh_redis_int(sh_redis_elem(r, 1), 0);
+        rec->created = sh_redis_int(sh_redis_elem(r, 2), 0) == 1;
         /*  a replayed creation names the id the first attempt made  */
-        if (p->rec.created) {
-            const redisReply *id = r->element[3];
-            if (id->type != REDIS_REPLY_STRING || id->len != SESSION_ID_LEN)
-                return SH_STATUS_INTERNAL;
-            memcpy(p->rec.id, id->str, SESSION_ID_LEN);
-            p->rec.id[SESSION_ID_LEN] = 0;
-        }
-        p->rec.last_seen = sh_clock_wall_ms();
+        if (rec->created && (s_copy(sh_redis_elem(r, 3), rec->id, sizeof rec->id) || !rec->id[0]))
+            return SH_STATUS_INTERNAL;
+        rec->last_seen = sh_clock_wall_ms();
         return SH_STATUS_OK;
     case S_GET:
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+        if (sh_redis_count(r) != 5 || s_user(rec, r, 2))
             return SH_STATUS_INTERNAL;
-        if (r->element[0]->type == REDIS_REPLY_NIL)
-            return SH_STATUS_NOT_FOUND;
-        p->rec.views = (uint64_t)s_int(r->element[0]);
-        p->rec.created_at = s_int(r->element[1]);
-        p->rec.last_seen = s_int(r->element[2]);
-        if (sh_clock_wall_ms() - p->rec.created_at >= self->config.absolute_ms)
-            return SH_STATUS_NOT_FOUND;
+        rec->views = (uint64_t)sh_redis_int(sh_redis_elem(r, 0), 0);
+        rec->created_at = sh_redis_int(sh_redis_elem(r, 1), 0);
+        rec->last_seen = sh_clock_wall_ms();
         return SH_STATUS_OK;
     case S_REMOVE:
-        p->rec.views = s_int(r) > 0 ? 1 : 0;
+        if (type != SH_REDIS_INT)
+            return SH_STATUS_INTERNAL;
+        rec->views = sh_redis_int(r, 0) > 0 ? 1 : 0;
         return SH_STATUS_OK;
-    case S_SCRIPT:
-        if (r->type == REDIS_REPLY_STRING && r->len < (int)sizeof self->sha)
-            snprintf(self->sha, sizeof self->sha, "%s", r->str);
+    case S_LOGIN:
+        if (sh_redis_count(r) != 3 || s_copy(sh_redis_elem(r, 0), rec->id, sizeof rec->id) ||
+            s_copy(sh_redis_elem(r, 2), rec->csrf, sizeof rec->csrf))
+            return SH_STATUS_INTERNAL;
+        rec->created_at = sh_redis_int(sh_redis_elem(r, 1), 0);
+        rec->views = 0;
+        rec->created = true;
+        rec->last_seen = sh_clock_wall_ms();
         return SH_STATUS_OK;
+    case S_RATELIMIT:
+        break;
     }
     return SH_STATUS_INTERNAL;
 }
 
-static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static uint64_t s_decode_ratelimit(const s_call_t *call, const sh_redis_reply_t *r,
+                                   session_ratelimit_t *rl)
 {
-    (void)ac;
-    s_pending_t *p = privdata;
-    session_store_t *self = p->store;
-    uint64_t status = s_decode(self, p, reply);
-    if (p->done) {
-        if (p->kind != S_SCRIPT)
-            (*self->late)++;
+    if (sh_redis_count(r) != 2)
+        return SH_STATUS_INTERNAL;
+    int64_t count = sh_redis_int(sh_redis_elem(r, 0), -1);
+    int64_t left = sh_redis_int(sh_redis_elem(r, 1), -1);
+    if (count < 1)
+        return SH_STATUS_INTERNAL;
+    /*  a window made earlier with a longer length ends no later than ours would  */
+    if (left < 1 || left > call->window_ms)
+        left = left < 1 ? 1 : call->window_ms;
+    rl->count = (uint64_t)count;
+    rl->allowed = rl->count <= call->limit;
+    rl->retry_after_ms = (uint64_t)left;
+    return SH_STATUS_OK;
+}
+
+static void s_on_reply(void *arg, uint64_t status, const sh_redis_reply_t *reply)
+{
+    s_call_t *call = arg;
+    status = s_failed(status, reply);
+    if (call->op == S_RATELIMIT) {
+        session_ratelimit_t rl = {0};
+        if (status == SH_STATUS_OK)
+            status = s_decode_ratelimit(call, reply, &rl);
+        if (status == SH_STATUS_INTERNAL)
+            sh_warn("redis: unexpected reply to a rate-limit hit");
+        call->rl_fn(call->arg, status, status == SH_STATUS_OK ? &rl : NULL);
     } else {
-        sh_histogram_observe(self->latency, (double)(sh_clock_mono_ms() - p->started_ms) / 1e3);
-        if (status == SH_STATUS_UNAVAILABLE || status == SH_STATUS_INTERNAL)
-            (*self->errors)++;
-        s_finish(p, status, status == SH_STATUS_OK ? &p->rec : NULL);
+        if (status == SH_STATUS_OK)
+            status = s_decode(call, reply);
+        if (status == SH_STATUS_INTERNAL)
+            sh_warn("redis: unexpected reply to a session call");
+        call->fn(call->arg, status, status == SH_STATUS_OK ? &call->rec : NULL);
     }
-    s_unlink(self, p);
-    free(p);
+    free(call);
 }
 
-/*  --- event loop glue --------------------------------------------------------  */
-
-static void s_update_events(session_store_t *self)
+static s_call_t *s_call_new(session_store_t *self, s_op_t op, session_store_fn *fn, void *arg)
 {
-    if (self->item)
-        sh_loop_set_events(self->item, self->events);
-}
-
-static void s_ev_add_read(void *data)
-{
-    session_store_t *self = data;
-    self->events |= SH_LOOP_IN;
-    s_update_events(self);
-}
-
-static void s_ev_del_read(void *data)
-{
-    session_store_t *self = data;
-    self->events &= (short)~SH_LOOP_IN;
-    s_update_events(self);
-}
-
-static void s_ev_add_write(void *data)
-{
-    session_store_t *self = data;
-    self->events |= SH_LOOP_OUT;
-    s_update_events(self);
-}
-
-static void s_ev_del_write(void *data)
-{
-    session_store_t *self = data;
-    self->events &= (short)~SH_LOOP_OUT;
-    s_update_events(self);
-}
-
-static void s_ev_cleanup(void *data)
-{
-    session_store_t *self = data;
-    self->events = 0;
-    sh_loop_remove(self->loop, &self->item);
-}
-
-static int s_on_io(sh_loop_t *loop, short revents, void *arg)
-{
-    (void)loop;
-    session_store_t *self = arg;
-    redisAsyncContext *ac = self->ac;
-    if (ac && (revents & (SH_LOOP_IN | SH_LOOP_ERR)))
-        redisAsyncHandleRead(ac);
-    /*  the read may have freed the context (disconnect)  */
-    if (self->ac == ac && ac && (revents & SH_LOOP_OUT))
-        redisAsyncHandleWrite(ac);
-    return 0;
-}
-
-/*  Before the loop sleeps, write what commands queued (saves a poll).  */
-static int s_before_sleep(sh_loop_t *loop, void *arg)
-{
-    (void)loop;
-    session_store_t *self = arg;
-    if (self->ac && self->connected && (self->events & SH_LOOP_OUT))
-        redisAsyncHandleWrite(self->ac);
-    return 0;
-}
-
-static void s_schedule_reconnect(session_store_t *self)
-{
-    self->reconnect_at_ms = sh_clock_mono_ms() + self->backoff_ms;
-    self->backoff_ms =
-        self->backoff_ms * 2 > S_RECONNECT_MAX_MS ? S_RECONNECT_MAX_MS : self->backoff_ms * 2;
-}
-
-static void s_on_connect(const redisAsyncContext *ac, int status)
-{
-    session_store_t *self = ac->ev.data;
-    if (status != REDIS_OK) {
-        sh_warn("redis %s:%d: connect failed: %s", self->config.host, self->config.port,
-                ac->errstr);
-        /*  hiredis frees the context after this callback  */
-        self->ac = NULL;
-        self->connected = false;
-        s_schedule_reconnect(self);
-        return;
-    }
-    self->connected = true;
-    self->backoff_ms = S_RECONNECT_MIN_MS;
-    sh_info("redis %s:%d connected", self->config.host, self->config.port);
-}
-
-static void s_on_disconnect(const redisAsyncContext *ac, int status)
-{
-    session_store_t *self = ac->ev.data;
-    if (status != REDIS_OK)
-        sh_warn("redis %s:%d: connection lost: %s", self->config.host, self->config.port,
-                ac->errstr);
-    self->ac = NULL;
-    self->connected = false;
-    s_schedule_reconnect(self);
-}
-
-static s_pending_t *s_pending_new(session_store_t *self, s_kind_t kind, int64_t timeout_ms,
-                                  session_store_fn *fn, void *arg)
-{
-    s_pending_t *p = calloc(1, sizeof *p);
-    if (!p)
+    s_call_t *call = calloc(1, sizeof *call);
+    if (!call) {
+        fn(arg, SH_STATUS_INTERNAL, NULL);
         return NULL;
-    p->store = self;
-    p->kind = kind;
-    p->started_ms = sh_clock_mono_ms();
-    if (timeout_ms > self->config.timeout_ms)
-        timeout_ms = self->config.timeout_ms;
-    p->deadline_ms = p->started_ms + timeout_ms;
-    p->fn = fn;
-    p->arg = arg;
-    p->prev = self->tail;
-    if (self->tail)
-        self->tail->next = p;
-    else
-        self->head = p;
-    self->tail = p;
-    self->pending++;
-    return p;
-}
-
-static void s_script_load(session_store_t *self)
-{
-    s_pending_t *p = s_pending_new(self, S_SCRIPT, self->config.timeout_ms, NULL, NULL);
-    if (p &&
-        redisAsyncCommand(self->ac, s_on_reply, p, "SCRIPT LOAD %s", s_touch_script) != REDIS_OK) {
-        s_unlink(self, p);
-        free(p);
     }
+    call->store = self;
+    call->op = op;
+    call->fn = fn;
+    call->arg = arg;
+    return call;
 }
 
-static void s_connect(session_store_t *self)
-{
-    (*self->reconnects)++;
-    redisAsyncContext *ac = redisAsyncConnect(self->config.host, self->config.port);
-    if (!ac || ac->err) {
-        sh_warn("redis %s:%d: %s", self->config.host, self->config.port,
-                ac ? ac->errstr : "out of memory");
-        if (ac)
-            redisAsyncFree(ac);
-        s_schedule_reconnect(self);
-        return;
-    }
-    self->ac = ac;
-    self->connected = false;
-    self->connect_started_ms = sh_clock_mono_ms();
-    self->events = 0;
-    self->sha[0] = 0;
-    ac->ev.data = self;
-    ac->ev.addRead = s_ev_add_read;
-    ac->ev.delRead = s_ev_del_read;
-    ac->ev.addWrite = s_ev_add_write;
-    ac->ev.delWrite = s_ev_del_write;
-    ac->ev.cleanup = s_ev_cleanup;
-    self->item = sh_loop_add_fd(self->loop, ac->c.fd, 0, s_on_io, self);
-    redisAsyncSetConnectCallback(ac, s_on_connect);
-    redisAsyncSetDisconnectCallback(ac, s_on_disconnect);
-    /*  queued commands go out first once connected: AUTH, SELECT, script  */
-    if (self->config.password[0])
-        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", self->config.password);
-    if (self->config.db)
-        redisAsyncCommand(ac, NULL, NULL, "SELECT %d", self->config.db);
-    s_script_load(self);
-}
-
-/*  Drop a connection that stopped answering; pending calls fail.  */
-static void s_drop(session_store_t *self, const char *why)
-{
-    sh_warn("redis %s:%d: %s; reconnecting", self->config.host, self->config.port, why);
-    redisAsyncContext *ac = self->ac;
-    self->ac = NULL;
-    self->connected = false;
-    if (ac)
-        redisAsyncFree(ac); /* calls every pending callback with NULL */
-    s_schedule_reconnect(self);
-}
-
-static int s_on_tick(sh_loop_t *loop, void *arg)
-{
-    (void)loop;
-    session_store_t *self = arg;
-    int64_t now = sh_clock_mono_ms();
-    /*  A tick long overdue means this process did not run (paused, starved):
-        what looks like a silent Redis is our own absence. Give the replies
-        that are already waiting a chance before blaming Redis.  */
-    if (self->last_tick_ms && now - self->last_tick_ms > S_TICK_MS * S_PAUSE_TICKS)
-        self->stall_grace_until_ms = now + self->config.timeout_ms;
-    self->last_tick_ms = now;
-    for (s_pending_t *p = self->head; p; p = p->next)
-        if (!p->done && p->deadline_ms <= now) {
-            (*self->timeouts)++;
-            s_finish(p, SH_STATUS_UNAVAILABLE, NULL);
-        }
-    if (self->ac && !self->connected && now - self->connect_started_ms > self->config.timeout_ms)
-        s_drop(self, "connect timed out");
-    else if (self->ac && self->head && now >= self->stall_grace_until_ms &&
-             now - self->head->started_ms > self->config.timeout_ms * S_STALL_FACTOR)
-        s_drop(self, "no reply in time");
-
-    if (!self->ac && now >= self->reconnect_at_ms)
-        s_connect(self);
-    return 0;
-}
-
-/*  --- public calls ---------------------------------------------------------  */
-
-static bool s_admit(session_store_t *self, session_store_fn *fn, void *arg)
-{
-    (*self->calls)++;
-    if (!self->ac || !self->connected || self->pending >= self->config.max_pending) {
-        (*self->refused)++;
-        fn(arg, SH_STATUS_UNAVAILABLE, NULL);
-        return false;
-    }
-    return true;
-}
-
-static void s_submit_failed(session_store_t *self, s_pending_t *p)
-{
-    s_finish(p, SH_STATUS_UNAVAILABLE, NULL);
-    s_unlink(self, p);
-    free(p);
-}
+/*  --- operations ---------------------------------------------------------------  */
 
 void session_store_touch(session_store_t *self, const char *id, const char *new_id, bool create,
                          const char *idem_key, int64_t timeout_ms, session_store_fn *fn, void *arg)
 {
-    if (!s_admit(self, fn, arg))
+    s_call_t *call = s_call_new(self, S_TOUCH, fn, arg);
+    if (!call)
         return;
-    s_pending_t *p = s_pending_new(self, S_TOUCH, timeout_ms, fn, arg);
-    if (!p) {
-        fn(arg, SH_STATUS_INTERNAL, NULL);
-        return;
-    }
     char old_key[S_KEY_MAX] = "-", new_key[S_KEY_MAX], idem[S_KEY_MAX] = "-";
     if (id && *id)
-        s_key(self, id, old_key, "s");
-    s_key(self, new_id, new_key, "s");
+        s_key(self, id, strlen(id), "s", old_key);
+    s_key(self, new_id, strlen(new_id), "s", new_key);
     if (idem_key && *idem_key)
-        s_key(self, idem_key, idem, "i");
-    snprintf(p->rec.id, sizeof p->rec.id, "%s", id ? id : "");
-    snprintf(p->new_id, sizeof p->new_id, "%s", new_id);
-    char now[24], idle[24], absolute[24], deadline[24], idem_ttl[24];
-    snprintf(idem_ttl, sizeof idem_ttl, "%lld", (long long)self->config.idem_ttl_ms);
-    int64_t wall = sh_clock_wall_ms();
-    snprintf(now, sizeof now, "%lld", (long long)wall);
-    snprintf(deadline, sizeof deadline, "%lld",
-             (long long)(wall + (p->deadline_ms - p->started_ms)));
-    snprintf(idle, sizeof idle, "%lld", (long long)self->config.idle_ms);
-    snprintf(absolute, sizeof absolute, "%lld", (long long)self->config.absolute_ms);
-    int rc;
-    if (self->sha[0])
-        rc =
-            redisAsyncCommand(self->ac, s_on_reply, p, "EVALSHA %s 3 %s %s %s %s %s %s %s %s %s %s",
-                              self->sha, old_key, new_key, idem, now, idle, absolute,
-                              create ? "1" : "0", deadline, new_id, idem_ttl);
-    else
-        rc = redisAsyncCommand(self->ac, s_on_reply, p, "EVAL %s 3 %s %s %s %s %s %s %s %s %s %s",
-                               s_touch_script, old_key, new_key, idem, now, idle, absolute,
-                               create ? "1" : "0", deadline, new_id, idem_ttl);
-    if (rc != REDIS_OK)
-        s_submit_failed(self, p);
-    else if (!self->sha[0] && self->head && self->head->kind != S_SCRIPT)
-        s_script_load(self);
+        s_key(self, idem_key, strlen(idem_key), "i", idem);
+    snprintf(call->rec.id, sizeof call->rec.id, "%s", id ? id : "");
+    int64_t now = sh_clock_wall_ms();
+    char now_text[S_NUM_MAX], idle[S_NUM_MAX], absolute[S_NUM_MAX], deadline[S_NUM_MAX],
+        idem_ttl[S_NUM_MAX];
+    const char *argv[] = {old_key,
+                          new_key,
+                          idem,
+                          s_num(now_text, now),
+                          s_num(idle, self->config.idle_ms),
+                          s_num(absolute, self->config.absolute_ms),
+                          create ? "1" : "0",
+                          s_num(deadline, now + s_timeout(self, timeout_ms)),
+                          new_id,
+                          s_num(idem_ttl, self->config.idem_ttl_ms)};
+    sh_redis_eval(self->redis, self->touch_script, timeout_ms, s_on_reply, call, 3,
+                  (int)SH_ARRAY_SIZE(argv), argv, NULL);
 }
 
 void session_store_get(session_store_t *self, const char *id, int64_t timeout_ms,
                        session_store_fn *fn, void *arg)
 {
-    if (!s_admit(self, fn, arg))
+    s_call_t *call = s_call_new(self, S_GET, fn, arg);
+    if (!call)
         return;
-    s_pending_t *p = s_pending_new(self, S_GET, timeout_ms, fn, arg);
-    if (!p) {
-        fn(arg, SH_STATUS_INTERNAL, NULL);
-        return;
-    }
-    char key[S_KEY_MAX];
-    s_key(self, id, key, "s");
-    snprintf(p->rec.id, sizeof p->rec.id, "%s", id);
-    if (redisAsyncCommand(self->ac, s_on_reply, p, "HMGET %s views created_at last_seen", key) !=
-        REDIS_OK)
-        s_submit_failed(self, p);
+    char key[S_KEY_MAX], now[S_NUM_MAX], idle[S_NUM_MAX], absolute[S_NUM_MAX];
+    s_key(self, id, strlen(id), "s", key);
+    snprintf(call->rec.id, sizeof call->rec.id, "%s", id);
+    const char *argv[] = {key, s_num(now, sh_clock_wall_ms()), s_num(idle, self->config.idle_ms),
+                          s_num(absolute, self->config.absolute_ms)};
+    sh_redis_eval(self->redis, self->get_script, timeout_ms, s_on_reply, call, 1,
+                  (int)SH_ARRAY_SIZE(argv), argv, NULL);
 }
 
 void session_store_remove(session_store_t *self, const char *id, int64_t timeout_ms,
                           session_store_fn *fn, void *arg)
 {
-    if (!s_admit(self, fn, arg))
+    s_call_t *call = s_call_new(self, S_REMOVE, fn, arg);
+    if (!call)
         return;
-    s_pending_t *p = s_pending_new(self, S_REMOVE, timeout_ms, fn, arg);
-    if (!p) {
+    char key[S_KEY_MAX];
+    s_key(self, id, strlen(id), "s", key);
+    const char *argv[] = {"DEL", key};
+    sh_redis_command(self->redis, timeout_ms, s_on_reply, call, 2, argv, NULL);
+}
+
+void session_store_login(session_store_t *self, const char *old_id, const char *new_id,
+                         const char *csrf, uint64_t user_id, const char *username,
+                         const char *idem_key, int64_t timeout_ms, session_store_fn *fn, void *arg)
+{
+    s_call_t *call = s_call_new(self, S_LOGIN, fn, arg);
+    if (!call)
+        return;
+    char old_key[S_KEY_MAX] = "-", new_key[S_KEY_MAX], idem[S_KEY_MAX] = "-";
+    if (old_id && *old_id)
+        s_key(self, old_id, strlen(old_id), "s", old_key);
+    s_key(self, new_id, strlen(new_id), "s", new_key);
+    /*  apart from touch's records: one key never names both kinds  */
+    if (idem_key && *idem_key)
+        s_key(self, idem_key, strlen(idem_key), "il", idem);
+    call->rec.user_id = user_id;
+    snprintf(call->rec.username, sizeof call->rec.username, "%s", username);
+    int64_t now = sh_clock_wall_ms();
+    char now_text[S_NUM_MAX], idle[S_NUM_MAX], absolute[S_NUM_MAX], deadline[S_NUM_MAX],
+        user[S_NUM_MAX], idem_ttl[S_NUM_MAX];
+    snprintf(user, sizeof user, "%llu", (unsigned long long)user_id);
+    const char *argv[] = {old_key,
+                          new_key,
+                          idem,
+                          s_num(now_text, now),
+                          s_num(idle, self->config.idle_ms),
+                          s_num(absolute, self->config.absolute_ms),
+                          s_num(deadline, now + s_timeout(self, timeout_ms)),
+                          new_id,
+                          csrf,
+                          user,
+                          username,
+                          s_num(idem_ttl, self->config.idem_ttl_ms)};
+    sh_redis_eval(self->redis, self->login_script, timeout_ms, s_on_reply, call, 3,
+                  (int)SH_ARRAY_SIZE(argv), argv, NULL);
+}
+
+void session_store_ratelimit(session_store_t *self, const char *key, size_t len, uint64_t limit,
+                             int64_t window_ms, int64_t timeout_ms, session_ratelimit_fn *fn,
+                             void *arg)
+{
+    s_call_t *call = calloc(1, sizeof *call);
+    if (!call) {
         fn(arg, SH_STATUS_INTERNAL, NULL);
         return;
     }
-    char key[S_KEY_MAX];
-    s_key(self, id, key, "s");
-    if (redisAsyncCommand(self->ac, s_on_reply, p, "DEL %s", key) != REDIS_OK)
-        s_submit_failed(self, p);
+    call->store = self;
+    call->op = S_RATELIMIT;
+    call->rl_fn = fn;
+    call->arg = arg;
+    call->limit = limit;
+    call->window_ms = window_ms;
+    char window_key[S_KEY_MAX], window[S_NUM_MAX];
+    s_key(self, key, len, "rl", window_key);
+    const char *argv[] = {window_key, s_num(window, window_ms)};
+    sh_redis_eval(self->redis, self->ratelimit_script, timeout_ms, s_on_reply, call, 1,
+                  (int)SH_ARRAY_SIZE(argv), argv, NULL);
 }
 
 bool session_store_connected(const session_store_t *self)
 {
-    return self->connected;
+    return sh_redis_connected(self->redis);
 }
 
 session_store_t *session_store_new(sh_loop_t *loop, const session_store_config_t *config,
@@ -568,27 +481,28 @@ session_store_t *session_store_new(sh_loop_t *loop, const session_store_config_t
     session_store_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
-    self->loop = loop;
     self->config = *config;
-    self->backoff_ms = S_RECONNECT_MIN_MS;
-    const char *labels = "backend=\"redis\"";
-    self->calls = sh_metrics_counter(metrics, "shoal_backend_calls_total",
-                                     "Calls made to a backing store", labels);
-    self->errors = sh_metrics_counter(metrics, "shoal_backend_errors_total",
-                                      "Backing store calls that failed", labels);
-    self->timeouts = sh_metrics_counter(metrics, "shoal_backend_timeouts_total",
-                                        "Backing store calls that passed their deadline", labels);
-    self->late = sh_metrics_counter(metrics, "shoal_backend_late_replies_total",
-                                    "Replies that arrived after their deadline", labels);
-    self->reconnects = sh_metrics_counter(metrics, "shoal_backend_connects_total",
-                                          "Connection attempts to a backing store", labels);
-    self->refused = sh_metrics_counter(metrics, "shoal_backend_refused_total",
-                                       "Calls refused because the store was unreachable", labels);
-    self->latency = sh_metrics_histogram(metrics, "shoal_backend_seconds",
-                                         "Backing store call latency", labels);
-    self->timer = sh_loop_timer(loop, S_TICK_MS, true, s_on_tick, self);
-    sh_loop_before_sleep(loop, s_before_sleep, self);
-    s_connect(self);
+    sh_redis_config_t redis = {
+        .host = config->host,
+        .port = config->port,
+        .password = config->password,
+        .db = config->db,
+        .timeout_ms = config->timeout_ms,
+        .max_pending = config->max_pending,
+        .label = "redis",
+    };
+    self->redis = sh_redis_new(loop, &redis, metrics);
+    if (!self->redis) {
+        free(self);
+        return NULL;
+    }
+    self->touch_script = sh_redis_script(self->redis, s_touch_script);
+    self->get_script = sh_redis_script(self->redis, s_get_script);
+    self->login_script = sh_redis_script(self->redis, s_login_script);
+    self->ratelimit_script = sh_redis_script(self->redis, s_ratelimit_script);
+    /*  four scripts always fit the client's empty table  */
+    assert(self->touch_script >= 0 && self->get_script >= 0 && self->login_script >= 0 &&
+           self->ratelimit_script >= 0);
     return self;
 }
 
@@ -597,12 +511,7 @@ void session_store_destroy(session_store_t **self_p)
     session_store_t *self = *self_p;
     if (!self)
         return;
-    sh_loop_timer_cancel(self->loop, self->timer);
-    if (self->ac) {
-        redisAsyncContext *ac = self->ac;
-        self->ac = NULL;
-        redisAsyncFree(ac);
-    }
+    sh_redis_destroy(&self->redis);
     free(self);
     *self_p = NULL;
 }

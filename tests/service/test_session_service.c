@@ -1,6 +1,8 @@
 /*  test_session_service.c - the real shoal-session process on loopback,
     driven through the production caller pool: standard operations, bad
-    input, deadlines, sessions in a real Redis, Redis down, draining.
+    input, deadlines, sessions, logins and rate limits in a real Redis
+    (inspected with the project's own Redis client), Redis down, stalled
+    and without its scripts, draining.
 */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,8 +17,11 @@
 #include <zmq.h>
 
 #include "harness.h"
+#include "sh_redis.h"
 #include "sh_transport.h"
 #include "sh_util.h"
+
+#define T_ENV_MAX 4
 
 typedef struct {
     char dir[256];
@@ -26,6 +31,9 @@ typedef struct {
     pid_t service;
     char endpoint[64];
     sh_pool_t *pool;
+    const char *env[T_ENV_MAX + 1]; /* extra settings of the service, NULL-ended */
+    sh_loop_t *loop;                /* the test's own Redis client, once asked for */
+    sh_redis_t *client;
 } t_fixture_t;
 
 static int s_start_service(t_fixture_t *f, bool with_redis)
@@ -44,7 +52,12 @@ static int s_start_service(t_fixture_t *f, bool with_redis)
     snprintf(instance, sizeof instance, "SHOAL_INSTANCE=session-test");
     snprintf(timeout, sizeof timeout, "SHOAL_REDIS_TIMEOUT_MS=300");
     snprintf(load, sizeof load, "SHOAL_LOAD_MAX_MS=500");
-    char *env[] = {bind, redis, instance, timeout, load, NULL};
+    static char extra[T_ENV_MAX][128];
+    char *env[5 + T_ENV_MAX + 1] = {bind, redis, instance, timeout, load};
+    for (int i = 0; i < T_ENV_MAX && f->env[i]; i++) {
+        snprintf(extra[i], sizeof extra[i], "%s", f->env[i]);
+        env[5 + i] = extra[i];
+    }
     char program[512];
     snprintf(program, sizeof program, "%s/shoal-session", t_bin_dir());
     f->service = t_spawn(program, env, f->log);
@@ -53,9 +66,11 @@ static int s_start_service(t_fixture_t *f, bool with_redis)
     return t_wait_ready(f->pool, 5000);
 }
 
-static int s_setup(void **state, bool with_redis)
+static int s_setup(void **state, bool with_redis, const char *const *env)
 {
     t_fixture_t *f = calloc(1, sizeof *f);
+    for (int i = 0; env && env[i] && i < T_ENV_MAX; i++)
+        f->env[i] = env[i];
     snprintf(f->dir, sizeof f->dir, "/tmp/shoal-service-test-XXXXXX");
     if (!mkdtemp(f->dir))
         return -1;
@@ -70,17 +85,35 @@ static int s_setup(void **state, bool with_redis)
 
 static int s_setup_plain(void **state)
 {
-    return s_setup(state, false);
+    return s_setup(state, false, NULL);
 }
 
 static int s_setup_redis(void **state)
 {
-    return s_setup(state, true);
+    return s_setup(state, true, NULL);
+}
+
+/*  Sessions that expire after 1 s without use.  */
+static int s_setup_short_idle(void **state)
+{
+    const char *env[] = {"SHOAL_SESSION_IDLE_TIMEOUT=1", "SHOAL_SESSION_ABSOLUTE_TIMEOUT=3600",
+                         NULL};
+    return s_setup(state, true, env);
+}
+
+/*  Sessions that end 1 s after creation however busy.  */
+static int s_setup_short_absolute(void **state)
+{
+    const char *env[] = {"SHOAL_SESSION_IDLE_TIMEOUT=60", "SHOAL_SESSION_ABSOLUTE_TIMEOUT=1", NULL};
+    return s_setup(state, true, env);
 }
 
 static int s_teardown(void **state)
 {
     t_fixture_t *f = *state;
+    /*  the client's loop is not running: it may go  */
+    sh_redis_destroy(&f->client);
+    sh_loop_destroy(&f->loop);
     sh_pool_destroy(&f->pool);
     if (f->service > 0 && t_wait_exit(f->service, 0) == -1)
         t_kill(f->service);
@@ -93,6 +126,206 @@ static int s_teardown(void **state)
     free(f);
     return 0;
 }
+
+/*  --- the test's own view of Redis ----------------------------------------  */
+
+#define T_ELEMS_MAX 8
+
+typedef struct {
+    bool done;
+    uint64_t status;
+    int type;
+    int64_t integer;
+    char text[256];
+    size_t count;
+    char elems[T_ELEMS_MAX][128];
+} t_redis_reply_t;
+
+typedef struct {
+    t_fixture_t *f;
+    bool (*cond)(t_fixture_t *f, void *arg);
+    void *arg;
+    int64_t end_ms;
+    bool met;
+} t_wait_t;
+
+static int s_on_wait_tick(sh_loop_t *loop, void *arg)
+{
+    (void)loop;
+    t_wait_t *w = arg;
+    w->met = w->cond(w->f, w->arg);
+    return w->met || sh_clock_mono_ms() >= w->end_ms ? -1 : 0;
+}
+
+/*  Run the client's loop until cond holds or timeout_ms passes.  */
+static bool s_run_until(t_fixture_t *f, bool (*cond)(t_fixture_t *f, void *arg), void *arg,
+                        int64_t timeout_ms)
+{
+    t_wait_t w = {f, cond, arg, sh_clock_mono_ms() + timeout_ms, cond(f, arg)};
+    if (w.met)
+        return true;
+    int timer = sh_loop_timer(f->loop, 2, true, s_on_wait_tick, &w);
+    assert_true(timer > 0);
+    sh_loop_run(f->loop);
+    sh_loop_timer_cancel(f->loop, timer);
+    return w.met;
+}
+
+static bool s_client_connected(t_fixture_t *f, void *arg)
+{
+    (void)arg;
+    return sh_redis_connected(f->client);
+}
+
+static bool s_reply_done(t_fixture_t *f, void *arg)
+{
+    (void)f;
+    return ((t_redis_reply_t *)arg)->done;
+}
+
+static void s_copy_text(const sh_redis_reply_t *reply, char *out, size_t size)
+{
+    size_t len = 0;
+    const char *text = sh_redis_str(reply, &len);
+    snprintf(out, size, "%.*s", text ? (int)len : 0, text ? text : "");
+}
+
+static void s_on_redis(void *arg, uint64_t status, const sh_redis_reply_t *reply)
+{
+    t_redis_reply_t *out = arg;
+    out->done = true;
+    out->status = status;
+    out->type = sh_redis_type(reply);
+    out->integer = sh_redis_int(reply, -1);
+    s_copy_text(reply, out->text, sizeof out->text);
+    out->count = sh_redis_count(reply);
+    for (size_t i = 0; i < out->count && i < T_ELEMS_MAX; i++)
+        s_copy_text(sh_redis_elem(reply, i), out->elems[i], sizeof out->elems[i]);
+}
+
+/*  One command on the fixture's Redis (space-separated words), answered.  */
+static void s_redis(t_fixture_t *f, const char *command, t_redis_reply_t *out)
+{
+    if (!f->client) {
+        f->loop = sh_loop_new();
+        sh_redis_config_t config = {"127.0.0.1", f->redis_port, "", 0, 1000, 100, "test"};
+        f->client = sh_redis_new(f->loop, &config, NULL);
+        assert_non_null(f->client);
+    }
+    assert_true(s_run_until(f, s_client_connected, NULL, 3000));
+    char words[256];
+    snprintf(words, sizeof words, "%s", command);
+    const char *argv[8];
+    int argc = 0;
+    for (char *save = NULL, *w = strtok_r(words, " ", &save); w && argc < 8;
+         w = strtok_r(NULL, " ", &save))
+        argv[argc++] = w;
+    memset(out, 0, sizeof *out);
+    sh_redis_command(f->client, 1000, s_on_redis, out, argc, argv, NULL);
+    assert_true(s_run_until(f, s_reply_done, out, 2000));
+    assert_int_equal(out->status, SH_STATUS_OK);
+    assert_int_not_equal(out->type, SH_REDIS_ERROR);
+}
+
+/*  Name of the only key matching pattern.  */
+static void s_only_key(t_fixture_t *f, const char *pattern, char *out, size_t size)
+{
+    t_redis_reply_t r;
+    char command[128];
+    snprintf(command, sizeof command, "KEYS %s", pattern);
+    s_redis(f, command, &r);
+    assert_int_equal(r.count, 1);
+    snprintf(out, size, "%s", r.elems[0]);
+}
+
+static int64_t s_pttl(t_fixture_t *f, const char *key)
+{
+    t_redis_reply_t r;
+    char command[200];
+    snprintf(command, sizeof command, "PTTL %s", key);
+    s_redis(f, command, &r);
+    assert_int_equal(r.type, SH_REDIS_INT);
+    return r.integer;
+}
+
+/*  Poll cond (which may talk to Redis) until it holds or timeout_ms passes.  */
+static bool s_wait_for(t_fixture_t *f, bool (*cond)(t_fixture_t *f, void *arg), void *arg,
+                       int64_t timeout_ms)
+{
+    int64_t end = sh_clock_mono_ms() + timeout_ms;
+    while (!cond(f, arg)) {
+        if (sh_clock_mono_ms() >= end)
+            return false;
+        zmq_poll(NULL, 0, 5); /* wait on nothing: pace the polling */
+    }
+    return true;
+}
+
+typedef struct {
+    const char *key;
+    int64_t below; /* wait until the key's PTTL is under this (-2: gone) */
+} t_ttl_wait_t;
+
+static bool s_ttl_below(t_fixture_t *f, void *arg)
+{
+    t_ttl_wait_t *w = arg;
+    return s_pttl(f, w->key) < w->below;
+}
+
+static bool s_no_keys(t_fixture_t *f, void *arg)
+{
+    t_redis_reply_t r;
+    char command[128];
+    snprintf(command, sizeof command, "KEYS %s", (const char *)arg);
+    s_redis(f, command, &r);
+    return r.count == 0;
+}
+
+/*  --- calls ----------------------------------------------------------------  */
+
+/*  touch with create until the service has connected to Redis.  */
+static void s_new_session(t_fixture_t *f, char id[SH_SESSION_MAX + 1])
+{
+    t_reply_t r;
+    sh_session_touch_req_t touch = {sh_str(""), true, 0};
+    int64_t end = sh_clock_mono_ms() + 3000;
+    do
+        assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
+    while (r.status == SH_STATUS_UNAVAILABLE && sh_clock_mono_ms() < end);
+    assert_int_equal(r.status, SH_STATUS_OK);
+    sh_session_touch_rep_t *rec = (sh_session_touch_rep_t *)r.body;
+    assert_true(rec->created);
+    sh_str_copy(rec->id, id, SH_SESSION_MAX + 1);
+}
+
+static uint64_t s_login(t_fixture_t *f, const char *old_id, uint64_t user_id, const char *username,
+                        t_reply_t *r)
+{
+    sh_session_login_req_t login = {sh_str(old_id), user_id, sh_str(username), 0};
+    assert_int_equal(t_call(f->pool, SH_OP_session_login, &login, 1000, 2000, r), 0);
+    return r->status;
+}
+
+static uint64_t s_hit(t_fixture_t *f, const char *key, uint64_t limit, uint64_t window_ms,
+                      t_reply_t *r)
+{
+    sh_ratelimit_hit_req_t hit = {sh_str(key), limit, window_ms, 0};
+    assert_int_equal(t_call(f->pool, SH_OP_ratelimit_hit, &hit, 1000, 2000, r), 0);
+    return r->status;
+}
+
+/*  A CSRF token or session id: 43 characters of base64url.  */
+static void s_assert_token(sh_str_t token)
+{
+    assert_int_equal(token.len, 43);
+    for (size_t i = 0; i < token.len; i++) {
+        char c = token.ptr[i];
+        assert_true((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '-' || c == '_');
+    }
+}
+
+/*  --- tests ----------------------------------------------------------------  */
 
 static void test_session_service_answers_ping_and_info(void **state)
 {
@@ -204,6 +437,11 @@ static void test_session_service_without_redis_answers_unavailable_fast(void **s
     assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 2000, 3000, &r), 0);
     assert_int_equal(r.status, SH_STATUS_UNAVAILABLE);
     assert_true(r.elapsed_ms < 1000);
+    /*  logins and rate limits too: a limit that cannot be checked is not passed  */
+    assert_int_equal(s_login(f, "", 7, "alice", &r), SH_STATUS_UNAVAILABLE);
+    assert_true(r.elapsed_ms < 1000);
+    assert_int_equal(s_hit(f, "login:ip:127.0.0.1", 30, 300000, &r), SH_STATUS_UNAVAILABLE);
+    assert_true(r.elapsed_ms < 1000);
 }
 
 static void test_session_service_sessions_in_redis(void **state)
@@ -220,6 +458,10 @@ static void test_session_service_sessions_in_redis(void **state)
     sh_session_touch_rep_t *rec = (sh_session_touch_rep_t *)r.body;
     assert_true(rec->created);
     assert_int_equal(rec->views, 1);
+    /*  an anonymous session names no user and has no CSRF token  */
+    assert_int_equal(rec->user_id, 0);
+    assert_int_equal(rec->username.len, 0);
+    assert_int_equal(rec->csrf.len, 0);
     char id[SH_SESSION_MAX + 1];
     sh_str_copy(rec->id, id, sizeof id);
     assert_int_equal(strlen(id), 43);
@@ -237,6 +479,7 @@ static void test_session_service_sessions_in_redis(void **state)
     assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
     assert_int_equal(r.status, SH_STATUS_OK);
     assert_int_equal(((sh_session_get_rep_t *)r.body)->views, 5);
+    assert_int_equal(((sh_session_get_rep_t *)r.body)->user_id, 0);
 
     sh_session_destroy_req_t destroy = {sh_str(id), 0};
     assert_int_equal(t_call(f->pool, SH_OP_session_destroy, &destroy, 1000, 2000, &r), 0);
@@ -270,6 +513,310 @@ static void test_session_service_sessions_in_redis(void **state)
         assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
     while (r.status != SH_STATUS_OK && sh_clock_mono_ms() < end);
     assert_int_equal(r.status, SH_STATUS_OK);
+}
+
+static void test_session_service_login_makes_a_new_session(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    char anon[SH_SESSION_MAX + 1];
+    s_new_session(f, anon);
+
+    assert_int_equal(s_login(f, anon, 7, "alice", &r), SH_STATUS_OK);
+    sh_session_login_rep_t *rec = (sh_session_login_rep_t *)r.body;
+    assert_true(rec->created);
+    assert_int_equal(rec->views, 0);
+    assert_int_equal(rec->user_id, 7);
+    assert_true(sh_str_eq(rec->username, "alice"));
+    s_assert_token(rec->id);
+    s_assert_token(rec->csrf);
+    assert_false(sh_str_eq(rec->id, anon));
+    char id[SH_SESSION_MAX + 1], csrf[SH_CSRF_MAX + 1];
+    sh_str_copy(rec->id, id, sizeof id);
+    sh_str_copy(rec->csrf, csrf, sizeof csrf);
+
+    /*  the id from before the login stops working at once  */
+    sh_session_get_req_t get = {sh_str(anon), 0};
+    assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_NOT_FOUND);
+    sh_session_touch_req_t touch = {sh_str(anon), false, 0};
+    assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_NOT_FOUND);
+
+    /*  get and touch of the new session name the user and its token  */
+    get.id = sh_str(id);
+    assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_OK);
+    sh_session_get_rep_t *got = (sh_session_get_rep_t *)r.body;
+    assert_int_equal(got->views, 0);
+    assert_int_equal(got->user_id, 7);
+    assert_true(sh_str_eq(got->username, "alice"));
+    assert_true(sh_str_eq(got->csrf, csrf));
+    touch.id = sh_str(id);
+    assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_OK);
+    sh_session_touch_rep_t *touched = (sh_session_touch_rep_t *)r.body;
+    assert_false(touched->created);
+    assert_int_equal(touched->views, 1);
+    assert_int_equal(touched->user_id, 7);
+    assert_true(sh_str_eq(touched->username, "alice"));
+    assert_true(sh_str_eq(touched->csrf, csrf));
+
+    /*  logging in again from a logged-in session: new id, new token  */
+    assert_int_equal(s_login(f, id, 7, "alice", &r), SH_STATUS_OK);
+    rec = (sh_session_login_rep_t *)r.body;
+    assert_false(sh_str_eq(rec->id, id));
+    assert_false(sh_str_eq(rec->csrf, csrf));
+    char second[SH_SESSION_MAX + 1];
+    sh_str_copy(rec->id, second, sizeof second);
+    assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_NOT_FOUND);
+
+    /*  no old session, or a malformed id, is no obstacle  */
+    assert_int_equal(s_login(f, "", 8, "bob.B-2_x", &r), SH_STATUS_OK);
+    assert_true(sh_str_eq(((sh_session_login_rep_t *)r.body)->username, "bob.B-2_x"));
+    assert_int_equal(s_login(f, "not-a-session-id", 8, "bob", &r), SH_STATUS_OK);
+
+    /*  logout: destroy ends the login session  */
+    sh_session_destroy_req_t destroy = {sh_str(second), 0};
+    assert_int_equal(t_call(f->pool, SH_OP_session_destroy, &destroy, 1000, 2000, &r), 0);
+    assert_true(((sh_session_destroy_rep_t *)r.body)->existed);
+    get.id = sh_str(second);
+    assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_NOT_FOUND);
+}
+
+typedef struct {
+    bool done;
+    uint64_t status;
+    char id[SH_SESSION_MAX + 1];
+    char csrf[SH_CSRF_MAX + 1];
+} t_login_t;
+
+static void s_on_login(void *arg, const sh_reply_t *reply)
+{
+    t_login_t *out = arg;
+    out->done = true;
+    out->status = reply->status;
+    const sh_session_login_rep_t *rec = reply->body;
+    if (reply->status == SH_STATUS_OK && rec) {
+        sh_str_copy(rec->id, out->id, sizeof out->id);
+        sh_str_copy(rec->csrf, out->csrf, sizeof out->csrf);
+    }
+}
+
+/*  A login carrying an idempotency key, as a retrying caller sends it.  */
+static void s_login_idem(t_fixture_t *f, const char *idem_key, t_login_t *out)
+{
+    memset(out, 0, sizeof *out);
+    sh_session_login_req_t login = {sh_str(""), 9, sh_str("carol"), 0};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + 1000, .idem_key = idem_key};
+    sh_pool_send(f->pool, SH_OP_session_login, &login, &opts, s_on_login, out);
+    int64_t end = sh_clock_mono_ms() + 2000;
+    while (!out->done && sh_clock_mono_ms() < end) {
+        void *sockets[SH_POOL_SOCKETS];
+        zmq_pollitem_t items[SH_POOL_SOCKETS];
+        int n = sh_pool_sockets(f->pool, sockets, SH_POOL_SOCKETS);
+        for (int i = 0; i < n; i++)
+            items[i] = (zmq_pollitem_t){sockets[i], 0, ZMQ_POLLIN, 0};
+        zmq_poll(items, n, 20);
+        sh_pool_drain(f->pool);
+        sh_pool_tick(f->pool);
+    }
+    assert_true(out->done);
+    assert_int_equal(out->status, SH_STATUS_OK);
+}
+
+static void test_session_service_login_retry_gets_the_same_session(void **state)
+{
+    t_fixture_t *f = *state;
+    char anon[SH_SESSION_MAX + 1];
+    s_new_session(f, anon);
+    t_login_t first, again, other;
+    s_login_idem(f, "login-retry-1", &first);
+    s_login_idem(f, "login-retry-1", &again);
+    assert_string_equal(first.id, again.id);
+    assert_string_equal(first.csrf, again.csrf);
+    s_login_idem(f, "login-retry-2", &other);
+    assert_string_not_equal(first.id, other.id);
+    assert_string_not_equal(first.csrf, other.csrf);
+}
+
+static void test_session_service_rejects_invalid_login_and_ratelimit(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    /*  checked before Redis is asked (this fixture runs without one)  */
+    assert_int_equal(s_login(f, "", 0, "alice", &r), SH_STATUS_INVALID);
+    char longest[SH_USERNAME_MAX + 2];
+    memset(longest, 'a', SH_USERNAME_MAX + 1);
+    longest[SH_USERNAME_MAX + 1] = 0;
+    const char *names[] = {"", "ab", "bad name", "al/ice", "al\xc3\xa9", "a:b*"};
+    for (size_t i = 0; i < SH_ARRAY_SIZE(names); i++)
+        assert_int_equal(s_login(f, "", 7, names[i], &r), SH_STATUS_INVALID);
+    /*  one byte over the field's limit does not even decode  */
+    uint64_t status = s_login(f, "", 7, longest, &r);
+    assert_true(status == SH_STATUS_INVALID || status == SH_STATUS_TOO_LARGE);
+    /*  the bounds themselves are valid: Redis is asked, and is not there  */
+    assert_int_equal(s_login(f, "", 7, "abc", &r), SH_STATUS_UNAVAILABLE);
+    longest[SH_USERNAME_MAX] = 0;
+    assert_int_equal(s_login(f, "", 7, longest, &r), SH_STATUS_UNAVAILABLE);
+
+    assert_int_equal(s_hit(f, "", 3, 1000, &r), SH_STATUS_INVALID);
+    assert_int_equal(s_hit(f, "k", 0, 1000, &r), SH_STATUS_INVALID);
+    assert_int_equal(s_hit(f, "k", 3, 0, &r), SH_STATUS_INVALID);
+    assert_int_equal(s_hit(f, "k", 3, 86400001, &r), SH_STATUS_INVALID);
+    assert_int_equal(s_hit(f, "k", 3, UINT64_MAX, &r), SH_STATUS_INVALID);
+    assert_int_equal(s_hit(f, "k", 1, 86400000, &r), SH_STATUS_UNAVAILABLE);
+}
+
+static void test_session_service_get_refreshes_idle_expiry(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    char id[SH_SESSION_MAX + 1], key[128];
+    s_new_session(f, id);
+    s_only_key(f, "shoal:s:*", key, sizeof key);
+    assert_true(s_pttl(f, key) <= 1000);
+    sh_session_get_req_t get = {sh_str(id), 0};
+    /*  used by reads alone, the session outlives its idle timeout (1 s)
+        several times over; a read counts no view  */
+    for (int round = 0; round < 3; round++) {
+        t_ttl_wait_t half = {key, 500};
+        assert_true(s_wait_for(f, s_ttl_below, &half, 2000));
+        assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+        assert_int_equal(r.status, SH_STATUS_OK);
+        assert_int_equal(((sh_session_get_rep_t *)r.body)->views, 1);
+        assert_true(s_pttl(f, key) > 800);
+    }
+    /*  left alone, it expires  */
+    t_ttl_wait_t gone = {key, -1};
+    assert_true(s_wait_for(f, s_ttl_below, &gone, 3000));
+    assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_NOT_FOUND);
+}
+
+static void test_session_service_get_keeps_the_absolute_timeout(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    char id[SH_SESSION_MAX + 1];
+    int64_t started = sh_clock_mono_ms();
+    s_new_session(f, id);
+    sh_session_get_req_t get = {sh_str(id), 0};
+    int reads = 0;
+    int64_t end = started + 4000;
+    do {
+        assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+        if (r.status == SH_STATUS_OK) {
+            reads++;
+            zmq_poll(NULL, 0, 20); /* pace the reads */
+        }
+    } while (r.status == SH_STATUS_OK && sh_clock_mono_ms() < end);
+    /*  busy with reads, it still ends 1 s after it was made  */
+    assert_int_equal(r.status, SH_STATUS_NOT_FOUND);
+    int64_t lived = sh_clock_mono_ms() - started;
+    assert_true(lived >= 950);
+    assert_true(lived < 2500);
+    assert_true(reads >= 5);
+}
+
+static void test_session_service_ratelimit_windows(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    char id[SH_SESSION_MAX + 1];
+    s_new_session(f, id); /* Redis is connected */
+    const char *key = "login:ip:127.0.0.1";
+    for (uint64_t n = 1; n <= 5; n++) {
+        assert_int_equal(s_hit(f, key, 3, 500, &r), SH_STATUS_OK);
+        sh_ratelimit_hit_rep_t *rep = (sh_ratelimit_hit_rep_t *)r.body;
+        assert_int_equal(rep->count, n);
+        assert_int_equal(rep->allowed, n <= 3);
+        assert_true(rep->retry_after_ms > 0);
+        assert_true(rep->retry_after_ms <= 500);
+    }
+    /*  another name has its own window  */
+    assert_int_equal(s_hit(f, "login:account:alice", 3, 500, &r), SH_STATUS_OK);
+    assert_int_equal(((sh_ratelimit_hit_rep_t *)r.body)->count, 1);
+    /*  names are hashed: no client text in Redis key names  */
+    t_redis_reply_t keys;
+    s_redis(f, "KEYS shoal:rl:*", &keys);
+    assert_int_equal(keys.count, 2);
+    for (size_t i = 0; i < keys.count; i++) {
+        assert_null(strstr(keys.elems[i], "login"));
+        assert_null(strstr(keys.elems[i], "alice"));
+    }
+    /*  once the window is over, counting starts again  */
+    assert_true(s_wait_for(f, s_no_keys, "shoal:rl:*", 3000));
+    assert_int_equal(s_hit(f, key, 3, 500, &r), SH_STATUS_OK);
+    assert_int_equal(((sh_ratelimit_hit_rep_t *)r.body)->count, 1);
+    assert_true(((sh_ratelimit_hit_rep_t *)r.body)->allowed);
+    /*  a day-long window: retry_after is what is left of it  */
+    const uint64_t day = 86400000;
+    assert_int_equal(s_hit(f, "signup:ip:::1", 1, day, &r), SH_STATUS_OK);
+    sh_ratelimit_hit_rep_t *rep = (sh_ratelimit_hit_rep_t *)r.body;
+    assert_true(rep->allowed);
+    assert_true(rep->retry_after_ms <= day && rep->retry_after_ms > day - 5000);
+    assert_int_equal(s_hit(f, "signup:ip:::1", 1, day, &r), SH_STATUS_OK);
+    rep = (sh_ratelimit_hit_rep_t *)r.body;
+    assert_false(rep->allowed);
+    assert_int_equal(rep->count, 2);
+}
+
+static void test_session_service_survives_a_script_flush(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    char id[SH_SESSION_MAX + 1];
+    s_new_session(f, id);
+    t_redis_reply_t flushed;
+    s_redis(f, "SCRIPT FLUSH", &flushed);
+    /*  Redis no longer knows the scripts: each call falls back to EVAL  */
+    sh_session_touch_req_t touch = {sh_str(id), false, 0};
+    assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_OK);
+    assert_int_equal(((sh_session_touch_rep_t *)r.body)->views, 2);
+    sh_session_get_req_t get = {sh_str(id), 0};
+    assert_int_equal(t_call(f->pool, SH_OP_session_get, &get, 1000, 2000, &r), 0);
+    assert_int_equal(r.status, SH_STATUS_OK);
+    assert_int_equal(s_hit(f, "flush", 2, 1000, &r), SH_STATUS_OK);
+    assert_int_equal(s_login(f, id, 3, "dave", &r), SH_STATUS_OK);
+    /*  ... and the scripts are loaded again for the calls after  */
+    assert_int_equal(s_hit(f, "flush", 2, 1000, &r), SH_STATUS_OK);
+    assert_int_equal(((sh_ratelimit_hit_rep_t *)r.body)->count, 2);
+}
+
+static void test_session_service_redis_paused_fails_fast_counts_nothing(void **state)
+{
+    t_fixture_t *f = *state;
+    t_reply_t r;
+    char id[SH_SESSION_MAX + 1];
+    s_new_session(f, id);
+    sh_session_touch_req_t touch = {sh_str(id), false, 0};
+    assert_int_equal(kill(f->redis, SIGSTOP), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 2000, 3000, &r), 0);
+        assert_int_equal(r.status, SH_STATUS_UNAVAILABLE);
+        assert_true(r.elapsed_ms < 1000);
+    }
+    assert_int_equal(s_hit(f, "paused", 5, 1000, &r), SH_STATUS_UNAVAILABLE);
+    assert_true(r.elapsed_ms < 1000);
+    assert_int_equal(kill(f->redis, SIGCONT), 0);
+    /*  back: the touches refused while Redis stood still were never counted
+        (each failure after the resume may or may not have landed)  */
+    int failed = 0;
+    int64_t end = sh_clock_mono_ms() + 5000;
+    for (;;) {
+        assert_int_equal(t_call(f->pool, SH_OP_session_touch, &touch, 1000, 2000, &r), 0);
+        if (r.status == SH_STATUS_OK || sh_clock_mono_ms() >= end)
+            break;
+        failed++;
+    }
+    assert_int_equal(r.status, SH_STATUS_OK);
+    uint64_t views = ((sh_session_touch_rep_t *)r.body)->views;
+    assert_true(views >= 2);
+    assert_true(views <= 2 + (uint64_t)failed);
 }
 
 static void test_session_service_drains_on_sigterm(void **state)
@@ -323,6 +870,22 @@ int main(void)
                                         s_setup_plain, s_teardown),
         cmocka_unit_test_setup_teardown(test_session_service_sessions_in_redis, s_setup_redis,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_login_makes_a_new_session,
+                                        s_setup_redis, s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_login_retry_gets_the_same_session,
+                                        s_setup_redis, s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_rejects_invalid_login_and_ratelimit,
+                                        s_setup_plain, s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_get_refreshes_idle_expiry,
+                                        s_setup_short_idle, s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_get_keeps_the_absolute_timeout,
+                                        s_setup_short_absolute, s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_ratelimit_windows, s_setup_redis,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_survives_a_script_flush, s_setup_redis,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_session_service_redis_paused_fails_fast_counts_nothing,
+                                        s_setup_redis, s_teardown),
         cmocka_unit_test_setup_teardown(test_session_service_drains_on_sigterm, s_setup_plain,
                                         s_teardown),
     };
