@@ -1,0 +1,636 @@
+/*  query_server.c - accounts and items: validate, call the database (and
+    the cache), reply.
+
+    Passwords are hashed and verified with Argon2id on the worker threads,
+    never on the loop. A login for an unknown name verifies against a dummy
+    hash, so both failures cost the same time and say the same thing.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sodium.h>
+
+#include "query_server.h"
+#include "sh_log.h"
+#include "sh_util.h"
+
+#define S_FALLBACK_TIMEOUT_MS 2000
+#define S_BAD_LOGIN           "wrong username or password"
+#define S_NUM_MAX             24
+
+struct query_server_t {
+    sh_service_t *service;
+    query_db_t *db;
+    query_cache_t *cache;
+    query_server_config_t config;
+    char dummy_hash[crypto_pwhash_STRBYTES];
+    msgpack_sbuffer scratch;
+    uint64_t *logins_failed;
+};
+
+/*  One request on its way through database, cache and workers.  */
+typedef struct {
+    query_server_t *server;
+    sh_request_t *request;
+    uint64_t id;
+    uint64_t need; /* LSN the database read must include (cache tag) */
+    bool cacheable;
+    uint64_t limit;
+    /*  password work on a worker thread  */
+    char password[SH_PASSWORD_MAX + 1];
+    size_t password_len;
+    char username[SH_USERNAME_MAX + 1];
+    char hash[crypto_pwhash_STRBYTES];
+    bool verified;
+    uint64_t user_id;
+    int64_t created_at;
+    bool found;
+} s_call_t;
+
+static s_call_t *s_call_new(query_server_t *server, sh_request_t *request)
+{
+    s_call_t *call = calloc(1, sizeof *call);
+    if (call) {
+        call->server = server;
+        call->request = request;
+    } else
+        sh_service_reply(server->service, &request, SH_STATUS_INTERNAL, "out of memory", NULL);
+    return call;
+}
+
+static void s_call_free(s_call_t *call)
+{
+    sodium_memzero(call->password, sizeof call->password);
+    free(call);
+}
+
+static void s_reply(s_call_t *call, uint64_t status, const char *error, const void *body)
+{
+    sh_service_reply(call->server->service, &call->request, status, error, body);
+    s_call_free(call);
+}
+
+static int64_t s_timeout(const s_call_t *call)
+{
+    return sh_request_remaining_ms(call->request, S_FALLBACK_TIMEOUT_MS);
+}
+
+static void s_num(char out[S_NUM_MAX], uint64_t v)
+{
+    snprintf(out, S_NUM_MAX, "%llu", (unsigned long long)v);
+}
+
+/*  --- validation -------------------------------------------------------------  */
+
+const char *query_text_problem(const char *text, size_t len, size_t min, size_t max, bool multiline)
+{
+    size_t chars = 0;
+    const unsigned char *p = (const unsigned char *)text, *end = p + len;
+    while (p < end) {
+        unsigned c = *p;
+        size_t n = c < 0x80             ? 1
+                   : (c & 0xE0) == 0xC0 ? 2
+                   : (c & 0xF0) == 0xE0 ? 3
+                   : (c & 0xF8) == 0xF0 ? 4
+                                        : 0;
+        if (n == 0 || (size_t)(end - p) < n)
+            return "is not valid UTF-8";
+        uint32_t cp = n == 1 ? c : n == 2 ? c & 0x1F : n == 3 ? c & 0x0F : c & 0x07;
+        for (size_t i = 1; i < n; i++) {
+            if ((p[i] & 0xC0) != 0x80)
+                return "is not valid UTF-8";
+            cp = (cp << 6) | (p[i] & 0x3F);
+        }
+        /*  overlong forms, surrogates and code points past Unicode  */
+        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
+        if (cp < least[n] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+            return "is not valid UTF-8";
+        bool allowed_ws = multiline && (cp == '\n' || cp == '\r' || cp == '\t');
+        if ((cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0)) && !allowed_ws)
+            return "contains control characters";
+        p += n;
+        chars++;
+    }
+    if (chars < min)
+        return min == 1 ? "must not be empty" : "is too short";
+    if (chars > max)
+        return "is too long";
+    return NULL;
+}
+
+bool query_username_valid(const char *text, size_t len)
+{
+    if (len < QUERY_USERNAME_MIN || len > QUERY_USERNAME_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = text[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '_' || c == '.' || c == '-';
+        if (!ok)
+            return false;
+    }
+    return true;
+}
+
+static bool s_blank(sh_str_t s)
+{
+    for (uint32_t i = 0; i < s.len; i++)
+        if (s.ptr[i] != ' ')
+            return false;
+    return true;
+}
+
+/*  --- accounts ---------------------------------------------------------------  */
+
+/*  Worker thread: hash call->password.  */
+static void s_hash(void *arg)
+{
+    s_call_t *call = arg;
+    const query_server_config_t *c = &call->server->config;
+    if (crypto_pwhash_str_alg(call->hash, call->password, call->password_len, c->argon2_ops,
+                              (size_t)c->argon2_mem_kib * 1024, crypto_pwhash_ALG_ARGON2ID13))
+        call->hash[0] = 0;
+    sodium_memzero(call->password, sizeof call->password);
+}
+
+/*  Worker thread: verify call->password against call->hash.  */
+static void s_verify(void *arg)
+{
+    s_call_t *call = arg;
+    call->verified =
+        crypto_pwhash_str_verify(call->hash, call->password, call->password_len) == 0 &&
+        call->found;
+    sodium_memzero(call->password, sizeof call->password);
+}
+
+static void s_offload(s_call_t *call, sh_job_fn *work, sh_service_done_fn *done)
+{
+    if (sh_service_offload(call->server->service, work, done, call))
+        s_reply(call, SH_STATUS_UNAVAILABLE, "busy: password queue full", NULL);
+}
+
+static void s_user_reply(s_call_t *call, const query_rows_t *rows)
+{
+    sh_user_create_rep_t rep = {(uint64_t)query_rows_int(rows, 0, 0),
+                                sh_str(query_rows_text(rows, 0, 1)), query_rows_int(rows, 0, 2), 0};
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_user_created(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK)
+        s_reply(call, out->status, out->error, NULL);
+    else if (query_rows_count(out->rows) == 0)
+        s_reply(call, SH_STATUS_CONFLICT, "username is taken", NULL);
+    else
+        s_user_reply(call, out->rows);
+}
+
+static void s_on_hashed(sh_service_t *service, void *arg)
+{
+    (void)service;
+    s_call_t *call = arg;
+    if (!call->hash[0]) {
+        s_reply(call, SH_STATUS_INTERNAL, "cannot hash the password", NULL);
+        return;
+    }
+    const char *params[2] = {call->username, call->hash};
+    query_db_write(call->server->db, QUERY_USER_CREATE, 2, params, s_timeout(call),
+                   s_on_user_created, call);
+}
+
+/*  Copy username and password into the call; NULL or why they are invalid.  */
+static const char *s_take_credentials(s_call_t *call, sh_str_t username, sh_str_t password)
+{
+    if (!query_username_valid(username.ptr, username.len))
+        return "username: 3 to 32 characters of letters, digits, '_', '.' or '-'";
+    const char *why = query_text_problem(password.ptr, password.len, QUERY_PASSWORD_MIN,
+                                         QUERY_PASSWORD_MAX, false);
+    if (why || password.len > SH_PASSWORD_MAX)
+        return "password: 8 to 256 characters";
+    sh_str_copy(username, call->username, sizeof call->username);
+    memcpy(call->password, password.ptr, password.len);
+    call->password_len = password.len;
+    return NULL;
+}
+
+static void s_on_user_create(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_user_create_req_t *req = request->body;
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    (void)service;
+    const char *why = s_take_credentials(call, req->username, req->password);
+    if (why)
+        s_reply(call, SH_STATUS_INVALID, why, NULL);
+    else
+        s_offload(call, s_hash, s_on_hashed);
+}
+
+static void s_on_verified(sh_service_t *service, void *arg)
+{
+    (void)service;
+    s_call_t *call = arg;
+    if (!call->verified) {
+        (*call->server->logins_failed)++;
+        s_reply(call, SH_STATUS_UNAUTHORIZED, S_BAD_LOGIN, NULL);
+        return;
+    }
+    sh_user_login_rep_t rep = {call->user_id, sh_str(call->username), call->created_at, 0};
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_user_found(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    call->found = query_rows_count(out->rows) == 1;
+    if (call->found) {
+        call->user_id = (uint64_t)query_rows_int(out->rows, 0, 0);
+        snprintf(call->username, sizeof call->username, "%s", query_rows_text(out->rows, 0, 1));
+        call->created_at = query_rows_int(out->rows, 0, 2);
+        snprintf(call->hash, sizeof call->hash, "%s", query_rows_text(out->rows, 0, 3));
+    } else
+        memcpy(call->hash, call->server->dummy_hash, sizeof call->hash);
+    s_offload(call, s_verify, s_on_verified);
+}
+
+static void s_on_user_login(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    (void)service;
+    query_server_t *self = arg;
+    sh_user_login_req_t *req = request->body;
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    if (s_take_credentials(call, req->username, req->password)) {
+        /*  malformed credentials fail like wrong ones, after the same work  */
+        size_t n = req->password.len < SH_PASSWORD_MAX ? req->password.len : SH_PASSWORD_MAX;
+        memcpy(call->password, req->password.ptr, n);
+        call->password_len = n;
+        memcpy(call->hash, self->dummy_hash, sizeof call->hash);
+        call->found = false;
+        s_offload(call, s_verify, s_on_verified);
+        return;
+    }
+    const char *params[1] = {call->username};
+    query_db_read_primary(self->db, QUERY_USER_BY_NAME, 1, params, s_timeout(call), s_on_user_found,
+                          call);
+}
+
+/*  --- items -------------------------------------------------------------------  */
+
+/*  Column order of every item statement: id, author_id, author, title,
+    body (or excerpt), created_at.  */
+static void s_item_of(const query_rows_t *rows, int row, sh_item_t *item)
+{
+    memset(item, 0, sizeof *item);
+    item->id = (uint64_t)query_rows_int(rows, row, 0);
+    item->author_id = (uint64_t)query_rows_int(rows, row, 1);
+    item->author = sh_str(query_rows_text(rows, row, 2));
+    item->title = sh_str(query_rows_text(rows, row, 3));
+    item->body = sh_str(query_rows_text(rows, row, 4));
+    item->created_at = query_rows_int(rows, row, 5);
+}
+
+static void s_on_item_created(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    if (query_rows_count(out->rows) != 1) {
+        /*  the same idempotency key is being applied right now elsewhere  */
+        s_reply(call, SH_STATUS_CONFLICT, "the same request is still in progress", NULL);
+        return;
+    }
+    sh_item_t item;
+    s_item_of(out->rows, 0, &item);
+    sh_item_create_rep_t rep;
+    memset(&rep, 0, sizeof rep);
+#define S_COPY_ITEM(kind, name, limit) rep.name = item.name;
+    SH_FIELDS_item(S_COPY_ITEM) rep.lsn = out->lsn;
+    query_cache_wrote(call->server->cache, out->lsn, 0);
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_item_create(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    (void)service;
+    query_server_t *self = arg;
+    sh_item_create_req_t *req = request->body;
+    const char *why = NULL;
+    char field_why[96];
+    if (req->user_id == 0)
+        why = "user_id: required";
+    else if ((why =
+                  query_text_problem(req->title.ptr, req->title.len, 1, QUERY_TITLE_MAX, false)) ||
+             s_blank(req->title)) {
+        snprintf(field_why, sizeof field_why, "title %s (1 to 200 characters)",
+                 why ? why : "must not be blank");
+        why = field_why;
+    } else if ((why = query_text_problem(req->body.ptr, req->body.len, 0, QUERY_BODY_MAX, true))) {
+        snprintf(field_why, sizeof field_why, "body %s (at most 10000 characters)", why);
+        why = field_why;
+    }
+    if (why) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, why, NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    char user[S_NUM_MAX], idem[SH_ID_MAX + 1];
+    s_num(user, req->user_id);
+    sh_str_copy(request->env.idem_key, idem, sizeof idem);
+    /*  strings in the request are not NUL-terminated: copy them for libpq  */
+    char *title = malloc(req->title.len + 1), *body = malloc(req->body.len + 1);
+    if (!title || !body) {
+        free(title);
+        free(body);
+        s_reply(call, SH_STATUS_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    sh_str_copy(req->title, title, req->title.len + 1);
+    sh_str_copy(req->body, body, req->body.len + 1);
+    const char *params[4] = {user, title, body, idem};
+    query_db_write(self->db, QUERY_ITEM_CREATE, 4, params, s_timeout(call), s_on_item_created,
+                   call);
+    free(title);
+    free(body);
+}
+
+static void s_get_reply(s_call_t *call, sh_item_get_rep_t *rep, uint64_t views, const char *source)
+{
+    rep->views = views;
+    rep->source = sh_str(source);
+    s_reply(call, SH_STATUS_OK, NULL, rep);
+}
+
+/*  The database read of an item, kept until the view is counted.  */
+typedef struct {
+    s_call_t *call;
+    msgpack_sbuffer blob;
+    const char *source;
+} s_fill_t;
+
+static void s_on_viewed(void *arg, uint64_t views)
+{
+    s_fill_t *fill = arg;
+    sh_item_get_rep_t rep;
+    if (sh_codec_decode(&sh_item_get_rep_codec, &rep, fill->blob.data, fill->blob.size) == 0)
+        s_get_reply(fill->call, &rep, views, fill->source);
+    else
+        s_reply(fill->call, SH_STATUS_INTERNAL, "cannot decode the item", NULL);
+    msgpack_sbuffer_destroy(&fill->blob);
+    free(fill);
+}
+
+static void s_on_item_read(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    if (query_rows_count(out->rows) != 1) {
+        s_reply(call, SH_STATUS_NOT_FOUND, "no such item", NULL);
+        return;
+    }
+    sh_item_get_rep_t rep;
+    memset(&rep, 0, sizeof rep);
+    sh_item_t item;
+    s_item_of(out->rows, 0, &item);
+    SH_FIELDS_item(S_COPY_ITEM) s_fill_t *fill = calloc(1, sizeof *fill);
+    if (!fill) {
+        s_get_reply(call, &rep, 0, out->source);
+        return;
+    }
+    fill->call = call;
+    fill->source = out->source; /* a static string */
+    msgpack_sbuffer_init(&fill->blob);
+    if (sh_codec_encode(&sh_item_get_rep_codec, &rep, &fill->blob)) {
+        msgpack_sbuffer_destroy(&fill->blob);
+        free(fill);
+        s_get_reply(call, &rep, 0, out->source);
+        return;
+    }
+    query_cache_item_put(call->server->cache, call->id, call->need, fill->blob.data,
+                         fill->blob.size, s_on_viewed, fill);
+}
+
+static void s_on_item_cached(void *arg, const query_cache_hit_t *hit)
+{
+    s_call_t *call = arg;
+    if (hit->hit) {
+        sh_item_get_rep_t rep;
+        if (sh_codec_decode(&sh_item_get_rep_codec, &rep, hit->blob, hit->len) == 0) {
+            s_get_reply(call, &rep, hit->views, "cache");
+            return;
+        }
+    }
+    call->need = hit->need;
+    char id[S_NUM_MAX];
+    s_num(id, call->id);
+    const char *params[1] = {id};
+    query_db_read(call->server->db, QUERY_ITEM_GET, hit->need, 1, params, s_timeout(call),
+                  s_on_item_read, call);
+}
+
+static void s_on_item_get(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_item_get_req_t *req = request->body;
+    if (req->id == 0 || req->id > INT64_MAX) {
+        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such item", NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    call->id = req->id;
+    query_cache_item_get(self->cache, req->id, req->min_lsn, s_on_item_cached, call);
+}
+
+static void s_on_list_read(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    static sh_item_list_rep_t rep; /* large; the loop is single-threaded */
+    memset(&rep, 0, sizeof rep);
+    int rows = query_rows_count(out->rows);
+    for (int i = 0; i < rows && (uint64_t)i < call->limit; i++)
+        s_item_of(out->rows, i, &rep.items.items[rep.items.count++]);
+    if ((uint64_t)rows > call->limit && rep.items.count > 0)
+        rep.next_cursor = rep.items.items[rep.items.count - 1].id;
+    rep.source = sh_str(out->source);
+    if (call->cacheable) {
+        msgpack_sbuffer *buf = &call->server->scratch;
+        buf->size = 0;
+        if (sh_codec_encode(&sh_item_list_rep_codec, &rep, buf) == 0)
+            query_cache_list_put(call->server->cache, call->limit, call->need, buf->data,
+                                 buf->size);
+    }
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_list_read(s_call_t *call, const sh_item_list_req_t *req, uint64_t need)
+{
+    char cursor[S_NUM_MAX], limit[S_NUM_MAX], excerpt[S_NUM_MAX];
+    s_num(cursor, req ? req->cursor : 0);
+    s_num(limit, call->limit + 1); /* one more says whether a next page exists */
+    s_num(excerpt, QUERY_EXCERPT);
+    char q[SH_SEARCH_MAX + 1] = "";
+    if (req)
+        sh_str_copy(req->q, q, sizeof q);
+    const char *params[4] = {cursor, limit, excerpt, q};
+    call->need = need;
+    if (q[0])
+        query_db_read(call->server->db, QUERY_ITEM_SEARCH, need, 4, params, s_timeout(call),
+                      s_on_list_read, call);
+    else
+        query_db_read(call->server->db, QUERY_ITEM_LIST, need, 3, params, s_timeout(call),
+                      s_on_list_read, call);
+}
+
+static void s_on_list_cached(void *arg, const query_cache_hit_t *hit)
+{
+    s_call_t *call = arg;
+    if (hit->hit) {
+        static sh_item_list_rep_t rep;
+        if (sh_codec_decode(&sh_item_list_rep_codec, &rep, hit->blob, hit->len) == 0) {
+            rep.source = sh_str("cache");
+            s_reply(call, SH_STATUS_OK, NULL, &rep);
+            return;
+        }
+    }
+    s_list_read(call, NULL, hit->need);
+}
+
+static void s_on_item_list(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_item_list_req_t *req = request->body;
+    const char *why = NULL;
+    if (req->limit > SH_PAGE_MAX)
+        why = "limit: 1 to 100";
+    else if (req->cursor > INT64_MAX)
+        why = "cursor: not a cursor this service gave";
+    else if (query_text_problem(req->q.ptr, req->q.len, 0, QUERY_SEARCH_MAX, false))
+        why = "q: at most 100 characters of text";
+    if (why) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, why, NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    call->limit = req->limit ? req->limit : QUERY_PAGE_DEFAULT;
+    call->cacheable = req->q.len == 0 && req->cursor == 0 && call->limit == QUERY_PAGE_DEFAULT;
+    if (call->cacheable)
+        query_cache_list_get(self->cache, call->limit, req->min_lsn, s_on_list_cached, call);
+    else
+        s_list_read(call, req, req->min_lsn);
+}
+
+static void s_on_item_deleted(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    if (query_rows_int(out->rows, 0, 0) == 0) {
+        s_reply(call, SH_STATUS_NOT_FOUND, "no such item", NULL);
+        return;
+    }
+    if (query_rows_int(out->rows, 0, 1) == 0) {
+        s_reply(call, SH_STATUS_FORBIDDEN, "only its author may delete an item", NULL);
+        return;
+    }
+    query_cache_wrote(call->server->cache, out->lsn, call->id);
+    sh_item_delete_rep_t rep = {out->lsn, 0};
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_item_delete(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_item_delete_req_t *req = request->body;
+    if (req->user_id == 0 || req->user_id > INT64_MAX) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, "user_id: required", NULL);
+        return;
+    }
+    if (req->id == 0 || req->id > INT64_MAX) {
+        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such item", NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    call->id = req->id;
+    char id[S_NUM_MAX], user[S_NUM_MAX];
+    s_num(id, req->id);
+    s_num(user, req->user_id);
+    const char *params[2] = {id, user};
+    query_db_write(self->db, QUERY_ITEM_DELETE, 2, params, s_timeout(call), s_on_item_deleted,
+                   call);
+}
+
+/*  --- setup ---------------------------------------------------------------------  */
+
+query_server_t *query_server_new(sh_service_t *service, query_db_t *db, query_cache_t *cache,
+                                 const query_server_config_t *config)
+{
+    query_server_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->service = service;
+    self->db = db;
+    self->cache = cache;
+    self->config = *config;
+    msgpack_sbuffer_init(&self->scratch);
+    /*  the hash an unknown user's login is checked against  */
+    unsigned char random[32];
+    char dummy[65];
+    randombytes_buf(random, sizeof random);
+    sodium_bin2hex(dummy, sizeof dummy, random, sizeof random);
+    if (crypto_pwhash_str_alg(self->dummy_hash, dummy, strlen(dummy), config->argon2_ops,
+                              (size_t)config->argon2_mem_kib * 1024,
+                              crypto_pwhash_ALG_ARGON2ID13)) {
+        sh_error("Argon2id refused ops=%llu mem=%llu KiB", (unsigned long long)config->argon2_ops,
+                 (unsigned long long)config->argon2_mem_kib);
+        free(self);
+        return NULL;
+    }
+    self->logins_failed =
+        sh_metrics_counter(sh_service_metrics(service), "shoal_logins_failed_total",
+                           "Logins refused: wrong username or password", NULL);
+    sh_service_handle(service, SH_OP_user_create, s_on_user_create, self);
+    sh_service_handle(service, SH_OP_user_login, s_on_user_login, self);
+    sh_service_handle(service, SH_OP_item_create, s_on_item_create, self);
+    sh_service_handle(service, SH_OP_item_get, s_on_item_get, self);
+    sh_service_handle(service, SH_OP_item_list, s_on_item_list, self);
+    sh_service_handle(service, SH_OP_item_delete, s_on_item_delete, self);
+    return self;
+}
+
+void query_server_destroy(query_server_t **self_p)
+{
+    query_server_t *self = *self_p;
+    if (!self)
+        return;
+    msgpack_sbuffer_destroy(&self->scratch);
+    free(self);
+    *self_p = NULL;
+}
