@@ -201,7 +201,8 @@ void query_cache_item_put(query_cache_t *self, uint64_t id, uint64_t tag, const 
     const char *argv[2] = {"INCR", views};
     size_t lens[2] = {4, strlen(views)};
     sh_redis_command(self->redis, self->config.timeout_ms, s_on_views, call, 2, argv, lens);
-    s_put(self, entry, tag, blob, len);
+    if (tag)
+        s_put(self, entry, tag, blob, len);
 }
 
 void query_cache_list_put(query_cache_t *self, uint64_t limit, uint64_t tag, const char *blob,

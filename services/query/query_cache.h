@@ -33,8 +33,7 @@ typedef struct {
 
 /*  A lookup's result. On a hit, blob is the cached encoding (valid during
     the callback) and views the item's count after this view. need is the
-    LSN a read from the database must include (min_lsn or a later write's);
-    a miss fills the entry with tag `need`.  */
+    LSN a read from the database must include (min_lsn or a later write's).  */
 typedef struct {
     bool hit;
     const char *blob;
@@ -56,10 +55,13 @@ void query_cache_destroy(query_cache_t **self_p);
 void query_cache_item_get(query_cache_t *self, uint64_t id, uint64_t min_lsn, query_cache_fn *fn,
                           void *arg);
 /*  After a database read of item id: count the view (fn gets the count,
-    0 when Redis is down) and cache the encoding under tag.  */
+    0 when Redis is down) and cache the encoding under tag (0: count only).
+    tag must be a WAL position every commit before which is in the answer:
+    a replica's replay position taken before the read, never a primary's
+    (a primary snapshot can miss a commit whose WAL precedes a visible one).  */
 void query_cache_item_put(query_cache_t *self, uint64_t id, uint64_t tag, const char *blob,
                           size_t len, query_cache_views_fn *fn, void *arg);
-/*  The first page of `limit` newest items.  */
+/*  The first page of `limit` newest items (tags as for items).  */
 void query_cache_list_get(query_cache_t *self, uint64_t limit, uint64_t min_lsn, query_cache_fn *fn,
                           void *arg);
 void query_cache_list_put(query_cache_t *self, uint64_t limit, uint64_t tag, const char *blob,

@@ -83,6 +83,7 @@ typedef struct s_call_t {
     query_db_fn *fn;
     void *arg;
     bool answered;
+    uint64_t seen_lsn; /* replica reads: its replay LSN when the call was routed */
 } s_call_t;
 
 /*  What a pipeline still has to hand back, in order.  */
@@ -185,8 +186,8 @@ static void s_answer(s_call_t *call, uint64_t status, const char *error, PGresul
         return;
     call->answered = true;
     query_rows_t rows = {res};
-    query_outcome_t out = {status, error ? error : "", status == SH_STATUS_OK ? &rows : NULL, lsn,
-                           s_role_names[role]};
+    query_outcome_t out = {status, error ? error : "", status == SH_STATUS_OK ? &rows : NULL,
+                           lsn,    s_role_names[role], role == S_REPLICA ? call->seen_lsn : 0};
     call->fn(call->arg, &out);
 }
 
@@ -286,8 +287,13 @@ static void s_drop(s_conn_t *conn, const char *why)
     for (int i = 0; i < self->config.pool; i++)
         if (server->conns[i].state == S_READY || server->conns[i].state == S_BUSY)
             *server->up_gauge += 1;
-    if (was_up > 0 && *server->up_gauge == 0)
+    if (was_up > 0 && *server->up_gauge == 0) {
         sh_warn("postgres %s down: no live connection", s_role_names[conn->role]);
+        /*  a restarted standby may show less than it did: trust only new probes  */
+        server->lsn = 0;
+        server->last_probe_ok_ms = 0;
+        server->recovery = false;
+    }
     if (call) {
         if (call->kind == S_CALL_PROBE)
             server->probing = false;
@@ -630,15 +636,11 @@ static void s_dispatch(query_db_t *self, s_role_t role)
     }
 }
 
-/*  True when a read needing min_lsn may go to the replica.  */
-static bool s_replica_fresh(const query_db_t *self, uint64_t min_lsn)
+/*  True when the replica is live and has replayed past min_lsn (lag aside).  */
+static bool s_replica_has(const query_db_t *self, uint64_t min_lsn)
 {
     const s_server_t *replica = &self->servers[S_REPLICA];
     if (!self->has_replica || !s_ready_any(replica, self->config.pool) || !replica->recovery)
-        return false;
-    if (sh_clock_mono_ms() - replica->last_probe_ok_ms > QUERY_PROBE_STALE_MS)
-        return false;
-    if (self->replica_lag_ms > self->config.max_lag_ms)
         return false;
     if (replica->lsn >= min_lsn)
         return true;
@@ -648,9 +650,21 @@ static bool s_replica_fresh(const query_db_t *self, uint64_t min_lsn)
     return replica->lsn % QUERY_WAL_PAGE == 0 && min_lsn - replica->lsn <= QUERY_WAL_PAGE_HEADER;
 }
 
+/*  True when a read needing min_lsn should go to the replica: it has the
+    data, answered a probe lately and does not lag beyond the bound.  */
+static bool s_replica_fresh(const query_db_t *self, uint64_t min_lsn)
+{
+    const s_server_t *replica = &self->servers[S_REPLICA];
+    return s_replica_has(self, min_lsn) &&
+           sh_clock_mono_ms() - replica->last_probe_ok_ms <= QUERY_PROBE_STALE_MS &&
+           self->replica_lag_ms <= self->config.max_lag_ms;
+}
+
 static void s_submit(query_db_t *self, s_role_t role, s_call_t *call)
 {
     s_server_t *server = &self->servers[role];
+    if (role == S_REPLICA)
+        call->seen_lsn = server->lsn;
     (*server->calls)++;
     if (!s_ready_any(server, self->config.pool)) {
         s_fail_or_reroute(self, role, call, SH_STATUS_UNAVAILABLE, "database unavailable");
@@ -675,9 +689,9 @@ static void s_fail_or_reroute(query_db_t *self, s_role_t role, s_call_t *call, u
     }
     s_role_t other = role == S_PRIMARY ? S_REPLICA : S_PRIMARY;
     bool may_move = call->read && !call->answered && status == SH_STATUS_UNAVAILABLE &&
-                    !call->primary_only && (other == S_PRIMARY || self->has_replica) &&
-                    s_ready_any(&self->servers[other], self->config.pool) &&
-                    sh_clock_mono_ms() < call->deadline_ms;
+                    !call->primary_only && sh_clock_mono_ms() < call->deadline_ms &&
+                    (other == S_PRIMARY ? s_ready_any(&self->servers[other], self->config.pool)
+                                        : s_replica_has(self, call->min_lsn));
     if (may_move) {
         call->read = false; /* once */
         (*self->rerouted)++;
@@ -718,7 +732,7 @@ void query_db_write(query_db_t *self, query_stmt_t stmt, int nparams, const char
     assert(s_writes[stmt]);
     s_call_t *call = s_call_new(stmt, nparams, params, timeout_ms, fn, arg);
     if (!call) {
-        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary"};
+        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary", 0};
         fn(arg, &out);
         return;
     }
@@ -732,7 +746,7 @@ void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int np
     assert(!s_writes[stmt]);
     s_call_t *call = s_call_new(stmt, nparams, params, timeout_ms, fn, arg);
     if (!call) {
-        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary"};
+        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary", 0};
         fn(arg, &out);
         return;
     }
@@ -741,9 +755,21 @@ void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int np
     s_role_t role = S_PRIMARY;
     if (s_replica_fresh(self, min_lsn))
         role = S_REPLICA;
-    else if (!s_ready_any(&self->servers[S_PRIMARY], self->config.pool) && self->has_replica &&
-             s_ready_any(&self->servers[S_REPLICA], self->config.pool))
-        role = S_REPLICA; /* primary down: a possibly older answer beats none */
+    else if (!s_ready_any(&self->servers[S_PRIMARY], self->config.pool)) {
+        /*  primary down: a lagging replica beats none, but never one older
+            than the caller's own last write  */
+        if (s_replica_has(self, min_lsn))
+            role = S_REPLICA;
+        else if (min_lsn && self->has_replica &&
+                 s_ready_any(&self->servers[S_REPLICA], self->config.pool)) {
+            (*self->servers[S_PRIMARY].calls)++;
+            s_answer(call, SH_STATUS_UNAVAILABLE,
+                     "primary unavailable and the replica has not caught up with your last write",
+                     NULL, 0, S_REPLICA);
+            s_call_free(call);
+            return;
+        }
+    }
     s_submit(self, role, call);
 }
 
@@ -753,7 +779,7 @@ void query_db_read_primary(query_db_t *self, query_stmt_t stmt, int nparams,
 {
     s_call_t *call = s_call_new(stmt, nparams, params, timeout_ms, fn, arg);
     if (!call) {
-        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary"};
+        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary", 0};
         fn(arg, &out);
         return;
     }

@@ -77,6 +77,9 @@ typedef struct {
     const query_rows_t *rows; /* NULL unless OK */
     uint64_t lsn;             /* writes: WAL position after the commit */
     const char *source;       /* QUERY_SOURCE_* */
+    uint64_t seen_lsn;        /* replica reads: every commit up to this LSN is in the
+                                 answer (0 for primary reads: a primary snapshot may
+                                 miss a commit whose WAL comes before a later one's) */
 } query_outcome_t;
 
 /*  Called exactly once per call, maybe before the call returns; rows are
@@ -105,6 +108,8 @@ void query_db_write(query_db_t *self, query_stmt_t stmt, int nparams, const char
     the replica when it can, else the primary.  */
 void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int nparams,
                    const char *const *params, int64_t timeout_ms, query_db_fn *fn, void *arg);
+/*  A read needing min_lsn is refused (UNAVAILABLE) rather than served older
+    than that when the primary is down and the replica has not replayed it.  */
 /*  Read on the primary only (authentication must see the latest data).  */
 void query_db_read_primary(query_db_t *self, query_stmt_t stmt, int nparams,
                            const char *const *params, int64_t timeout_ms, query_db_fn *fn,

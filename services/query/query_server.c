@@ -33,7 +33,6 @@ typedef struct {
     query_server_t *server;
     sh_request_t *request;
     uint64_t id;
-    uint64_t need; /* LSN the database read must include (cache tag) */
     bool cacheable;
     uint64_t limit;
     /*  password work on a worker thread  */
@@ -207,8 +206,12 @@ static const char *s_take_credentials(s_call_t *call, sh_str_t username, sh_str_
         return "username: 3 to 32 characters of letters, digits, '_', '.' or '-'";
     const char *why = query_text_problem(password.ptr, password.len, QUERY_PASSWORD_MIN,
                                          QUERY_PASSWORD_MAX, false);
-    if (why || password.len > SH_PASSWORD_MAX)
-        return "password: 8 to 256 characters";
+    if (why || password.len > SH_PASSWORD_MAX) {
+        static char text[96]; /* the loop is single-threaded; the reply copies it */
+        snprintf(text, sizeof text, "password %s (8 to 256 characters, no control characters)",
+                 why ? why : "is too long");
+        return text;
+    }
     sh_str_copy(username, call->username, sizeof call->username);
     memcpy(call->password, password.ptr, password.len);
     call->password_len = password.len;
@@ -408,7 +411,8 @@ static void s_on_item_read(void *arg, const query_outcome_t *out)
     memset(&rep, 0, sizeof rep);
     sh_item_t item;
     s_item_of(out->rows, 0, &item);
-    SH_FIELDS_item(S_COPY_ITEM) s_fill_t *fill = calloc(1, sizeof *fill);
+    SH_FIELDS_item(S_COPY_ITEM);
+    s_fill_t *fill = calloc(1, sizeof *fill);
     if (!fill) {
         s_get_reply(call, &rep, 0, out->source);
         return;
@@ -422,7 +426,8 @@ static void s_on_item_read(void *arg, const query_outcome_t *out)
         s_get_reply(call, &rep, 0, out->source);
         return;
     }
-    query_cache_item_put(call->server->cache, call->id, call->need, fill->blob.data,
+    /*  only a replica read has a WAL position its answer is known to include  */
+    query_cache_item_put(call->server->cache, call->id, out->seen_lsn, fill->blob.data,
                          fill->blob.size, s_on_viewed, fill);
 }
 
@@ -436,7 +441,6 @@ static void s_on_item_cached(void *arg, const query_cache_hit_t *hit)
             return;
         }
     }
-    call->need = hit->need;
     char id[S_NUM_MAX];
     s_num(id, call->id);
     const char *params[1] = {id};
@@ -474,11 +478,11 @@ static void s_on_list_read(void *arg, const query_outcome_t *out)
     if ((uint64_t)rows > call->limit && rep.items.count > 0)
         rep.next_cursor = rep.items.items[rep.items.count - 1].id;
     rep.source = sh_str(out->source);
-    if (call->cacheable) {
+    if (call->cacheable && out->seen_lsn) {
         msgpack_sbuffer *buf = &call->server->scratch;
         buf->size = 0;
         if (sh_codec_encode(&sh_item_list_rep_codec, &rep, buf) == 0)
-            query_cache_list_put(call->server->cache, call->limit, call->need, buf->data,
+            query_cache_list_put(call->server->cache, call->limit, out->seen_lsn, buf->data,
                                  buf->size);
     }
     s_reply(call, SH_STATUS_OK, NULL, &rep);
@@ -494,7 +498,6 @@ static void s_list_read(s_call_t *call, const sh_item_list_req_t *req, uint64_t 
     if (req)
         sh_str_copy(req->q, q, sizeof q);
     const char *params[4] = {cursor, limit, excerpt, q};
-    call->need = need;
     if (q[0])
         query_db_read(call->server->db, QUERY_ITEM_SEARCH, need, 4, params, s_timeout(call),
                       s_on_list_read, call);
