@@ -1,4 +1,4 @@
-/*  sh_util.c - clocks, byte buffer, random identifiers.  */
+/*  sh_util.c - clocks, byte buffer, random identifiers, secret compare.  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -129,6 +129,13 @@ int sh_parse_int(const char *text, int64_t min, int64_t max, int64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+bool sh_secret_eq(const void *a, size_t alen, const void *b, size_t blen)
+{
+    if (alen == 0 || alen != blen)
+        return false;
+    return sodium_memcmp(a, b, alen) == 0;
 }
 
 uint64_t sh_process_rss(void)

@@ -1,5 +1,5 @@
 /*  sh_util.h - small helpers every module needs: clocks, a growable byte
-    buffer and random identifiers.
+    buffer, random identifiers and a constant-time compare of secrets.
 */
 #ifndef SH_UTIL_H_INCLUDED
 #define SH_UTIL_H_INCLUDED
@@ -45,6 +45,11 @@ void sh_crypto_init(void);
 
 /*  Parse a whole decimal integer in [min, max]; returns 0 or -1.  */
 int sh_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
+
+/*  True when the secrets a (alen bytes) and b (blen bytes) are equal and
+    not empty. Takes the same time for every a of one length, so a guess
+    learns nothing from the clock but the length, which is public.  */
+bool sh_secret_eq(const void *a, size_t alen, const void *b, size_t blen);
 
 /*  Current resident set size of this process in bytes (0 if unknown).  */
 uint64_t sh_process_rss(void);

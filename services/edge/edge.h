@@ -1,9 +1,12 @@
 /*  edge.h - the edge: HTTP in front, ZeroMQ behind.
 
     edge_http.c is the only module that includes libwebsockets: it accepts
-    connections, parses requests into edge_req_t, serves static files and
-    writes edge_resp_t replies. edge_api.c holds the routes (health,
-    session, load, metrics) and talks to services through sh_pool.
+    connections, reads request bodies, copies requests into edge_req_t,
+    serves static files and writes edge_resp_t replies. edge_api.c holds
+    the operator routes (health, session, load, metrics, cluster) and the
+    reply helpers; edge_board.c the board's routes (accounts, items).
+    Both talk to services through sh_pool. edge_req.c has the pure helpers
+    that read request fields (cookies, arguments, client address).
 */
 #ifndef EDGE_H_INCLUDED
 #define EDGE_H_INCLUDED
@@ -20,16 +23,20 @@
 #include "sh_workers.h"
 
 #define EDGE_COOKIE_NAME   "shoal_sid"
+#define EDGE_LSN_COOKIE    "shoal_lsn" /* read-your-writes token */
+#define EDGE_LSN_MAX_AGE_S 300
 #define EDGE_COOKIE_MAX    128
 #define EDGE_HEADER_SMALL  256
+#define EDGE_IP_MAX        46 /* INET6_ADDRSTRLEN */
 #define EDGE_RESP_HEADERS  6
-#define EDGE_RETRY_AFTER_S "1"
+#define EDGE_RETRY_AFTER_S 1
 
 typedef struct {
     sh_base_config_t base;
     char *http_addr;
     int64_t http_port;
     char *session_endpoints;
+    char *query_endpoints;
     char *static_dir;
     int64_t request_timeout_ms;
     bool cookie_secure;
@@ -39,6 +46,12 @@ typedef struct {
     int64_t max_header_bytes;
     int64_t max_connections;
     int64_t drain_grace_ms;
+    char *trusted_proxies;
+    int64_t login_ip_limit;
+    int64_t login_account_limit;
+    int64_t login_window_s;
+    int64_t signup_ip_limit;
+    int64_t signup_window_s;
 } edge_config_t;
 
 typedef enum {
@@ -62,15 +75,22 @@ typedef struct {
     edge_conn_t *conn;
 } edge_job_t;
 
-/*  A parsed request, valid during edge_api_handle only.  */
+/*  A request, copied out of libwebsockets when its headers arrived; valid
+    during edge_api_handle only (routes copy what a later reply needs).  */
 typedef struct {
     edge_method_t method;
     const char *path;
     char cookie[EDGE_COOKIE_MAX]; /* value of the session cookie, "" if none */
+    uint64_t lsn;                 /* shoal_lsn cookie; 0 if absent or invalid */
     char origin[EDGE_HEADER_SMALL];
     char host[EDGE_HEADER_SMALL];
     char fetch_site[32];
-    char query[EDGE_HEADER_SMALL];
+    char csrf[EDGE_HEADER_SMALL]; /* X-CSRF-Token, "" if absent or too long */
+    char client_ip[EDGE_IP_MAX];  /* TCP peer, or per SHOAL_TRUSTED_PROXIES */
+    const char *args;             /* URL arguments, decoded: "k=v\0k=v\0" */
+    size_t args_len;
+    const char *body; /* the request body, NUL-terminated ("" without one) */
+    size_t body_len;
     int64_t content_length; /* -1 when absent */
     edge_conn_t *conn;
     int64_t started_us;
@@ -90,7 +110,9 @@ struct edge_t {
     edge_config_t *config;
     sh_metrics_t *metrics;
     sh_pool_t *sessions;
-    sh_pool_t *scrape; /* every non-edge instance, for /metrics/cluster */
+    sh_pool_t *queries;
+    bool queries_known; /* query instances are configured or the registry named one */
+    sh_pool_t *scrape;  /* every non-edge instance, for /metrics/cluster */
 
     sh_registry_t *registry; /* NULL without health endpoints */
     sh_workers_t *workers;
@@ -119,19 +141,71 @@ void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp);
 void edge_http_await(edge_conn_t *conn, sh_pool_t *pool, uint64_t handle);
 /*  Remember the worker job a connection waits for (detached if it closes).  */
 void edge_http_await_job(edge_conn_t *conn, edge_job_t *job);
-/*  Value of query argument `name` into buf; returns buf or NULL.  */
-const char *edge_http_arg(edge_conn_t *conn, const char *name, char *buf, int len);
 
 /*  --- edge_api.c ---  */
+struct json_t; /* jansson's; only edge_api.c and edge_board.c see inside */
+
 /*  Route one request under /api, /health or /metrics. Returns 1 when it
     took the request, 0 when the path is not an API path (static files).  */
 int edge_api_handle(edge_t *edge, edge_req_t *req);
-/*  Reply with a JSON error {"error": code, "message": message}.  */
+/*  Reply with a JSON error {"error": {"code", "message"}}; a 503 carries
+    Retry-After.  */
 void edge_api_error(edge_t *edge, edge_req_t *req, int status, const char *code,
                     const char *message);
+/*  The same with Retry-After: retry_after_s (none when 0).  */
+void edge_api_error_after(edge_t *edge, edge_req_t *req, int status, const char *code,
+                          const char *message, int64_t retry_after_s);
+/*  Reply 405 with Allow: allow.  */
+void edge_api_method_not_allowed(edge_t *edge, edge_req_t *req, const char *allow);
+/*  Reply with the error a failed service call came back with (status
+    mapped to HTTP and to the error codes browsers know).  */
+void edge_api_call_error(edge_t *edge, edge_req_t *req, const sh_reply_t *reply);
+/*  Reply with JSON body (taken: freed here; NULL answers 500) and up to
+    EDGE_RESP_HEADERS - 1 extra headers (names NULL-ended, may be NULL).  */
+void edge_api_json(edge_req_t *req, int status, struct json_t *body, const char **names,
+                   const char **values);
+/*  True when a state-changing request comes from our own pages: no
+    cross-site Sec-Fetch-Site, and Origin absent, the request's own host or
+    listed in SHOAL_ALLOWED_ORIGINS.  */
+bool edge_api_same_origin(edge_t *edge, const edge_req_t *req);
+/*  Set-Cookie value for cookie `name` with the edge's attributes.  */
+void edge_api_cookie(edge_t *edge, const char *name, const char *value, long max_age, char *out,
+                     size_t size);
+/*  A new W3C traceparent into out (SH_TRACE_MAX + 1 bytes).  */
+void edge_api_traceparent(char *out);
 /*  Send this edge's heartbeat to the registry (no-op without one).  */
 void edge_api_beat(edge_t *edge);
 /*  Count a finished request for metrics.  */
 void edge_api_count(edge_t *edge, int status, int64_t started_us);
+/*  Calls in flight to every service pool.  */
+int64_t edge_api_in_flight(const edge_t *edge);
 
+/*  --- edge_board.c ---  */
+/*  Route /api/auth/..., /api/me and /api/items...: returns 1 when it took
+    the request, 0 when the path is not one of the board's.  */
+int edge_board_handle(edge_t *edge, edge_req_t *req);
+
+/*  --- edge_req.c (pure: no connection, no library) ---  */
+/*  Value of cookie `name` in a Cookie header into out (size bytes).
+    Names compare whole. Returns 0, or -1 when absent or too long.  */
+int edge_cookie_get(const char *header, const char *name, char *out, size_t size);
+/*  A positive decimal id (digits only, at most INT64_MAX). 0 or -1.  */
+int edge_parse_id(const char *text, uint64_t *out);
+/*  The shoal_lsn cookie's value as a number; 0 when it is not one.  */
+uint64_t edge_lsn_parse(const char *text);
+/*  Value of URL argument `name` in args ("k=v\0k=v\0", len bytes):
+    a pointer into args ("" for a bare "k"), or NULL when absent.  */
+const char *edge_arg_find(const char *args, size_t len, const char *name);
+/*  Check a SHOAL_TRUSTED_PROXIES list (addresses or CIDRs, comma-
+    separated). Returns 0, or -1 with the first bad entry in bad.  */
+int edge_proxies_check(const char *list, char *bad, size_t bad_size);
+/*  True when address ip is inside an entry of list.  */
+bool edge_ip_in_list(const char *ip, const char *list);
+/*  The client's address: the last X-Forwarded-For entry when the TCP peer
+    is a trusted proxy and that entry is an address, else the peer.
+    Written normalised into out (EDGE_IP_MAX bytes); returns out.  */
+const char *edge_client_ip(const char *peer, const char *forwarded, const char *trusted, char *out,
+                           size_t size);
+/*  ASCII-lowercase len bytes of in into out (size bytes, NUL-ended).  */
+void edge_lowercase(const char *in, size_t len, char *out, size_t size);
 #endif

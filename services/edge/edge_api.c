@@ -1,4 +1,6 @@
-/*  edge_api.c - the edge's routes: health, session, load, metrics.
+/*  edge_api.c - the edge's operator routes (health, session, load,
+    metrics, cluster) and the reply helpers every route shares: JSON
+    bodies, errors in one shape, cookies, the same-origin check.
     JSON goes through jansson; service calls through sh_pool.
 */
 #include <stdio.h>
@@ -14,31 +16,71 @@
 
 /*  --- replies -------------------------------------------------------------  */
 
-static void s_json(edge_req_t *req, int status, json_t *body, const char **names,
+#define EDGE_INTERNAL_JSON "{\"error\":{\"code\":\"internal\",\"message\":\"reply not encodable\"}}"
+
+void edge_api_json(edge_req_t *req, int status, json_t *body, const char **names,
                    const char **values)
 {
     char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    edge_resp_t resp = {
-        status, "application/json", text ? text : "{}", text ? strlen(text) : 2, {NULL}, {NULL}};
+    json_decref(body);
+    if (!text) {
+        /*  a reply jansson would not build (out of memory, text that is
+            not UTF-8 from a service): say so rather than send half  */
+        static const char internal[] = EDGE_INTERNAL_JSON;
+        edge_resp_t resp = {500, NULL, internal, sizeof internal - 1, {NULL}, {NULL}};
+        edge_http_respond(req->conn, &resp);
+        return;
+    }
+    edge_resp_t resp = {status, "application/json", text, strlen(text), {NULL}, {NULL}};
     for (int i = 0; names && names[i] && i < EDGE_RESP_HEADERS - 1; i++) {
         resp.header_names[i] = names[i];
         resp.header_values[i] = values[i];
     }
     edge_http_respond(req->conn, &resp);
     free(text);
-    json_decref(body);
+}
+
+void edge_api_error_after(edge_t *edge, edge_req_t *req, int status, const char *code,
+                          const char *message, int64_t retry_after_s)
+{
+    (void)edge;
+    const char *names[2] = {NULL}, *values[2] = {NULL};
+    char after[24];
+    if (retry_after_s > 0) {
+        snprintf(after, sizeof after, "%lld", (long long)retry_after_s);
+        names[0] = "retry-after:";
+        values[0] = after;
+    }
+    edge_api_json(req, status,
+                  json_pack("{s:{s:s, s:s}}", "error", "code", code, "message",
+                            message && message[0] ? message : code),
+                  names, values);
 }
 
 void edge_api_error(edge_t *edge, edge_req_t *req, int status, const char *code,
                     const char *message)
 {
-    (void)edge;
-    const char *names[3] = {NULL}, *values[3] = {NULL};
-    if (status == 503) {
-        names[0] = "retry-after:";
-        values[0] = EDGE_RETRY_AFTER_S;
+    edge_api_error_after(edge, req, status, code, message, status == 503 ? EDGE_RETRY_AFTER_S : 0);
+}
+
+void edge_api_call_error(edge_t *edge, edge_req_t *req, const sh_reply_t *reply)
+{
+    uint64_t status = reply->status;
+    int http = sh_status_http(status);
+    const char *code = sh_status_code(status);
+    if (status == SH_STATUS_DRAINING || status == SH_STATUS_UNSUPPORTED) {
+        /*  refused unapplied, or an instance too old for the operation:
+            the same call may work in a moment  */
+        http = 503;
+        code = "unavailable";
+    } else if (status == SH_STATUS_OK) {
+        /*  OK without a body: the reply did not decode  */
+        http = 500;
+        code = "internal";
     }
-    s_json(req, status, json_pack("{s:s, s:s}", "error", code, "message", message), names, values);
+    if (http >= 500)
+        sh_warn("call failed: %s (%s)", sh_status_code(status), reply->error);
+    edge_api_error(edge, req, http, code, reply->error[0] ? reply->error : "request failed");
 }
 
 void edge_api_count(edge_t *edge, int status, int64_t started_us)
@@ -50,14 +92,14 @@ void edge_api_count(edge_t *edge, int status, int64_t started_us)
     sh_histogram_observe(edge->latency, (double)(sh_clock_mono_us() - started_us) / 1e6);
 }
 
-static void s_method_not_allowed(edge_t *edge, edge_req_t *req, const char *allow)
+void edge_api_method_not_allowed(edge_t *edge, edge_req_t *req, const char *allow)
 {
     const char *names[2] = {"allow:", NULL}, *values[2] = {allow, NULL};
     (void)edge;
-    s_json(req, 405,
-           json_pack("{s:s, s:s}", "error", "method_not_allowed", "message",
-                     "method not allowed on this path"),
-           names, values);
+    edge_api_json(req, 405,
+                  json_pack("{s:{s:s, s:s}}", "error", "code", "method_not_allowed", "message",
+                            "method not allowed on this path"),
+                  names, values);
 }
 
 /*  A service call's outcome: the reply to send, or an error mapped from
@@ -66,11 +108,7 @@ static bool s_call_ok(edge_t *edge, edge_req_t *req, const sh_reply_t *reply)
 {
     if (reply->status == SH_STATUS_OK && reply->body)
         return true;
-    int http = sh_status_http(reply->status);
-    if (reply->status != SH_STATUS_NOT_FOUND && reply->status != SH_STATUS_INVALID)
-        sh_warn("call failed: %s (%s)", sh_status_code(reply->status), reply->error);
-    edge_api_error(edge, req, http, sh_status_code(reply->status),
-                   reply->error[0] ? reply->error : "request failed");
+    edge_api_call_error(edge, req, reply);
     return false;
 }
 
@@ -114,12 +152,17 @@ static edge_t *s_call_done(void *arg, const sh_reply_t *reply, edge_req_t *req)
     return s_call_ok(edge, req, reply) ? edge : NULL;
 }
 
-static sh_call_opts_t s_opts(edge_t *edge, edge_req_t *req, char *traceparent)
+void edge_api_traceparent(char *out)
 {
     char trace[33], span[17];
     sh_random_hex(trace, 16);
     sh_random_hex(span, 8);
-    snprintf(traceparent, SH_TRACE_MAX + 1, "00-%s-%s-01", trace, span);
+    snprintf(out, SH_TRACE_MAX + 1, "00-%s-%s-01", trace, span);
+}
+
+static sh_call_opts_t s_opts(edge_t *edge, edge_req_t *req, char *traceparent)
+{
+    edge_api_traceparent(traceparent);
     sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + edge->config->request_timeout_ms,
                            .traceparent = traceparent,
                            .session = req->cookie};
@@ -132,28 +175,31 @@ static sh_call_opts_t s_opts(edge_t *edge, edge_req_t *req, char *traceparent)
 static void s_health(edge_t *edge, edge_req_t *req)
 {
     if (req->method != EDGE_GET) {
-        s_method_not_allowed(edge, req, "GET");
+        edge_api_method_not_allowed(edge, req, "GET");
         return;
     }
     const char *instance = edge->config->base.instance;
     if (strcmp(req->path, "/health/live") == 0) {
-        s_json(req, 200, json_pack("{s:s, s:s}", "status", "live", "instance", instance), NULL,
-               NULL);
+        edge_api_json(req, 200, json_pack("{s:s, s:s}", "status", "live", "instance", instance),
+                      NULL, NULL);
         return;
     }
 
     if (strcmp(req->path, "/health/ready") == 0) {
         const char *reason = edge->draining                   ? "draining"
                              : !sh_pool_ready(edge->sessions) ? "no session instance answers"
-                                                              : NULL;
+                             : edge->queries_known && !sh_pool_ready(edge->queries)
+                                 ? "no query instance answers"
+                                 : NULL;
         if (reason)
-            s_json(req, 503,
-                   json_pack("{s:s, s:s, s:s}", "status", "not_ready", "reason", reason, "instance",
-                             instance),
-                   NULL, NULL);
+            edge_api_json(req, 503,
+                          json_pack("{s:s, s:s, s:s}", "status", "not_ready", "reason", reason,
+                                    "instance", instance),
+                          NULL, NULL);
         else
-            s_json(req, 200, json_pack("{s:s, s:s}", "status", "ready", "instance", instance), NULL,
-                   NULL);
+            edge_api_json(req, 200,
+                          json_pack("{s:s, s:s}", "status", "ready", "instance", instance), NULL,
+                          NULL);
 
         return;
     }
@@ -162,10 +208,11 @@ static void s_health(edge_t *edge, edge_req_t *req)
 
 /*  --- /api/session ---------------------------------------------------------  */
 
-static void s_cookie(edge_t *edge, const char *id, long max_age, char *out, size_t size)
+void edge_api_cookie(edge_t *edge, const char *name, const char *value, long max_age, char *out,
+                     size_t size)
 {
-    snprintf(out, size, "%s=%s; Path=/; Max-Age=%ld; HttpOnly; SameSite=Lax%s", EDGE_COOKIE_NAME,
-             id, max_age, edge->config->cookie_secure ? "; Secure" : "");
+    snprintf(out, size, "%s=%s; Path=/; Max-Age=%ld; HttpOnly; SameSite=Lax%s", name, value,
+             max_age, edge->config->cookie_secure ? "; Secure" : "");
 }
 
 static void s_on_touch(void *arg, const sh_reply_t *reply)
@@ -178,18 +225,25 @@ static void s_on_touch(void *arg, const sh_reply_t *reply)
     char id[SH_SESSION_MAX + 1], instance[SH_ID_MAX + 1];
     sh_str_copy(rec->id, id, sizeof id);
     sh_str_copy(reply->env->instance, instance, sizeof instance);
-    json_t *body = json_pack("{s:I, s:I, s:s, s:s}", "views", (json_int_t)rec->views, "created_at",
-                             (json_int_t)rec->created_at, "edge", edge->config->base.instance,
-                             "session_instance", instance);
+    /*  the logged-in user, if any (null for an anonymous session)  */
+    json_t *user = rec->user_id ? json_pack("{s:I, s:s%}", "id", (json_int_t)rec->user_id,
+                                            "username", rec->username.ptr ? rec->username.ptr : "",
+                                            (size_t)rec->username.len)
+                                : json_null();
+    json_t *body =
+        json_pack("{s:I, s:I, s:s, s:s, s:o}", "views", (json_int_t)rec->views, "created_at",
+                  (json_int_t)rec->created_at, "edge", edge->config->base.instance,
+                  "session_instance", instance, "user", user);
     const char *names[2] = {NULL}, *values[2] = {NULL};
     char cookie[EDGE_COOKIE_ATTR_MAX];
     if (rec->created) {
         /*  the browser keeps the cookie as long as the session can live  */
-        s_cookie(edge, id, (long)edge->config->cookie_max_age, cookie, sizeof cookie);
+        edge_api_cookie(edge, EDGE_COOKIE_NAME, id, (long)edge->config->cookie_max_age, cookie,
+                        sizeof cookie);
         names[0] = "set-cookie:";
         values[0] = cookie;
     }
-    s_json(&req, 200, body, names, values);
+    edge_api_json(&req, 200, body, names, values);
 }
 
 static void s_on_destroy(void *arg, const sh_reply_t *reply)
@@ -199,14 +253,12 @@ static void s_on_destroy(void *arg, const sh_reply_t *reply)
     if (!edge)
         return;
     char cookie[EDGE_COOKIE_ATTR_MAX];
-    s_cookie(edge, "", 0, cookie, sizeof cookie);
+    edge_api_cookie(edge, EDGE_COOKIE_NAME, "", 0, cookie, sizeof cookie);
     edge_resp_t resp = {204, NULL, NULL, 0, {"set-cookie:"}, {cookie}};
     edge_http_respond(req.conn, &resp);
 }
 
-/*  State-changing requests must come from our own pages: a cross-site
-    Origin or Sec-Fetch-Site is refused.  */
-static bool s_same_origin(edge_t *edge, edge_req_t *req)
+bool edge_api_same_origin(edge_t *edge, const edge_req_t *req)
 {
     if (req->fetch_site[0] && strcmp(req->fetch_site, "same-origin") != 0 &&
         strcmp(req->fetch_site, "none") != 0)
@@ -247,7 +299,7 @@ static void s_session(edge_t *edge, edge_req_t *req)
         edge_http_await(req->conn, edge->sessions, handle);
         sh_pool_drain(edge->sessions);
     } else if (req->method == EDGE_DELETE) {
-        if (!s_same_origin(edge, req)) {
+        if (!edge_api_same_origin(edge, req)) {
             edge_api_error(edge, req, 403, "forbidden", "cross-origin request refused");
             return;
         }
@@ -261,7 +313,7 @@ static void s_session(edge_t *edge, edge_req_t *req)
         edge_http_await(req->conn, edge->sessions, handle);
         sh_pool_drain(edge->sessions);
     } else
-        s_method_not_allowed(edge, req, "GET, DELETE");
+        edge_api_method_not_allowed(edge, req, "GET, DELETE");
 }
 
 /*  --- /api/load ------------------------------------------------------------  */
@@ -275,10 +327,10 @@ static void s_on_load(void *arg, const sh_reply_t *reply)
     const sh_load_rep_t *rep = reply->body;
     char instance[SH_ID_MAX + 1];
     sh_str_copy(rep->instance, instance, sizeof instance);
-    s_json(&req, 200,
-           json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)rep->ms, "service", "session", "instance",
-                     instance),
-           NULL, NULL);
+    edge_api_json(&req, 200,
+                  json_pack("{s:I, s:s, s:s}", "ms", (json_int_t)rep->ms, "service", "session",
+                            "instance", instance),
+                  NULL, NULL);
 }
 
 /*  Runs on a worker thread: reads only job->ms.  */
@@ -291,12 +343,11 @@ static void s_burn(void *arg)
 static void s_load(edge_t *edge, edge_req_t *req)
 {
     if (req->method != EDGE_GET) {
-        s_method_not_allowed(edge, req, "GET");
+        edge_api_method_not_allowed(edge, req, "GET");
         return;
     }
-    char buf[64], sbuf[64];
-    const char *ms_text = edge_http_arg(req->conn, "ms", buf, sizeof buf);
-    const char *service = edge_http_arg(req->conn, "service", sbuf, sizeof sbuf);
+    const char *ms_text = edge_arg_find(req->args, req->args_len, "ms");
+    const char *service = edge_arg_find(req->args, req->args_len, "service");
     int64_t ms;
     if (!ms_text || sh_parse_int(ms_text, 0, edge->config->base.load_max_ms, &ms)) {
         char why[96];
@@ -348,7 +399,7 @@ void edge_api_beat(edge_t *edge)
     if (!edge->registry)
         return;
     edge->last_beat_ms = sh_clock_mono_ms();
-    uint64_t in_flight = (uint64_t)sh_pool_in_flight(edge->sessions);
+    uint64_t in_flight = (uint64_t)edge_api_in_flight(edge);
     uint64_t state = edge->draining                                       ? SH_MEMBER_DRAINING
                      : in_flight >= (uint64_t)edge->config->base.capacity ? SH_MEMBER_BUSY
                                                                           : SH_MEMBER_UP;
@@ -396,10 +447,10 @@ static void s_on_members(void *arg, const sh_reply_t *reply)
                               json_pack("{s:s, s:b}", "address", endpoint, "reachable", reachable));
     char answered[SH_ID_MAX + 1];
     sh_str_copy(rep->instance, answered, sizeof answered);
-    s_json(&req, 200,
-           json_pack("{s:I, s:s, s:o, s:o}", "generated_at", (json_int_t)sh_clock_wall_ms(),
-                     "source", answered, "instances", instances, "health", healths),
-           NULL, NULL);
+    edge_api_json(&req, 200,
+                  json_pack("{s:I, s:s, s:o, s:o}", "generated_at", (json_int_t)sh_clock_wall_ms(),
+                            "source", answered, "instances", instances, "health", healths),
+                  NULL, NULL);
 }
 
 /*  The operator views are GETs answered from the registry: true when
@@ -407,7 +458,7 @@ static void s_on_members(void *arg, const sh_reply_t *reply)
 static bool s_registry_get(edge_t *edge, edge_req_t *req)
 {
     if (req->method != EDGE_GET) {
-        s_method_not_allowed(edge, req, "GET");
+        edge_api_method_not_allowed(edge, req, "GET");
         return false;
     }
     if (!edge->registry) {
@@ -496,8 +547,7 @@ static void s_on_scrape_members(void *arg, const sh_reply_t *reply)
             req.conn = scrape->job.conn;
             req.started_us = scrape->started_us;
             scrape->job.conn = NULL;
-            edge_api_error(edge, &req, sh_status_http(reply->status), sh_status_code(reply->status),
-                           reply->error);
+            edge_api_call_error(edge, &req, reply);
         }
         s_scrape_finish(scrape);
         return;
@@ -554,13 +604,13 @@ static void s_metrics_cluster(edge_t *edge, edge_req_t *req)
 static void s_metrics(edge_t *edge, edge_req_t *req)
 {
     if (req->method != EDGE_GET) {
-        s_method_not_allowed(edge, req, "GET");
+        edge_api_method_not_allowed(edge, req, "GET");
         return;
     }
     *sh_metrics_gauge(edge->metrics, "shoal_rss_bytes", "Resident memory", NULL) =
         (int64_t)sh_process_rss();
     *sh_metrics_gauge(edge->metrics, "shoal_in_flight", "Calls waiting for a service", NULL) =
-        sh_pool_in_flight(edge->sessions);
+        edge_api_in_flight(edge);
     sh_buf_t text = {0};
     if (sh_metrics_render(edge->metrics, &text)) {
         edge_api_error(edge, req, 500, "internal", "out of memory");
@@ -570,6 +620,11 @@ static void s_metrics(edge_t *edge, edge_req_t *req)
         200, "text/plain; version=0.0.4; charset=utf-8", text.data, text.len, {NULL}, {NULL}};
     edge_http_respond(req->conn, &resp);
     sh_buf_free(&text);
+}
+
+int64_t edge_api_in_flight(const edge_t *edge)
+{
+    return sh_pool_in_flight(edge->sessions) + sh_pool_in_flight(edge->queries);
 }
 
 int edge_api_handle(edge_t *edge, edge_req_t *req)
@@ -588,6 +643,8 @@ int edge_api_handle(edge_t *edge, edge_req_t *req)
         s_load(edge, req);
     else if (strcmp(path, "/api/cluster") == 0)
         s_cluster(edge, req);
+    else if (edge_board_handle(edge, req))
+        ;
     else if (strncmp(path, "/api/", 5) == 0 || strcmp(path, "/api") == 0)
         edge_api_error(edge, req, 404, "not_found", "no such API path");
     else

@@ -2,9 +2,13 @@
     includes it): one thread, one lws event loop, with the ZeroMQ sockets'
     fds and a signalfd adopted into it as raw files.
 
-    Replies to service calls arrive on ZeroMQ; they reach the connection
-    through the pool's request-id map, and a connection that closes cancels
-    its pending call, so no reply ever touches a freed connection.
+    A request is copied into the connection's edge_req_t when its headers
+    arrive; one with a body is routed once the body is read (up to
+    SHOAL_MAX_BODY_BYTES) into a per-connection buffer, so keep-alive goes
+    on after it. Replies to service calls arrive on ZeroMQ; they reach the
+    connection through the pool's request-id map, and a connection that
+    closes cancels its pending call or detaches its job, so no reply ever
+    touches a freed connection.
 */
 #include <errno.h>
 #include <limits.h>
@@ -24,8 +28,8 @@
 #define EDGE_TICK_US             10000
 #define EDGE_HEADERS_RESERVE     2048
 #define EDGE_STATIC_HEADERS      1024
-#define EDGE_HEADER_SPACE_FACTOR 2 /* lws header buffer vs. the limit we enforce */
-#define EDGE_COOKIE_HEADER_MAX   8192
+#define EDGE_HEADER_SPACE_FACTOR 2  /* lws header buffer vs. the limit we enforce */
+#define EDGE_BODY_REPEATS_MAX    64 /* see s_on_body_complete */
 #define EDGE_IMMUTABLE           "public, max-age=31536000, immutable"
 #define EDGE_CSP                                                                      \
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; " \
@@ -39,7 +43,14 @@ struct edge_conn_t {
     unsigned char *out; /* LWS_PRE bytes, then the response */
     size_t out_len;
     bool close_after;
+    bool reading_body; /* routed at LWS_CALLBACK_HTTP_BODY_COMPLETION */
+    bool body_done;    /* BODY_COMPLETION was seen for this request */
+    int body_repeats;  /* BODY_COMPLETION calls after the first */
     int64_t started_us;
+    edge_req_t req; /* the current request, copied out of lws */
+    char *path;     /* storage of req.path */
+    sh_buf_t args;  /* storage of req.args */
+    sh_buf_t body;  /* storage of req.body */
 };
 
 static struct {
@@ -120,13 +131,6 @@ void edge_http_await_job(edge_conn_t *conn, edge_job_t *job)
     conn->job = job;
 }
 
-const char *edge_http_arg(edge_conn_t *conn, const char *name, char *buf, int len)
-{
-    char key[64];
-    snprintf(key, sizeof key, "%s=", name);
-    return lws_get_urlarg_by_name(conn->wsi, key, buf, len);
-}
-
 /*  --- static files ---------------------------------------------------------  */
 
 static const struct {
@@ -203,7 +207,7 @@ static int s_serve_static(edge_req_t *req)
     edge_conn_t *conn = req->conn;
     if (req->method != EDGE_GET) {
         edge_resp_t resp = {405, NULL, NULL, 0, {"allow:"}, {"GET"}};
-        const char *body = "{\"error\":\"method_not_allowed\",\"message\":\"use GET\"}";
+        const char *body = "{\"error\":{\"code\":\"method_not_allowed\",\"message\":\"use GET\"}}";
         resp.body = body;
         resp.body_len = strlen(body);
         edge_http_respond(conn, &resp);
@@ -270,89 +274,186 @@ static int s_header_bytes(struct lws *wsi)
     return total;
 }
 
-/*  The value of the session cookie, or "" (absent, or too long to be
-    ours). lws_http_cookie_get matches names by substring ("x_shoal_sid"
-    would do), so the header is split here and names compared whole.  */
-static void s_session_cookie(struct lws *wsi, char *out, size_t size)
+/*  A whole header (all its fragments) on the heap, or NULL when absent.  */
+static char *s_header_dup(struct lws *wsi, enum lws_token_indexes token)
 {
-    static const char name[] = EDGE_COOKIE_NAME;
-    char header[EDGE_COOKIE_HEADER_MAX];
-    out[0] = 0;
-    int len = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_COOKIE);
-    if (len <= 0 || len >= (int)sizeof header ||
-        lws_hdr_copy(wsi, header, sizeof header, WSI_TOKEN_HTTP_COOKIE) < 0)
-        return;
-    char *save = NULL;
-    for (char *pair = strtok_r(header, ";,", &save); pair; pair = strtok_r(NULL, ";,", &save)) {
-        while (*pair == ' ' || *pair == '\t')
-            pair++;
-        if (strncmp(pair, name, sizeof name - 1) == 0 && pair[sizeof name - 1] == '=') {
-            const char *value = pair + sizeof name;
-            if (strlen(value) < size)
-                snprintf(out, size, "%s", value);
-            return;
-        }
+    int len = lws_hdr_total_length(wsi, token);
+    char *copy = len > 0 ? malloc((size_t)len + 1) : NULL;
+    if (copy && lws_hdr_copy(wsi, copy, len + 1, token) < 0) {
+        free(copy);
+        copy = NULL;
     }
+    return copy;
+}
+
+static void s_custom_header(struct lws *wsi, const char *name, char *buf, int size)
+{
+    int nlen = (int)strlen(name);
+    int len = lws_hdr_custom_length(wsi, name, nlen);
+    buf[0] = 0;
+    if (len > 0 && len < size)
+        lws_hdr_custom_copy(wsi, buf, size, name, nlen);
+}
+
+/*  The cookies the edge reads. lws_http_cookie_get matches names by
+    substring ("x_shoal_sid" would do), so the header is split by
+    edge_cookie_get and names compared whole.  */
+static void s_cookies(struct lws *wsi, edge_req_t *req)
+{
+    char *header = s_header_dup(wsi, WSI_TOKEN_HTTP_COOKIE);
+    char lsn[32];
+    if (!header)
+        return;
+    edge_cookie_get(header, EDGE_COOKIE_NAME, req->cookie, sizeof req->cookie);
+    if (edge_cookie_get(header, EDGE_LSN_COOKIE, lsn, sizeof lsn) == 0)
+        req->lsn = edge_lsn_parse(lsn);
+    free(header);
+}
+
+/*  URL arguments as lws stored them (one decoded fragment per k=v),
+    copied so that a route reading them after the body still can.  */
+static int s_args(struct lws *wsi, edge_conn_t *conn)
+{
+    int total = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS);
+    if (total <= 0)
+        return 0;
+    char *fragment = malloc((size_t)total + 1);
+    if (!fragment)
+        return -1;
+    int rc = 0;
+    for (int i = 0; rc == 0; i++) {
+        int n = lws_hdr_copy_fragment(wsi, fragment, total + 1, WSI_TOKEN_HTTP_URI_ARGS, i);
+        if (n < 0)
+            break;
+        rc = sh_buf_append(&conn->args, fragment, (size_t)n + 1);
+    }
+    free(fragment);
+    return rc;
+}
+
+static void s_client_ip(struct lws *wsi, edge_req_t *req)
+{
+    char peer[EDGE_IP_MAX] = "";
+    const char *trusted = s_http.edge->config->trusted_proxies;
+    lws_get_peer_simple(wsi, peer, sizeof peer);
+    char *forwarded = trusted[0] ? s_header_dup(wsi, WSI_TOKEN_X_FORWARDED_FOR) : NULL;
+    edge_client_ip(peer, forwarded, trusted, req->client_ip, sizeof req->client_ip);
+    free(forwarded);
+}
+
+/*  Forget the last request of a keep-alive connection (or a closed one).  */
+static void s_conn_reset(edge_conn_t *conn)
+{
+    free(conn->out);
+    free(conn->path);
+    sh_buf_free(&conn->args);
+    sh_buf_free(&conn->body);
+    memset(conn, 0, sizeof *conn);
+}
+
+static int s_route(edge_conn_t *conn)
+{
+    if (edge_api_handle(s_http.edge, &conn->req))
+        return 0;
+    return s_serve_static(&conn->req);
+}
+
+/*  Refuse a request at intake; the connection closes after the reply
+    because the rest of the request was not read.  */
+static int s_reject(edge_conn_t *conn, int status, const char *code, const char *message)
+{
+    conn->close_after = true;
+    (*s_http.edge->http_rejected)++;
+    edge_api_error(s_http.edge, &conn->req, status, code, message);
+    return 0;
 }
 
 static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
 {
     edge_t *edge = s_http.edge;
-    free(conn->out);
-    memset(conn, 0, sizeof *conn);
+    s_conn_reset(conn);
     conn->wsi = wsi;
     conn->started_us = sh_clock_mono_us();
     (*edge->http_requests)++;
 
-    edge_req_t req = {0};
-    req.conn = conn;
-    req.path = path;
-    req.method = s_method(wsi);
-    req.started_us = conn->started_us;
-    req.content_length = -1;
-    if (s_header_bytes(wsi) > edge->config->max_header_bytes) {
-        conn->close_after = true;
-        (*edge->http_rejected)++;
-        edge_api_error(edge, &req, 431, "headers_too_large",
-                       "request header block exceeds the size limit");
-        return 0;
-    }
+    edge_req_t *req = &conn->req;
+    req->conn = conn;
+    conn->path = strdup(path);
+    req->path = conn->path ? conn->path : "/";
+    req->body = "";
+    req->method = s_method(wsi);
+    req->started_us = conn->started_us;
+    req->content_length = -1;
+    if (!conn->path)
+        return s_reject(conn, 500, "internal", "out of memory");
+    if (s_header_bytes(wsi) > edge->config->max_header_bytes)
+        return s_reject(conn, 431, "headers_too_large",
+                        "request header block exceeds the size limit");
     char value[EDGE_HEADER_SMALL];
     s_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value);
-    if (value[0] && sh_parse_int(value, 0, INT64_MAX, &req.content_length)) {
-        conn->close_after = true;
-        (*edge->http_rejected)++;
-        edge_api_error(edge, &req, 400, "bad_request", "invalid Content-Length");
-        return 0;
-    }
+    if (value[0] && sh_parse_int(value, 0, INT64_MAX, &req->content_length))
+        return s_reject(conn, 400, "bad_request", "invalid Content-Length");
     s_copy_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, value, sizeof value);
-    if (value[0]) {
+    if (value[0])
         /*  lws cannot stream chunked request bodies: ask for a length  */
-        conn->close_after = true;
-        (*edge->http_rejected)++;
-        edge_api_error(edge, &req, 411, "length_required",
-                       "chunked request bodies are not accepted; send Content-Length");
+        return s_reject(conn, 411, "length_required",
+                        "chunked request bodies are not accepted; send Content-Length");
+    if (req->content_length > edge->config->max_body_bytes)
+        return s_reject(conn, 413, "too_large", "request body exceeds the size limit");
+    s_copy_header(wsi, WSI_TOKEN_ORIGIN, req->origin, sizeof req->origin);
+    s_copy_header(wsi, WSI_TOKEN_HOST, req->host, sizeof req->host);
+    s_custom_header(wsi, "sec-fetch-site:", req->fetch_site, sizeof req->fetch_site);
+    s_custom_header(wsi, "x-csrf-token:", req->csrf, sizeof req->csrf);
+    s_cookies(wsi, req);
+    s_client_ip(wsi, req);
+    if (s_args(wsi, conn))
+        return s_reject(conn, 500, "internal", "out of memory");
+    req->args = conn->args.data;
+    req->args_len = conn->args.len;
+    if (req->content_length > 0) {
+        /*  lws delivers the body next; the route runs when it is complete  */
+        conn->reading_body = true;
         return 0;
     }
-    if (req.content_length > edge->config->max_body_bytes) {
-        conn->close_after = true;
-        (*edge->http_rejected)++;
-        edge_api_error(edge, &req, 413, "too_large", "request body exceeds the size limit");
-        return 0;
+    return s_route(conn);
+}
+
+static int s_on_body(edge_conn_t *conn, const void *in, size_t len)
+{
+    if (!conn->reading_body)
+        return 0; /* a rejected request's rest: the connection closes */
+    if ((int64_t)(conn->body.len + len) > conn->req.content_length) {
+        conn->reading_body = false;
+        return s_reject(conn, 400, "bad_request", "body longer than its Content-Length");
     }
-    /*  no route reads a body yet: answer, then close instead of parsing the
-        unread body as the next request  */
-    if (req.content_length > 0)
+    if (sh_buf_append(&conn->body, in, len)) {
+        conn->reading_body = false;
+        return s_reject(conn, 500, "internal", "out of memory");
+    }
+    return 0;
+}
+
+static int s_on_body_complete(edge_conn_t *conn)
+{
+    if (conn->body_done) {
+        /*  Bytes arrived after the body: a request pipelined behind it
+            (RFC 9112 9.3.2 says clients should not). lws 4.1 calls this
+            again for every pass over them until the transaction is over,
+            and once they sit in its buffer list it does so in a loop that
+            never returns to poll() - the reply could never be written (rx
+            flow control does not help: lws then skips POLLOUT too). So
+            answer this request, then close; should the loop spin, close
+            at once.  */
         conn->close_after = true;
-    s_copy_header(wsi, WSI_TOKEN_ORIGIN, req.origin, sizeof req.origin);
-    s_copy_header(wsi, WSI_TOKEN_HOST, req.host, sizeof req.host);
-    if (lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) > 0 &&
-        lws_hdr_custom_length(wsi, "sec-fetch-site:", 15) < (int)sizeof req.fetch_site)
-        lws_hdr_custom_copy(wsi, req.fetch_site, sizeof req.fetch_site, "sec-fetch-site:", 15);
-    s_session_cookie(wsi, req.cookie, sizeof req.cookie);
-    if (edge_api_handle(edge, &req))
-        return 0;
-    return s_serve_static(&req);
+        return ++conn->body_repeats > EDGE_BODY_REPEATS_MAX ? -1 : 0;
+    }
+    conn->body_done = true;
+    if (!conn->reading_body)
+        return 0; /* lws completes the empty body of a POST too; routed already */
+    conn->reading_body = false;
+    conn->req.body = conn->body.data ? conn->body.data : "";
+    conn->req.body_len = conn->body.len;
+    return s_route(conn);
 }
 
 static int s_on_writeable(struct lws *wsi, edge_conn_t *conn)
@@ -374,13 +475,10 @@ static void s_on_closed(edge_conn_t *conn)
         sh_pool_cancel(conn->pool, conn->handle);
         (*s_http.edge->late_replies)++;
     }
+    /*  a flow or job goes on without the connection and ends quietly  */
     if (conn->job)
         conn->job->conn = NULL;
-    free(conn->out);
-    conn->out = NULL;
-    conn->pool = NULL;
-    conn->handle = 0;
-    conn->job = NULL;
+    s_conn_reset(conn);
 }
 
 static int s_callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -391,8 +489,9 @@ static int s_callback_http(struct lws *wsi, enum lws_callback_reasons reason, vo
     case LWS_CALLBACK_HTTP:
         return s_on_request(wsi, conn, in ? (const char *)in : "/");
     case LWS_CALLBACK_HTTP_BODY:
+        return s_on_body(conn, in, len);
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        return 0;
+        return s_on_body_complete(conn);
     case LWS_CALLBACK_HTTP_WRITEABLE:
         return s_on_writeable(wsi, conn);
     case LWS_CALLBACK_HTTP_FILE_COMPLETION:
@@ -405,6 +504,9 @@ static int s_callback_http(struct lws *wsi, enum lws_callback_reasons reason, vo
         (*s_http.edge->connections)++;
         break;
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        /*  lws skips CLOSED_HTTP for a connection it closes mid-body  */
+        if (conn)
+            s_on_closed(conn);
         (*s_http.edge->connections)--;
         break;
     default:
@@ -435,9 +537,9 @@ static void s_drain_workers(edge_t *edge)
 static void s_drain_all(edge_t *edge)
 {
     sh_pool_drain(edge->sessions);
+    sh_pool_drain(edge->queries);
     sh_pool_drain(edge->scrape);
     if (edge->registry)
-
         sh_registry_drain(edge->registry);
     s_drain_workers(edge);
 }
@@ -457,7 +559,7 @@ static void s_on_signal(edge_t *edge)
                 sh_registry_leave(edge->registry, "edge", edge->config->base.instance);
             }
             sh_info("signal %u: draining (%lld calls in flight)", info.ssi_signo,
-                    (long long)sh_pool_in_flight(edge->sessions));
+                    (long long)edge_api_in_flight(edge));
         }
     }
 }
@@ -480,9 +582,9 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
 {
     edge_t *edge = s_http.edge;
     sh_pool_tick(edge->sessions);
+    sh_pool_tick(edge->queries);
     sh_pool_tick(edge->scrape);
     if (edge->registry) {
-
         sh_registry_tick(edge->registry);
         if (sh_clock_mono_ms() - edge->last_beat_ms >= edge->config->base.heartbeat_ms)
             edge_api_beat(edge);
@@ -490,8 +592,7 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
     s_drain_all(edge);
     if (edge->draining) {
         int64_t elapsed = sh_clock_mono_ms() - edge->drain_started_ms;
-        bool idle =
-            sh_pool_in_flight(edge->sessions) == 0 && sh_workers_outstanding(edge->workers) == 0;
+        bool idle = edge_api_in_flight(edge) == 0 && sh_workers_outstanding(edge->workers) == 0;
         if ((idle && elapsed >= edge->config->drain_grace_ms) ||
             elapsed >= edge->config->base.drain_timeout_ms)
             edge->stop = true;
@@ -559,8 +660,9 @@ int edge_http_start(edge_t *edge)
     s_http.signal_fd = edge->signal_fd;
     if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
         return -1;
-    void *sockets[SH_REGISTRY_SOCKETS + 2 * SH_POOL_SOCKETS + 1];
+    void *sockets[SH_REGISTRY_SOCKETS + 3 * SH_POOL_SOCKETS + 1];
     int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_SOCKETS);
+    n += sh_pool_sockets(edge->queries, sockets + n, SH_POOL_SOCKETS);
     n += sh_pool_sockets(edge->scrape, sockets + n, SH_POOL_SOCKETS);
 
     sockets[n++] = sh_workers_socket(edge->workers);

@@ -21,6 +21,9 @@ static const sh_setting_t s_settings[] = {
     SH_SETTING(STR, "session_endpoints", session_endpoints, "", 0, 4095,
                "comma-separated ZeroMQ endpoints of session instances outside the registry "
                "(static discovery; with health_endpoints set the registry finds them)"),
+    SH_SETTING(STR, "query_endpoints", query_endpoints, "", 0, 4095,
+               "comma-separated ZeroMQ endpoints of query instances outside the registry "
+               "(static discovery; with health_endpoints set the registry finds them)"),
     SH_SETTING(STR, "static_dir", static_dir, "frontend/dist", 0, 1023,
                "directory of the built front end"),
     SH_SETTING(INT, "request_timeout_ms", request_timeout_ms, "2000", 10, 600000,
@@ -41,21 +44,42 @@ static const sh_setting_t s_settings[] = {
     SH_SETTING(INT, "drain_grace_ms", drain_grace_ms, "0", 0, 600000,
                "on SIGTERM, keep serving at least this long (while /health/ready says 503) so "
                "the load balancer notices before the edge exits"),
+    SH_SETTING(STR, "trusted_proxies", trusted_proxies, "", 0, 4095,
+               "comma-separated addresses or CIDRs of proxies whose X-Forwarded-For names the "
+               "client (its last entry); empty: the TCP peer is the client"),
+    SH_SETTING(INT, "login_ip_limit", login_ip_limit, "30", 1, 1000000,
+               "login attempts per client address per login window"),
+    SH_SETTING(INT, "login_account_limit", login_account_limit, "10", 1, 1000000,
+               "login attempts per account (username, any case) per login window"),
+    SH_SETTING(INT, "login_window_s", login_window_s, "300", 1, 86400,
+               "length of a login rate-limit window, seconds"),
+    SH_SETTING(INT, "signup_ip_limit", signup_ip_limit, "10", 1, 1000000,
+               "signups per client address per signup window"),
+    SH_SETTING(INT, "signup_window_s", signup_window_s, "3600", 1, 86400,
+               "length of a signup rate-limit window, seconds"),
 };
 #undef SH_CONFIG_T
 
-/*  The registry saw a change: session instances go to the session pool.  */
+/*  The registry saw a change: session and query instances go to their
+    pools.  */
 static void s_on_member(void *arg, const sh_member_t *member)
 {
     edge_t *edge = arg;
     if (sh_str_eq(member->service, "session"))
         sh_pool_update(edge->sessions, member);
+    if (sh_str_eq(member->service, "query")) {
+        /*  from now on readiness needs a query instance that answers  */
+        edge->queries_known = true;
+        sh_pool_update(edge->queries, member);
+    }
     /*  stay connected to every service instance for /metrics/cluster  */
     if (!sh_str_eq(member->service, "edge"))
         sh_pool_update(edge->scrape, member);
 }
 
-static int s_add_endpoints(sh_pool_t *pool, const char *list, bool required)
+/*  Connect the pool to a static endpoint list. Returns how many, or -1
+    (message printed) for a bad endpoint or none when one was required.  */
+static int s_add_endpoints(sh_pool_t *pool, const char *what, const char *list, bool required)
 {
     char *copy = strdup(list), *save = NULL;
     int added = 0;
@@ -65,7 +89,7 @@ static int s_add_endpoints(sh_pool_t *pool, const char *list, bool required)
         if (!*ep)
             continue;
         if (sh_pool_add(pool, ep)) {
-            fprintf(stderr, "invalid session endpoint \"%s\"\n", ep);
+            fprintf(stderr, "invalid %s endpoint \"%s\"\n", what, ep);
             free(copy);
             return -1;
         }
@@ -74,7 +98,7 @@ static int s_add_endpoints(sh_pool_t *pool, const char *list, bool required)
     free(copy);
     if (!added && required)
         fprintf(stderr, "set health_endpoints (registry) or session_endpoints (static)\n");
-    return added || !required ? 0 : -1;
+    return added || !required ? added : -1;
 }
 
 int main(int argc, char **argv)
@@ -93,6 +117,7 @@ int main(int argc, char **argv)
     edge.signal_fd = signal_fd;
     edge.metrics = sh_metrics_new("edge", config.base.instance);
     edge.sessions = sh_pool_new("session", edge.metrics);
+    edge.queries = sh_pool_new("query", edge.metrics);
     edge.scrape = sh_pool_new("scrape", NULL);
 
     edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
@@ -101,15 +126,23 @@ int main(int argc, char **argv)
     if (with_registry)
         edge.registry =
             sh_registry_new(config.base.health_endpoints, s_on_member, &edge, edge.metrics);
-    if (!edge.metrics || !edge.sessions || !edge.scrape || !edge.workers ||
+    char bad[SH_ADDR_MAX + 1];
+    if (edge_proxies_check(config.trusted_proxies, bad, sizeof bad)) {
+        fprintf(stderr, "invalid trusted_proxies entry \"%s\" (want an address or CIDR)\n", bad);
+        rc = 2;
+        goto done;
+    }
+    int queries = 0;
+    if (!edge.metrics || !edge.sessions || !edge.queries || !edge.scrape || !edge.workers ||
         (with_registry && !edge.registry) ||
-
-        s_add_endpoints(edge.sessions, config.session_endpoints, !with_registry)) {
+        s_add_endpoints(edge.sessions, "session", config.session_endpoints, !with_registry) < 0 ||
+        (queries = s_add_endpoints(edge.queries, "query", config.query_endpoints, false)) < 0) {
         if (with_registry && !edge.registry)
             fprintf(stderr, "invalid health_endpoints \"%s\"\n", config.base.health_endpoints);
         rc = 2;
         goto done;
     }
+    edge.queries_known = queries > 0;
     edge.http_requests = sh_metrics_counter(edge.metrics, "shoal_http_requests_total",
                                             "HTTP requests received", NULL);
     edge.http_rejected = sh_metrics_counter(edge.metrics, "shoal_http_rejected_total",
@@ -137,8 +170,8 @@ int main(int argc, char **argv)
 done:
     sh_registry_destroy(&edge.registry);
     sh_pool_destroy(&edge.sessions);
+    sh_pool_destroy(&edge.queries);
     sh_pool_destroy(&edge.scrape);
-
     sh_workers_destroy(&edge.workers);
     sh_metrics_destroy(&edge.metrics);
     sh_transport_shutdown();

@@ -407,8 +407,10 @@ class Client(threading.Thread):
             kind = str(status)
         try:
             j = json.loads(body)
-            detail = "%s: %s" % (j.get("error"), j.get("message"))
-            clean = isinstance(j.get("error"), str) and isinstance(j.get("message"), str)
+            e = j.get("error")
+            e = e if isinstance(e, dict) else {}
+            detail = "%s: %s" % (e.get("code"), e.get("message"))
+            clean = isinstance(e.get("code"), str) and isinstance(e.get("message"), str)
         except (ValueError, AttributeError):
             detail = body[:120].decode("utf-8", "replace").strip().replace("\n", " ")
             clean = False

@@ -154,9 +154,11 @@ class StackCase(unittest.TestCase):
         except ValueError as e:
             self.fail("error body is not JSON (%s): %r" % (e, reply.body[:300]))
         self.assertIsInstance(data, dict, reply)
-        self.assertIsInstance(data.get("error"), str, data)
-        self.assertTrue(data["error"], data)
-        self.assertIsInstance(data.get("message"), str, data)
+        error = data.get("error")
+        self.assertIsInstance(error, dict, data)
+        self.assertIsInstance(error.get("code"), str, data)
+        self.assertTrue(error["code"], data)
+        self.assertIsInstance(error.get("message"), str, data)
         return data
 
     def assert_retry_after(self, reply):

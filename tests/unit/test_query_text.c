@@ -64,10 +64,15 @@ static void test_query_username_alphabet_and_length(void **state)
     const char *good[] = {"bob", "Alice_1", "a.b-c", "x23456789012345678901234567890yz"};
     for (size_t i = 0; i < SH_ARRAY_SIZE(good); i++)
         assert_true(query_username_valid(good[i], strlen(good[i])));
-    const char *bad[] = {"ab",         "x234567890123456789012345678901yz",
-                         "bob smith",  "bob'--",
-                         "b\xC3\xB6" "b", "../x",
-                         "a;b",        ""};
+    const char *bad[] = {"ab",
+                         "x234567890123456789012345678901yz",
+                         "bob smith",
+                         "bob'--",
+                         "b\xC3\xB6"
+                         "b",
+                         "../x",
+                         "a;b",
+                         ""};
     for (size_t i = 0; i < SH_ARRAY_SIZE(bad); i++)
         assert_false(query_username_valid(bad[i], strlen(bad[i])));
 }
