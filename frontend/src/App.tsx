@@ -1,105 +1,92 @@
-// The session counter page: shows the view count of the browser's session and
-// which edge and session instances served it; Reload counts a view, Forget me
-// ends the session and starts a new one. Below it, the cluster panel.
-import { useCallback, useEffect, useRef, useState } from 'react';
-import { describeError, fetchSession, forgetSession, type SessionInfo } from './api';
-import { Cluster } from './Cluster';
+// The page shell: a top bar with the pages and, on the board's pages, the account;
+// below it the page the URL names.
+//   /              session counter and cluster panel
+//   /board         the board (?q= search)
+//   /items/:id     one item
+//   /login, /signup
+import { AccountBar, AuthPage } from './Account';
+import { AuthProvider } from './auth';
+import { BoardPage } from './Board';
+import { CounterPage } from './CounterPage';
+import { ItemPage } from './ItemPage';
+import { Link, useLocation } from './router';
+import { useTitle } from './ui';
 
-type LoadState = 'loading' | 'ready' | 'error';
+type Route =
+  | { page: 'counter' }
+  | { page: 'board' }
+  | { page: 'item'; segment: string }
+  | { page: 'login' }
+  | { page: 'signup' }
+  | { page: 'missing' };
 
-const PLACEHOLDER = '—';
+function route(path: string): Route {
+  const clean = path.length > 1 ? path.replace(/\/+$/, '') : path;
+  if (clean === '/' || clean === '/index.html') return { page: 'counter' };
+  if (clean === '/board') return { page: 'board' };
+  if (clean === '/login') return { page: 'login' };
+  if (clean === '/signup') return { page: 'signup' };
+  const item = /^\/items\/([^/]+)$/.exec(clean);
+  if (item) return { page: 'item', segment: item[1] };
+  return { page: 'missing' };
+}
 
-const dateFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
-
-function CreatedAt({ ms }: { ms: number }) {
-  const date = new Date(ms);
+function MissingPage() {
+  useTitle('Shoal — page not found');
   return (
-    <time dateTime={date.toISOString()} title={date.toISOString()}>
-      {dateFormat.format(date)}
-    </time>
+    <main className="card" data-testid="missing-page">
+      <h1>Page not found</h1>
+      <p className="note">
+        Nothing lives at this address. Go to the <Link to="/board">board</Link> or the{' '}
+        <Link to="/">session counter</Link>.
+      </p>
+    </main>
   );
 }
 
-export function App() {
-  const [session, setSession] = useState<SessionInfo | null>(null);
-  const [state, setState] = useState<LoadState>('loading');
-  const [error, setError] = useState('');
-  // Only the latest action may update the page: a slow earlier reply must not
-  // overwrite a newer one.
-  const latest = useRef(0);
-
-  const run = useCallback(async (action: () => Promise<SessionInfo>) => {
-    const id = ++latest.current;
-    setState('loading');
-    try {
-      const next = await action();
-      if (id !== latest.current) return;
-      setSession(next);
-      setError('');
-      setState('ready');
-    } catch (err) {
-      if (id !== latest.current) return;
-      // Keep the last good values on screen; only the alert changes.
-      setError(describeError(err));
-      setState('error');
-    }
-  }, []);
-
-  useEffect(() => {
-    void run(fetchSession);
-  }, [run]);
-
-  const reload = () => void run(fetchSession);
-  const forget = () =>
-    void run(async () => {
-      await forgetSession();
-      return fetchSession();
-    });
-
+function TopBar({ current, account }: { current: Route['page']; account: boolean }) {
   return (
-    <>
-      <main className="card" data-state={state} aria-busy={state === 'loading'}>
-        <header>
-          <p className="brand">Shoal</p>
-          <h1>Session counter</h1>
-          <p className="lede">Every load of this page counts one view of your session.</p>
-        </header>
+    <header className="topbar">
+      <Link to="/" className="topbar-brand">
+        Shoal
+      </Link>
+      <nav aria-label="Pages" className="topbar-nav">
+        <Link to="/" data-testid="nav-counter" aria-current={current === 'counter' ? 'page' : undefined}>
+          Counter
+        </Link>
+        <Link to="/board" data-testid="nav-board" aria-current={current === 'board' ? 'page' : undefined}>
+          Board
+        </Link>
+      </nav>
+      {/* Only the board's pages ask who is logged in: the counter page makes no call that may answer 401. */}
+      {account ? <AccountBar /> : null}
+    </header>
+  );
+}
 
-        <p className="error" role="alert" data-testid="error">
-          {error}
-        </p>
+function Page({ current }: { current: Route }) {
+  switch (current.page) {
+    case 'counter':
+      return <CounterPage />;
+    case 'board':
+      return <BoardPage />;
+    case 'item':
+      return <ItemPage key={current.segment} segment={current.segment} />;
+    case 'login':
+    case 'signup':
+      return <AuthPage key={current.page} mode={current.page} />;
+    case 'missing':
+      return <MissingPage />;
+  }
+}
 
-        <dl className="facts">
-          <div className="fact fact-views">
-            <dt id="views-label">Views</dt>
-            <dd data-testid="views" aria-labelledby="views-label" aria-live="polite" aria-atomic="true">
-              {session ? session.views : PLACEHOLDER}
-            </dd>
-          </div>
-          <div className="fact">
-            <dt>Served by edge</dt>
-            <dd data-testid="edge">{session ? session.edge : PLACEHOLDER}</dd>
-          </div>
-          <div className="fact">
-            <dt>Session instance</dt>
-            <dd data-testid="session-instance">{session ? session.sessionInstance : PLACEHOLDER}</dd>
-          </div>
-          <div className="fact">
-            <dt>Session started</dt>
-            <dd data-testid="created-at">{session ? <CreatedAt ms={session.createdAt} /> : PLACEHOLDER}</dd>
-          </div>
-        </dl>
-
-        <div className="actions">
-          <button type="button" data-testid="reload" onClick={reload}>
-            Reload
-          </button>
-          <button type="button" className="secondary" data-testid="forget" onClick={forget}>
-            Forget me
-          </button>
-        </div>
-      </main>
-      <Cluster />
-    </>
+export function App() {
+  const { path } = useLocation();
+  const current = route(path);
+  return (
+    <AuthProvider>
+      <TopBar current={current.page} account={current.page !== 'counter' && current.page !== 'missing'} />
+      <Page current={current} />
+    </AuthProvider>
   );
 }

@@ -1,6 +1,7 @@
-// Shoal API client for the page (session counter and cluster view): one place that
-// talks HTTP, validates replies and turns every failure into an ApiError with a
-// message fit for people.
+// Shoal API client: the one place that talks HTTP. It validates replies and turns
+// every failure into an ApiError with a message fit for people. This file has the
+// shared request code, the session counter and the cluster view; board.ts builds the
+// board's calls (accounts, items, CSRF) on top of request().
 
 /** A session as the page shows it (`GET /api/session`). */
 export interface SessionInfo {
@@ -13,16 +14,19 @@ export interface SessionInfo {
   sessionInstance: string;
 }
 
-/** A failed call: HTTP status (0 when the server was not reached) and the server's message. */
+/** A failed call: HTTP status (0 when the server was not reached), the server's error
+ *  code (`invalid`, `csrf`, … or null when it sent none) and its message. */
 export class ApiError extends Error {
   readonly status: number;
+  readonly code: string | null;
   /** Seconds to wait before retrying, from a 503's Retry-After; null when absent. */
   readonly retryAfter: number | null;
 
-  constructor(status: number, message: string, retryAfter: number | null = null) {
+  constructor(status: number, message: string, retryAfter: number | null = null, code: string | null = null) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
+    this.code = code;
     this.retryAfter = retryAfter;
   }
 }
@@ -32,7 +36,7 @@ const CLUSTER_PATH = '/api/cluster';
 
 type Json = Record<string, unknown>;
 
-function isObject(value: unknown): value is Json {
+export function isObject(value: unknown): value is Json {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
@@ -46,40 +50,68 @@ function parseRetryAfter(header: string | null): number | null {
   return Math.max(0, Math.ceil((when - Date.now()) / 1000));
 }
 
+/** Reads the error body. Two shapes are understood: `{"error": {"code", "message"}}`
+ *  and the older `{"error": "<code>", "message"}`. */
 async function errorFromResponse(res: Response): Promise<ApiError> {
   const retryAfter = parseRetryAfter(res.headers.get('Retry-After'));
   let message = `The server answered ${res.status}${res.statusText ? ` ${res.statusText}` : ''}.`;
+  let code: string | null = null;
   try {
     const body: unknown = await res.json();
-    if (isObject(body) && typeof body.message === 'string' && body.message !== '') {
-      message = body.message;
+    if (isObject(body)) {
+      const detail = isObject(body.error) ? body.error : body;
+      if (typeof detail.message === 'string' && detail.message !== '') message = detail.message;
+      if (typeof detail.code === 'string') code = detail.code;
+      else if (typeof body.error === 'string') code = body.error;
     }
   } catch {
     // Not JSON (a proxy's error page, an empty body): keep the generic message.
   }
-  return new ApiError(res.status, message, retryAfter);
+  return new ApiError(res.status, message, retryAfter, code);
 }
 
-async function send(method: 'GET' | 'DELETE', path: string, signal?: AbortSignal): Promise<Response> {
+export type Method = 'GET' | 'POST' | 'DELETE';
+
+export interface RequestOptions {
+  /** Sent as JSON. */
+  body?: unknown;
+  headers?: Record<string, string>;
+  signal?: AbortSignal;
+}
+
+/**
+ * One same-origin call. Resolves with a 2xx response (body unread); rejects with an
+ * ApiError for any other status or when the server cannot be reached, or with the
+ * abort error when `signal` aborted it.
+ */
+export async function request(method: Method, path: string, options: RequestOptions = {}): Promise<Response> {
+  const headers: Record<string, string> = { Accept: 'application/json', ...options.headers };
+  if (options.body !== undefined) headers['Content-Type'] = 'application/json';
   let res: Response;
   try {
     res = await fetch(path, {
       method,
       credentials: 'same-origin',
-      // Every GET counts a view, so no cache may answer it.
+      // Reads count views and depend on who is logged in: no cache may answer them.
       cache: 'no-store',
-      headers: { Accept: 'application/json' },
-      signal,
+      headers,
+      body: options.body === undefined ? undefined : JSON.stringify(options.body),
+      signal: options.signal,
     });
   } catch (err) {
-    if (signal?.aborted) throw err;
+    if (options.signal?.aborted) throw err;
     throw new ApiError(0, 'The server could not be reached. Check the connection and try again.');
   }
   if (!res.ok) throw await errorFromResponse(res);
   return res;
 }
 
-async function readJson(res: Response): Promise<unknown> {
+/** Reads and drops a body nobody needs: Chromium reports an unread response as an aborted request. */
+export async function drain(res: Response): Promise<void> {
+  await res.arrayBuffer().catch(() => undefined);
+}
+
+export async function readJson(res: Response): Promise<unknown> {
   try {
     return await res.json();
   } catch {
@@ -110,15 +142,13 @@ function toSessionInfo(body: unknown): SessionInfo {
 
 /** Counts one view of the caller's session (creating it if needed) and returns it. */
 export async function fetchSession(): Promise<SessionInfo> {
-  const res = await send('GET', SESSION_PATH);
+  const res = await request('GET', SESSION_PATH);
   return toSessionInfo(await readJson(res));
 }
 
 /** Ends the caller's session; the next fetchSession() starts a new one. */
 export async function forgetSession(): Promise<void> {
-  const res = await send('DELETE', SESSION_PATH);
-  // Drain the (empty) body: Chromium reports an unread response as an aborted request.
-  await res.arrayBuffer().catch(() => undefined);
+  await drain(await request('DELETE', SESSION_PATH));
 }
 
 /** Instance states the cluster view knows; anything else is shown as sent, uncoloured. */
@@ -215,7 +245,7 @@ function toClusterInfo(body: unknown): ClusterInfo {
 
 /** The service instances the edge knows of, with their state and load. Counts no view. */
 export async function fetchCluster(signal?: AbortSignal): Promise<ClusterInfo> {
-  const res = await send('GET', CLUSTER_PATH, signal);
+  const res = await request('GET', CLUSTER_PATH, { signal });
   return toClusterInfo(await readJson(res));
 }
 

@@ -53,15 +53,34 @@ export function isClusterPoll(url) {
   }
 }
 
+/** The path of a URL ('' when it cannot be parsed). */
+export function pathOf(url) {
+  try {
+    return new URL(url).pathname;
+  } catch {
+    return '';
+  }
+}
+
 /**
  * Records everything that must not happen while the page is used. `expectedStatus`
  * is an HTTP status a test makes /api/cluster answer on purpose: its response and
  * the console line Chromium logs for it are not problems. A poll cut by closing the
- * page is not one either.
+ * page is not one either. `allow` lists more answers a test expects, as
+ * `{ path, status }` (optionally `method`); the test may add entries later, since
+ * the array is read at each event.
  */
-export function watchForProblems(page, { expectedStatus = null } = {}) {
+export function watchForProblems(page, { expectedStatus = null, allow = [] } = {}) {
   const problems = [];
-  const expected = (url, status) => status === expectedStatus && isClusterPoll(url);
+  const allowed = (url, status, method) =>
+    allow.some(
+      (a) =>
+        a.status === status &&
+        a.path === pathOf(url) &&
+        (a.method === undefined || method === undefined || a.method === method),
+    );
+  const expected = (url, status, method) =>
+    (status === expectedStatus && isClusterPoll(url)) || allowed(url, status, method);
   page.on('console', (msg) => {
     if (msg.type() !== 'error') return;
     const logged = /status of (\d{3})\b/.exec(msg.text());
@@ -75,11 +94,28 @@ export function watchForProblems(page, { expectedStatus = null } = {}) {
     problems.push(`request failed: ${req.method()} ${req.url()}: ${reason}`);
   });
   page.on('response', (res) => {
-    if (res.status() >= 400 && !expected(res.url(), res.status())) {
+    if (res.status() >= 400 && !expected(res.url(), res.status(), res.request().method())) {
       problems.push(`error status: ${res.request().method()} ${res.url()} -> ${res.status()}`);
     }
   });
   return problems;
+}
+
+/**
+ * Records every Content-Security-Policy violation the page reports (the event fires
+ * even where Chromium's console line might be missed). Call before the first
+ * navigation; the returned function reads the list from the current document.
+ */
+export async function recordCspViolations(page) {
+  await page.addInitScript(() => {
+    window.__cspViolations = [];
+    document.addEventListener('securitypolicyviolation', (e) => {
+      window.__cspViolations.push(
+        `${e.effectiveDirective} blocked ${e.blockedURI || 'inline'} (${e.sourceFile}:${e.lineNumber})`,
+      );
+    });
+  });
+  return () => page.evaluate(() => window.__cspViolations ?? []);
 }
 
 export function assertNoProblems(problems, step) {

@@ -247,7 +247,7 @@ test('a failed poll shows the status line and keeps the last good table', { time
         return route.fulfill({
           status: 503,
           headers: { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' },
-          body: JSON.stringify({ error: 'unavailable', message }),
+          body: JSON.stringify({ error: { code: 'unavailable', message } }),
         });
       }
       return route.continue();
@@ -291,7 +291,7 @@ test('an edge without /api/cluster gives a quiet "unavailable" line', { timeout:
       route.fulfill({
         status: 404,
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ error: 'not_found', message: 'No such path.' }),
+        body: JSON.stringify({ error: { code: 'not_found', message: 'No such path.' } }),
       }),
     );
     await page.goto(new URL('/', BASE_URL).href, { timeout: STEP_TIMEOUT_MS });

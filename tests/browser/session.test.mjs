@@ -186,7 +186,7 @@ test('an error reply is shown in the alert and the last good values stay', { tim
       route.fulfill({
         status: 503,
         headers: { 'Content-Type': 'application/json', 'Retry-After': '3' },
-        body: JSON.stringify({ error: 'unavailable', message }),
+        body: JSON.stringify({ error: { code: 'unavailable', message } }),
       }),
     );
     await page.getByTestId('reload').click();
