@@ -1,17 +1,21 @@
 """shoal_stack -- start and stop a real Shoal stack on loopback for tests.
 
 A Stack is one redis-server (AOF on, in a temp dir), N shoal-session
-instances and M shoal-edge instances, each a child process whose PID is
-recorded when it is started and which is stopped by that PID only. Every
-process writes stdout+stderr to <tmpdir>/<name>.log; `Stack.log_tails()`
-returns the end of every log for failure reports.
+instances and M shoal-edge instances, optionally with shoal-health
+registry instances, a Postgres primary + streaming replica and K
+shoal-query instances. Each is a child process whose PID is recorded when
+it is started and which is stopped by that PID only. Every process writes
+stdout+stderr to <tmpdir>/<name>.log; `Stack.log_tails()` returns the end
+of every log for failure reports.
 
 Standard library only. Binaries come from $SHOAL_BIN_DIR, default
-<repo>/build/bin.
+<repo>/build/bin; Postgres from $SHOAL_PG_BIN_DIR (default: Debian's
+/usr/lib/postgresql/<newest>/bin, else PATH).
 """
 
 import collections
 import errno
+import glob
 import http.client as httplib
 import json
 import os
@@ -22,10 +26,27 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN_DIR = os.path.abspath(os.environ.get("SHOAL_BIN_DIR") or os.path.join(REPO_ROOT, "build", "bin"))
 REDIS_SERVER = os.environ.get("SHOAL_REDIS_SERVER", "redis-server")
+
+
+def _pg_bin_dir():
+    env = os.environ.get("SHOAL_PG_BIN_DIR")
+    if env:
+        return env
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                   key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    return os.path.dirname(found[-1]) if found else ""
+
+
+PG_BIN_DIR = _pg_bin_dir()
+PG_OS_USER = "postgres"  # the OS user Postgres runs as when the tests run as root
+PG_SUPERUSER = "postgres"
+PG_DB = "shoal"
+PG_ROLE = "shoal"
 
 LOOPBACK = "127.0.0.1"
 PORT_LO = 20000
@@ -114,6 +135,42 @@ def _cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
+def _proc_stat(pid):
+    """(state, ppid) of a process from /proc, or None when it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _descendants(pid):
+    """PIDs of every live descendant of `pid` (children, grandchildren...)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(entry)
+            if st and st[0] != "Z":
+                parents.setdefault(st[1], []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _wait_gone(pids, timeout=STOP_TIMEOUT_S):
+    """Wait until none of `pids` is alive (zombies count as gone)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if (_proc_stat(p) or ("Z",))[0] != "Z"]
+        if not alive:
+            return
+        time.sleep(POLL_S)
+
+
 # -------------------------------------------------------------------- HTTP
 
 class Reply(collections.namedtuple("Reply", "status headers body")):
@@ -182,6 +239,163 @@ def raw_http(port, data, timeout=5.0, method="GET", host=LOOPBACK, send_errors_o
         sock.close()
 
 
+# ------------------------------------------------------------ board client
+
+CSRF_HEADER = "X-CSRF-Token"
+STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def parse_set_cookie(header):
+    """(name, value, attrs) of one Set-Cookie header; attrs maps lowercased
+    attribute names to their values ("" for flags such as HttpOnly)."""
+    parts = [p.strip() for p in header.split(";")]
+    name, _, value = parts[0].partition("=")
+    attrs = {}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        attrs[k.strip().lower()] = v.strip()
+    return name.strip(), value.strip(), attrs
+
+
+def json_bytes(obj):
+    """obj as UTF-8 JSON; strings holding lone surrogates (which UTF-8
+    cannot carry) are sent as \\uXXXX escapes instead."""
+    try:
+        return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, ensure_ascii=True).encode("ascii")
+
+
+class Browser:
+    """A client of one edge that behaves like a browser tab: one keep-alive
+    connection, a cookie jar (Set-Cookie honoured, Max-Age=0 deletes) and
+    the CSRF token of its login, sent as X-CSRF-Token on state-changing
+    requests. Not thread-safe: one Browser per thread (copy() shares the
+    cookies and token at that moment)."""
+
+    def __init__(self, port, host=LOOPBACK, timeout=5.0, headers=None):
+        self.port = port
+        self.host = host
+        self.timeout = timeout
+        self.headers = dict(headers or {})
+        self.cookies = {}
+        self.csrf = None
+        self.user = None
+        self.conn = None
+        self.last = None
+
+    def copy(self):
+        b = Browser(self.port, self.host, self.timeout, self.headers)
+        b.cookies = dict(self.cookies)
+        b.csrf, b.user = self.csrf, self.user
+        return b
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def cookie_header(self):
+        return "; ".join("%s=%s" % kv for kv in self.cookies.items())
+
+    def request(self, method, path, body=None, json_body=None, headers=None, csrf=True,
+                cookies=True):
+        """Send one request; headers given here override the defaults (a
+        value of None removes the header). Returns the Reply and keeps any
+        cookies it sets."""
+        h = dict(self.headers)
+        if cookies and self.cookies:
+            h["Cookie"] = self.cookie_header()
+        if json_body is not None:
+            body = json_bytes(json_body)
+            h["Content-Type"] = "application/json"
+        elif body is not None and "Content-Type" not in h:
+            h["Content-Type"] = "application/json"
+        if csrf and self.csrf and method in STATE_CHANGING:
+            h[CSRF_HEADER] = self.csrf
+        for k, v in (headers or {}).items():
+            h.pop(k, None)
+            if v is not None:
+                h[k] = v
+        if self.conn is None:
+            self.conn = httplib.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        fresh = self.conn.sock is None
+        try:
+            reply = http(self.port, method, path, headers=h, body=body, timeout=self.timeout,
+                         conn=self.conn)
+        except (httplib.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self.close()
+            # a keep-alive connection the server closed while idle: a GET
+            # may go again on a new one; a write may not (it may have landed)
+            if fresh or method != "GET":
+                raise
+            self.conn = httplib.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            reply = http(self.port, method, path, headers=h, body=body, timeout=self.timeout,
+                         conn=self.conn)
+        except Exception:
+            self.close()
+            raise
+        self._absorb(reply)
+        self.last = reply
+        return reply
+
+    def _absorb(self, reply):
+        for header in reply.headers.get_all("Set-Cookie") or []:
+            name, value, attrs = parse_set_cookie(header)
+            if attrs.get("max-age") == "0" or value == "":
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+
+    def set_cookie(self, name, value):
+        if value is None:
+            self.cookies.pop(name, None)
+        else:
+            self.cookies[name] = value
+
+    # --- the board API
+
+    def _auth(self, path, username, password, **kw):
+        r = self.request("POST", path, json_body={"username": username, "password": password},
+                         **kw)
+        if r.status in (200, 201):
+            data = r.json()
+            self.csrf, self.user = data.get("csrf_token"), data.get("user")
+        return r
+
+    def signup(self, username, password, **kw):
+        return self._auth("/api/auth/signup", username, password, **kw)
+
+    def login(self, username, password, **kw):
+        return self._auth("/api/auth/login", username, password, **kw)
+
+    def logout(self, **kw):
+        r = self.request("POST", "/api/auth/logout", **kw)
+        if r.status == 204:
+            self.csrf = self.user = None
+        return r
+
+    def me(self, **kw):
+        return self.request("GET", "/api/me", **kw)
+
+    def create_item(self, title, body="", **kw):
+        return self.request("POST", "/api/items", json_body={"title": title, "body": body}, **kw)
+
+    def get_item(self, item_id, **kw):
+        return self.request("GET", "/api/items/%s" % item_id, **kw)
+
+    def delete_item(self, item_id, **kw):
+        return self.request("DELETE", "/api/items/%s" % item_id, **kw)
+
+    def list_items(self, q=None, cursor=None, limit=None, **kw):
+        params = [(k, v) for k, v in (("q", q), ("cursor", cursor), ("limit", limit))
+                  if v is not None]
+        path = "/api/items"
+        if params:
+            path += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+        return self.request("GET", path, **kw)
+
+
 # --------------------------------------------------------------- processes
 
 class Process:
@@ -208,7 +422,13 @@ class Process:
     def pid(self):
         return self.proc.pid if self.proc else None
 
-    def start(self, timeout=START_TIMEOUT_S):
+    def popen_kwargs(self):
+        """Extra subprocess.Popen arguments (e.g. user= for Postgres)."""
+        return {}
+
+    def launch(self):
+        """Start the process without waiting for it to be ready (see
+        wait_started); start() is launch() + wait_started()."""
         assert not self.alive(), "%s already running" % self.name
         cmd = self.argv()
         with open(self.log_path, "ab") as log:
@@ -216,7 +436,12 @@ class Process:
             log.flush()
             self.proc = subprocess.Popen(cmd, env=self.environment(), cwd=self.workdir,
                                          stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         **self.popen_kwargs())
+        return self
+
+    def start(self, timeout=START_TIMEOUT_S):
+        self.launch()
         try:
             self.wait_started(timeout)
         except BaseException:
@@ -230,38 +455,61 @@ class Process:
     def returncode(self):
         return None if self.proc is None else self.proc.poll()
 
+    # How stop() asks the process to exit, and whether pause/resume/kill
+    # also signal the child's own children -- needed where the child forks
+    # workers into sessions of their own, as the Postgres postmaster does,
+    # so that SIGSTOP stops the backends too and a kill -9 leaves none.
+    stop_signal = signal.SIGTERM
+    signal_children = False
+
+    def _send(self, sig):
+        pids = [self.proc.pid]
+        if self.signal_children:
+            pids += _descendants(self.proc.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                if pid == self.proc.pid:
+                    raise
+
     def signal(self, sig):
         if self.alive():
-            os.kill(self.proc.pid, sig)
+            self._send(sig)
 
     def stop(self, timeout=STOP_TIMEOUT_S):
-        """SIGTERM, wait up to `timeout`; SIGKILL if still running. Return the
-        exit status (negative = killed by that signal), None if never started."""
+        """stop_signal (SIGTERM), wait up to `timeout`; SIGKILL if still
+        running. Return the exit status (negative = killed by that signal),
+        None if never started."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             try:
-                os.kill(self.proc.pid, signal.SIGCONT)  # in case it was paused
-                os.kill(self.proc.pid, signal.SIGTERM)
+                self._send(signal.SIGCONT)  # in case it was paused
+                os.kill(self.proc.pid, self.stop_signal)
             except ProcessLookupError:
                 pass
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self._log_note("did not exit %.1fs after SIGTERM; SIGKILL" % timeout)
+                self._log_note("did not exit %.1fs after signal %d; SIGKILL"
+                               % (timeout, self.stop_signal))
                 return self.kill()
         return self._reaped()
 
     def kill(self):
-        """SIGKILL by PID and reap."""
+        """SIGKILL by PID (with signal_children: its children too, so none
+        outlives it) and reap."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            children = _descendants(self.proc.pid) if self.signal_children else []
             try:
-                os.kill(self.proc.pid, signal.SIGKILL)
+                self._send(signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.proc.wait(STOP_TIMEOUT_S)
+            _wait_gone(children)
         return self._reaped()
 
     def pause(self):
@@ -394,12 +642,305 @@ class Session(Process):
         wait_until(listening, timeout, "%s to listen on %s" % (self.name, self.endpoint))
 
 
+class Health(Process):
+    """shoal-health (the registry) with its ROUTER on tcp://127.0.0.1:<port>
+    and its PUB on <pub_port>, both kept across restarts."""
+
+    def __init__(self, name, workdir, port=None, pub_port=None, env=None):
+        super().__init__(name, workdir)
+        self.port = port or free_port()
+        self.pub_port = pub_port or free_port()
+        self.extra_env = dict(env or {})
+
+    @property
+    def endpoint(self):
+        return "tcp://%s:%d" % (LOOPBACK, self.port)
+
+    def argv(self):
+        return [os.path.join(BIN_DIR, "shoal-health")]
+
+    def environment(self):
+        env = dict(os.environ)
+        env.update({
+            "SHOAL_BIND": self.endpoint,
+            "SHOAL_PUB_BIND": "tcp://%s:%d" % (LOOPBACK, self.pub_port),
+            "SHOAL_INSTANCE": self.name,
+        })
+        env.update(self.extra_env)
+        return env
+
+    def wait_started(self, timeout):
+        def listening():
+            self._check_running()
+            return port_open(self.port) and port_open(self.pub_port)
+        wait_until(listening, timeout, "%s to listen on %s" % (self.name, self.endpoint))
+
+
+class PsqlError(RuntimeError):
+    """psql exited non-zero (connection refused, SQL error, ...)."""
+
+
+def _is_root():
+    return os.geteuid() == 0
+
+
+def _as_pg_user(cmd):
+    """`cmd` run as the postgres OS user when we are root (Postgres refuses
+    to run as root), else as ourselves."""
+    return ["runuser", "-u", PG_OS_USER, "--"] + cmd if _is_root() else cmd
+
+
+def _pg_tool(name):
+    path = os.path.join(PG_BIN_DIR, name) if PG_BIN_DIR else ""
+    return path if path and os.access(path, os.X_OK) else (shutil.which(name) or name)
+
+
+def _own_dir_for_pg(path):
+    """Create `path` (mode 0700) owned by the postgres OS user when root."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if _is_root():
+        import pwd
+        pw = pwd.getpwnam(PG_OS_USER)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    os.chmod(path, 0o700)
+
+
+class Postgres(Process):
+    """A Postgres primary on 127.0.0.1:<port>, data in <workdir>/<name>-data.
+
+    The first start() runs initdb (trust authentication on loopback, UTF8),
+    starts the server and creates the role and database `shoal` (owned by
+    the role). Later starts reuse the same port and data dir. Settings
+    (wal_level=replica, max_wal_senders, hot_standby, ...) are passed as
+    -c flags, plus any in `settings`. As root, the one-shot tools run via
+    runuser and the server itself as the postgres OS user (set directly on
+    the child, so that the recorded PID is the postmaster and not a runuser
+    parent that would survive a kill -9 of its child or vice versa).
+    stop() is a fast shutdown (SIGINT: disconnects clients); kill(),
+    pause() and resume() signal the postmaster and every child it forked
+    (each of which Postgres puts in its own session), so a paused server
+    answers nothing and a killed one leaves no backend behind."""
+
+    stop_signal = signal.SIGINT
+    signal_children = True
+    BASE_SETTINGS = {
+        "listen_addresses": LOOPBACK,
+        "unix_socket_directories": "",
+        "wal_level": "replica",
+        "max_wal_senders": "10",
+        "wal_keep_size": "256MB",
+        "hot_standby": "on",
+        "max_connections": "100",
+        "shared_buffers": "32MB",
+        "fsync": "off",  # test data; a process crash loses nothing without fsync
+        "wal_retrieve_retry_interval": "200ms",  # a standby reconnects fast
+        "log_min_messages": "warning",
+        "log_connections": "off",
+    }
+
+    def __init__(self, workdir, port=None, name="pg-primary", settings=None):
+        super().__init__(name, workdir)
+        self.port = port or free_port()
+        self.data_dir = os.path.join(workdir, name + "-data")
+        self.settings = dict(self.BASE_SETTINGS)
+        self.settings.update(settings or {})
+        self.initialised = False
+
+    def conninfo(self, user=PG_ROLE, dbname=PG_DB):
+        """libpq conninfo for the service role (or `user`)."""
+        return "host=%s port=%d dbname=%s user=%s" % (LOOPBACK, self.port, dbname, user)
+
+    def argv(self):
+        cmd = [_pg_tool("postgres"), "-D", self.data_dir, "-p", str(self.port)]
+        for k, v in sorted(self.settings.items()):
+            cmd += ["-c", "%s=%s" % (k, v)]
+        return cmd
+
+    def environment(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["LC_ALL"] = "C.UTF-8"
+        return env
+
+    def popen_kwargs(self):
+        if not _is_root():
+            return {}
+        import pwd
+        pw = pwd.getpwnam(PG_OS_USER)
+        return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+    def _run_tool(self, cmd, what):
+        with open(self.log_path, "ab") as log:
+            log.write(("\n=== %s %s: %s\n" % (self.name, what, " ".join(cmd))).encode())
+            log.flush()
+            rc = subprocess.call(cmd, cwd=self.workdir, env=self.environment(),
+                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 timeout=60)
+        if rc != 0:
+            raise AssertionError("%s %s failed (status %d); log:\n%s"
+                                 % (self.name, what, rc, self.log_tail()))
+
+    def initialise(self):
+        """Create the data dir (initdb). Called by the first start()."""
+        _own_dir_for_pg(self.data_dir)
+        self._run_tool(_as_pg_user([_pg_tool("initdb"), "-D", self.data_dir, "--auth=trust",
+                                    "-U", PG_SUPERUSER, "-E", "UTF8", "--locale=C.UTF-8",
+                                    "--no-sync"]), "initdb")
+
+    def start(self, timeout=START_TIMEOUT_S):
+        fresh = not self.initialised
+        if fresh:
+            self.initialise()
+        super().start(timeout)
+        if fresh:
+            self.after_first_start()
+            self.initialised = True
+        return self
+
+    def after_first_start(self):
+        self.psql("CREATE ROLE %s LOGIN" % PG_ROLE, db="postgres")
+        self.psql("CREATE DATABASE %s OWNER %s" % (PG_DB, PG_ROLE), db="postgres")
+
+    def wait_started(self, timeout):
+        def accepting():
+            self._check_running()
+            return self.psql("SELECT 1", db="postgres", timeout=2) == "1"
+        wait_until(accepting, timeout, "%s to accept connections on port %d"
+                   % (self.name, self.port), retry_on=RETRYABLE + (PsqlError,))
+
+    def psql(self, sql, db=PG_DB, user=PG_SUPERUSER, timeout=10):
+        """Run `sql` with psql (unaligned, tuples only, ON_ERROR_STOP) as the
+        superuser and return its output stripped; PsqlError on failure."""
+        cmd = [_pg_tool("psql"), "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1",
+               "-h", LOOPBACK, "-p", str(self.port), "-U", user, "-d", db, "-c", sql]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGCONNECT_TIMEOUT"] = "2"
+        try:
+            res = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                                 timeout=timeout, env=env)
+        except subprocess.TimeoutExpired as e:
+            raise PsqlError("psql timed out after %ss: %s" % (timeout, sql)) from e
+        if res.returncode != 0:
+            raise PsqlError("psql on %s (status %d): %s: %s"
+                            % (self.name, res.returncode, sql,
+                               res.stderr.decode("utf-8", "replace").strip()))
+        return res.stdout.decode("utf-8", "replace").strip()
+
+    def rows(self, sql, **kw):
+        """psql() split into rows of '|'-separated columns."""
+        out = self.psql(sql, **kw)
+        return [line.split("|") for line in out.split("\n")] if out else []
+
+    def scalar(self, sql, **kw):
+        return self.psql(sql, **kw)
+
+    def in_recovery(self):
+        return self.psql("SELECT pg_is_in_recovery()", db="postgres") == "t"
+
+
+class PostgresReplica(Postgres):
+    """A hot-standby streaming replica of `primary`: the first start() takes
+    a pg_basebackup -R (-X stream) from the running primary into
+    <workdir>/<name>-data; later starts reuse it (same port, same dir)."""
+
+    def __init__(self, workdir, primary, port=None, name="pg-replica", settings=None):
+        super().__init__(workdir, port=port, name=name, settings=settings or primary.settings)
+        self.primary = primary
+
+    def initialise(self):
+        _own_dir_for_pg(self.data_dir)
+        self._run_tool(_as_pg_user([_pg_tool("pg_basebackup"), "-h", LOOPBACK,
+                                    "-p", str(self.primary.port), "-U", PG_SUPERUSER,
+                                    "-D", self.data_dir, "-R", "-X", "stream", "-c", "fast",
+                                    "--no-sync"]), "pg_basebackup")
+
+    def after_first_start(self):
+        self.wait_streaming()
+
+    def wait_streaming(self, timeout=START_TIMEOUT_S):
+        """Wait until the replica is in recovery and its WAL receiver streams."""
+        wait_until(lambda: self.in_recovery() and self.psql(
+            "SELECT status FROM pg_stat_wal_receiver", db="postgres") == "streaming",
+            timeout, "%s to stream from %s" % (self.name, self.primary.name),
+            retry_on=RETRYABLE + (PsqlError,))
+
+    def wait_caught_up(self, timeout=START_TIMEOUT_S):
+        """Wait until the replica has replayed the primary's current WAL position."""
+        target = self.primary.psql("SELECT pg_current_wal_lsn()", db="postgres")
+        wait_until(lambda: self.psql(
+            "SELECT pg_last_wal_replay_lsn() >= '%s'::pg_lsn" % target, db="postgres") == "t",
+            timeout, "%s to replay up to %s" % (self.name, target),
+            retry_on=RETRYABLE + (PsqlError,))
+
+
+class Query(Process):
+    """shoal-query bound to tcp://127.0.0.1:<port> (kept across restarts),
+    talking to the Postgres primary (and replica, if any) and Redis."""
+
+    def __init__(self, name, workdir, primary, replica=None, redis_port=None, port=None,
+                 env=None):
+        super().__init__(name, workdir)
+        self.primary = primary
+        self.replica = replica
+        self.redis_port = redis_port
+        self.port = port or free_port()
+        self.extra_env = dict(env or {})
+
+    @property
+    def endpoint(self):
+        return "tcp://%s:%d" % (LOOPBACK, self.port)
+
+    def argv(self):
+        return [os.path.join(BIN_DIR, "shoal-query")]
+
+    def environment(self):
+        env = dict(os.environ)
+        env.update({
+            "SHOAL_BIND": self.endpoint,
+            "SHOAL_INSTANCE": self.name,
+            "SHOAL_PG_PRIMARY": self.primary.conninfo(),
+            "SHOAL_PG_REPLICA": self.replica.conninfo() if self.replica else "",
+        })
+        if self.redis_port:
+            env["SHOAL_REDIS_HOST"] = LOOPBACK
+            env["SHOAL_REDIS_PORT"] = str(self.redis_port)
+        env.update(self.extra_env)
+        return env
+
+    def wait_started(self, timeout):
+        def listening():
+            self._check_running()
+            return port_open(self.port)
+        wait_until(listening, timeout, "%s to listen on %s" % (self.name, self.endpoint))
+
+    def migrate(self, timeout=60):
+        """Run `shoal-query migrate` with this instance's settings; return
+        (exit status, output). The output is also appended to the log."""
+        cmd = self.argv() + ["migrate"]
+        res = subprocess.run(cmd, env=self.environment(), cwd=self.workdir,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=timeout)
+        with open(self.log_path, "ab") as log:
+            log.write(("\n=== %s: %s (status %d)\n" % (self.name, " ".join(cmd),
+                                                        res.returncode)).encode())
+            log.write(res.stdout)
+        return res.returncode, res.stdout.decode("utf-8", "replace")
+
+    def log_text(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
 class Edge(Process):
     """shoal-edge on http://127.0.0.1:<port> (kept across restarts)."""
 
-    def __init__(self, name, session_endpoints, workdir, port=None, static_dir=None, env=None):
+    def __init__(self, name, session_endpoints, workdir, port=None, static_dir=None, env=None,
+                 query_endpoints=None):
         super().__init__(name, workdir)
         self.session_endpoints = list(session_endpoints)
+        self.query_endpoints = list(query_endpoints or [])
         self.port = port or free_port()
         self.static_dir = static_dir
         self.extra_env = dict(env or {})
@@ -419,6 +960,8 @@ class Edge(Process):
             "SHOAL_SESSION_ENDPOINTS": ",".join(self.session_endpoints),
             "SHOAL_INSTANCE": self.name,
         })
+        if self.query_endpoints:
+            env["SHOAL_QUERY_ENDPOINTS"] = ",".join(self.query_endpoints)
         if self.static_dir:
             env["SHOAL_STATIC_DIR"] = self.static_dir
         env.update(self.extra_env)
@@ -445,45 +988,93 @@ class Edge(Process):
 
 class Stack:
     """One Redis + `sessions` shoal-session + `edges` shoal-edge instances in
-    a fresh temp dir. Use as a context manager; close() stops every process
-    by PID (also when the body raised, in which case it prints every log
-    tail first). The temp dir is removed by cleanup() (called by __exit__),
-    unless SHOAL_TEST_KEEP=1."""
+    a fresh temp dir; optionally `healths` shoal-health registry instances
+    (every process then gets SHOAL_HEALTH_ENDPOINTS), a Postgres primary
+    (`postgres=True`) with a streaming hot-standby replica (`replica=True`)
+    and `queries` shoal-query instances (started at the same moment; edges
+    get their endpoints in SHOAL_QUERY_ENDPOINTS). Use as a context manager;
+    close() stops every process by PID (also when the body raised, in which
+    case it prints every log tail first). The temp dir is removed by
+    cleanup() (called by __exit__), unless SHOAL_TEST_KEEP=1."""
 
     def __init__(self, sessions=2, edges=2, static_dir=None, session_env=None,
-                 edge_env=None, wait_ready=True):
+                 edge_env=None, wait_ready=True, queries=0, postgres=False, replica=True,
+                 query_env=None, healths=0, pg_settings=None):
         self.n_sessions = sessions
         self.n_edges = edges
+        self.n_queries = queries
+        self.n_healths = healths
+        self.want_postgres = postgres or queries > 0
+        self.want_replica = replica
         self.static_dir = static_dir
         self.session_env = dict(session_env or {})
         self.edge_env = dict(edge_env or {})
+        self.query_env = dict(query_env or {})
+        self.pg_settings = dict(pg_settings or {})
         self.want_ready = wait_ready
         self.tmp = None
         self.redis = None
+        self.pg_primary = None
+        self.pg_replica = None
         self.sessions = []
         self.edges = []
+        self.queries = []
+        self.healths = []
+
+    def _binaries(self):
+        exes = ["shoal-session", "shoal-edge"]
+        if self.n_queries:
+            exes.append("shoal-query")
+        if self.n_healths:
+            exes.append("shoal-health")
+        return exes
+
+    def _registry_env(self, env):
+        env = dict(env)
+        if self.healths:
+            env.setdefault("SHOAL_HEALTH_ENDPOINTS", self.health_endpoints)
+        return env
+
+    @property
+    def health_endpoints(self):
+        return ",".join(h.endpoint for h in self.healths)
 
     def start(self):
-        for exe in ("shoal-session", "shoal-edge"):
+        for exe in self._binaries():
             path = os.path.join(BIN_DIR, exe)
             if not os.access(path, os.X_OK):
                 raise AssertionError("binary not found: %s (build first, or set SHOAL_BIN_DIR)"
                                      % path)
+        if self.want_postgres and not os.access(_pg_tool("postgres"), os.X_OK):
+            raise AssertionError("postgres not found (install postgresql, or set "
+                                 "SHOAL_PG_BIN_DIR)")
         self.tmp = tempfile.mkdtemp(prefix="shoal-it-")
+        if self.want_postgres:
+            os.chmod(self.tmp, 0o711)  # the postgres OS user must reach its data dir
         try:
+            for i in range(self.n_healths):
+                self.healths.append(Health("health-%d" % (i + 1), self.tmp))
+            for h in self.healths:
+                h.extra_env.setdefault("SHOAL_HEALTH_ENDPOINTS", self.health_endpoints)
+                h.start()
             self.redis = Redis(self.tmp)
             self.redis.start()
+            if self.want_postgres:
+                self.pg_primary = Postgres(self.tmp, settings=self.pg_settings)
+                self.pg_primary.start()
+                if self.want_replica:
+                    self.pg_replica = PostgresReplica(self.tmp, self.pg_primary)
+                    self.pg_replica.start()
+            for i in range(self.n_queries):
+                self.add_query(start=False)
+            self.start_queries_together(self.queries)
             for i in range(self.n_sessions):
                 s = Session("session-%d" % (i + 1), self.redis.port, self.tmp,
-                            env=self.session_env)
+                            env=self._registry_env(self.session_env))
                 self.sessions.append(s)
                 s.start()
-            endpoints = [s.endpoint for s in self.sessions]
             for i in range(self.n_edges):
-                e = Edge("edge-%s" % chr(ord("a") + i), endpoints, self.tmp,
-                         static_dir=self.static_dir, env=self.edge_env)
-                self.edges.append(e)
-                e.start()
+                self.add_edge(wait_ready=False)
             if self.want_ready and self.sessions:
                 for e in self.edges:
                     e.wait_ready()
@@ -494,15 +1085,71 @@ class Stack:
             raise
         return self
 
+    def add_query(self, env=None, name=None, start=True):
+        """Create (and by default start) one more shoal-query instance; it is
+        stopped with the stack. Edges started later get its endpoint."""
+        assert self.pg_primary, "add_query needs a stack with postgres=True"
+        q_env = dict(self.query_env)
+        q_env.update(env or {})
+        q = Query(name or "query-%d" % (len(self.queries) + 1), self.tmp, self.pg_primary,
+                  self.pg_replica, self.redis.port, env=self._registry_env(q_env))
+        self.queries.append(q)
+        if start:
+            q.start()
+        return q
+
+    @staticmethod
+    def start_queries_together(queries, timeout=START_TIMEOUT_S):
+        """Launch every instance first, then wait for each (so they race on
+        the migrations as instances started together do)."""
+        for q in queries:
+            q.launch()
+        for q in queries:
+            try:
+                q.wait_started(timeout)
+            except BaseException:
+                q.kill()
+                raise
+
+    def add_edge(self, env=None, name=None, query_endpoints=None, wait_ready=None):
+        """Create and start one more edge with the stack's settings plus
+        `env`; `query_endpoints` defaults to every query instance. It is
+        stopped with the stack."""
+        e_env = dict(self.edge_env)
+        e_env.update(env or {})
+        if query_endpoints is None:
+            query_endpoints = [q.endpoint for q in self.queries]
+        e = Edge(name or "edge-%s" % chr(ord("a") + len(self.edges)),
+                 [s.endpoint for s in self.sessions], self.tmp, static_dir=self.static_dir,
+                 env=self._registry_env(e_env), query_endpoints=query_endpoints)
+        self.edges.append(e)
+        e.start()
+        if wait_ready is None:
+            wait_ready = self.want_ready and bool(self.sessions)
+        if wait_ready:
+            e.wait_ready()
+        return e
+
     @property
     def edge(self):
         return self.edges[0]
 
+    def psql(self, sql, replica=False, **kw):
+        """Run SQL on the primary (or the replica) as the superuser, in the
+        `shoal` database; returns psql's unaligned output (see Postgres.psql)."""
+        server = self.pg_replica if replica else self.pg_primary
+        assert server, "this stack has no %s" % ("replica" if replica else "Postgres")
+        return server.psql(sql, **kw)
+
     def processes(self):
-        return list(self.edges) + list(self.sessions) + ([self.redis] if self.redis else [])
+        """Every process, in teardown order (callers first, stores last)."""
+        procs = list(self.edges) + list(self.queries) + list(self.sessions)
+        procs += [p for p in (self.redis, self.pg_replica, self.pg_primary) if p]
+        return procs + list(self.healths)
 
     def close(self):
-        """Stop edges, then sessions, then Redis, each by PID."""
+        """Stop edges, query and session instances, then Redis, Postgres and
+        the registry, each by PID."""
         for p in self.processes():
             try:
                 p.stop()
