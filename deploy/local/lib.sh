@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # deploy/local/lib.sh — what up, scale, supervise, down and status share (sourced, never run).
 #
-# A "piece" is one process of the local stack: redis, health-N, session-N, edge-N,
-# haproxy, and the supervisor (supervise). For each piece the run dir holds:
+# A "piece" is one process of the local stack: redis, pg-primary, pg-replica,
+# health-N, session-N, query-N, edge-N, haproxy, and the supervisor (supervise).
+# For each piece the run dir holds:
 #   pids/<piece>.pid         its PID (one line)
 #   pids/<piece>.start       its start time from /proc/<pid>/stat, so that a reused
 #                            PID is never taken for our process
@@ -98,9 +99,10 @@ piece_pid() {
 forget_piece() { rm -f "$PID_DIR/$1.pid" "$PID_DIR/$1.start" "$PID_DIR/$1.addr"; }
 forget_spec() { rm -f "$SPEC_DIR/$1.cmd" "$SPEC_DIR/$1.env" "$SPEC_DIR/$1.restarts"; }
 
-# recorded_pieces: every piece with a pid file or a spec, in start order (redis,
-# healths, sessions, other services, edges, haproxy, haproxy-old-PID, supervise);
-# stop in the reverse order.
+# recorded_pieces: every piece with a pid file or a spec, in start order (Postgres
+# primary and replica, redis, healths, sessions, other services such as query-N,
+# edges, haproxy, haproxy-old-PID, supervise); stop in the reverse order (the
+# replica before the primary, every service before the stores it uses).
 recorded_pieces() {
   local f n
   for f in "$PID_DIR"/*.pid "$SPEC_DIR"/*.cmd; do
@@ -108,7 +110,7 @@ recorded_pieces() {
     n=${f##*/}
     n=${n%.*}
     case $n in
-      redis) printf '0 %s\n' "$n" ;;
+      pg-primary|pg-replica|redis) printf '0 %s\n' "$n" ;;
       health-*) printf '1 %s\n' "$n" ;;
       session-*) printf '2 %s\n' "$n" ;;
       edge-*) printf '4 %s\n' "$n" ;;
@@ -148,6 +150,19 @@ take_admin_lock() {
 }
 
 # ---------------------------------------------------------------- settings
+# pg_default_bin_dir: the newest Debian PostgreSQL server binaries
+# (/usr/lib/postgresql/<major>/bin; Debian keeps them off PATH), or nothing.
+pg_default_bin_dir() {
+  local d best='' v bestv=0
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/postgres" ] || continue
+    v=${d%/bin}
+    v=${v##*/}
+    is_uint "$v" && [ "$v" -gt "$bestv" ] && bestv=$v best=$d
+  done
+  printf '%s\n' "$best"
+}
+
 # KEY|VARIABLE|DEFAULT|KIND. Counts may change while the stack runs (scale);
 # the others are fixed until down.
 SETTINGS=(
@@ -159,6 +174,13 @@ SETTINGS=(
   "HEALTHS|SHOAL_HEALTHS|2|count"
   "HEALTH_PORT|SHOAL_HEALTH_PORT|7001|port"
   "REDIS_PORT|SHOAL_REDIS_PORT|6390|port"
+  "QUERIES|SHOAL_QUERIES|2|count0"
+  "QUERY_PORT|SHOAL_QUERY_PORT|7201|port"
+  "PG_PORT|SHOAL_PG_PORT|5440|port"
+  "PG_REPLICA_PORT|SHOAL_PG_REPLICA_PORT|5441|port"
+  "PG_DB|SHOAL_PG_DB|shoal|name"
+  "PG_USER|SHOAL_PG_USER|shoal|name"
+  "PG_BIN_DIR|SHOAL_PG_BIN_DIR|$(pg_default_bin_dir)|dir"
   "HEARTBEAT_MS|SHOAL_HEARTBEAT_MS|300|ms"
   "STATIC_DISCOVERY|SHOAL_STATIC_DISCOVERY|0|flag"
   "BIN_DIR|SHOAL_BIN_DIR|$SHOAL_REPO/build/bin|dir"
@@ -194,7 +216,7 @@ load_settings() {
         dir) [[ $val == /* ]] || val=$PWD/$val ;;
         flag) case $val in 0|no|false) val=0 ;; 1|yes|true) val=1 ;; esac ;;
       esac
-      if [ "$live" = 1 ] && [ "$kind" != count ] && [ -n "${RECORDED[$key]+x}" ] \
+      if [ "$live" = 1 ] && [[ $kind != count* ]] && [ -n "${RECORDED[$key]+x}" ] \
          && [ "$val" != "${RECORDED[$key]}" ]; then
         die "the stack running in $RUN_DIR has $var=${RECORDED[$key]}, not $val: run deploy/local/down first to change it"
       fi
@@ -206,6 +228,8 @@ load_settings() {
     case $kind in
       port|ms) is_uint "$val" || die "$var must be a whole number, not '$val'" ;;
       count) { is_uint "$val" && [ "$val" -ge 1 ]; } || die "$var must be a whole number >= 1, not '$val'" ;;
+      count0) is_uint "$val" || die "$var must be a whole number >= 0, not '$val'" ;;
+      name) [[ $val =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "$var must be a lower-case SQL name ([a-z_][a-z0-9_]*), not '$val'" ;;
       flag) [[ $val == [01] ]] || die "$var must be 0 or 1, not '$val'" ;;
       dir) [[ $val != *[=$'\n']* ]] || die "$var must not contain '=' or a newline: $val" ;;
     esac
@@ -243,6 +267,7 @@ load_stack_env() {
 health_port() { printf '%s\n' $((HEALTH_PORT + HEALTH_PORT_STEP * ($1 - 1))); }  # ROUTER; PUB is +1
 session_port() { printf '%s\n' $((SESSION_PORT + $1 - 1)); }
 edge_port() { printf '%s\n' $((EDGE_PORT + $1 - 1)); }
+query_port() { printf '%s\n' $((QUERY_PORT + $1 - 1)); }
 health_endpoints() {  # every health ROUTER endpoint, comma-separated
   local i out=
   for ((i = 1; i <= HEALTHS; i++)); do out+=${out:+,}tcp://$HOST:$(health_port "$i"); done
@@ -254,8 +279,17 @@ session_endpoints() {
   printf '%s\n' "$out"
 }
 
+query_endpoints() {
+  local i out=
+  for ((i = 1; i <= QUERIES; i++)); do out+=${out:+,}tcp://$HOST:$(query_port "$i"); done
+  printf '%s\n' "$out"
+}
+# pg_conninfo PORT: the libpq conninfo the query instances use for one server.
+pg_conninfo() { printf 'host=%s port=%s dbname=%s user=%s\n' "$HOST" "$1" "$PG_DB" "$PG_USER"; }
+
 # claim_layout: refuse ephemeral, privileged and shared ports among every port
-# the settings describe (all healths, sessions and edges at the current counts).
+# the settings describe (Postgres, and all healths, sessions, query instances and
+# edges at the current counts).
 claim_layout() {
   local i p
   if ! read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null; then
@@ -264,12 +298,15 @@ claim_layout() {
   declare -gA PORT_USER=()
   claim_port "$LB_PORT" "haproxy (SHOAL_PORT)"
   claim_port "$REDIS_PORT" "redis (SHOAL_REDIS_PORT)"
+  claim_port "$PG_PORT" "pg-primary (SHOAL_PG_PORT)"
+  claim_port "$PG_REPLICA_PORT" "pg-replica (SHOAL_PG_REPLICA_PORT)"
   for ((i = 1; i <= HEALTHS; i++)); do
     p=$(health_port "$i")
     claim_port "$p" "health-$i"
     claim_port $((p + 1)) "health-$i (PUB)"
   done
   for ((i = 1; i <= SESSIONS; i++)); do claim_port "$(session_port "$i")" "session-$i"; done
+  for ((i = 1; i <= QUERIES; i++)); do claim_port "$(query_port "$i")" "query-$i"; done
   for ((i = 1; i <= EDGES; i++)); do claim_port "$(edge_port "$i")" "edge-$i"; done
 }
 claim_port() {  # PORT WHO
@@ -288,9 +325,10 @@ claim_port() {  # PORT WHO
 # The local stack's own variables (settings of these scripts, not of a service)
 # are left out too.
 PER_PIECE_VARS=(SHOAL_INSTANCE SHOAL_BIND SHOAL_PUB_BIND SHOAL_ADVERTISE SHOAL_HTTP_ADDR SHOAL_HTTP_PORT
-  SHOAL_HEALTH_ENDPOINTS SHOAL_SESSION_ENDPOINTS SHOAL_HEARTBEAT_MS SHOAL_STATIC_DIR SHOAL_REDIS_HOST
-  SHOAL_REDIS_PORT
+  SHOAL_HEALTH_ENDPOINTS SHOAL_SESSION_ENDPOINTS SHOAL_QUERY_ENDPOINTS SHOAL_HEARTBEAT_MS SHOAL_STATIC_DIR
+  SHOAL_REDIS_HOST SHOAL_REDIS_PORT SHOAL_PG_PRIMARY SHOAL_PG_REPLICA SHOAL_TRUSTED_PROXIES
   SHOAL_PORT SHOAL_EDGES SHOAL_EDGE_PORT SHOAL_SESSIONS SHOAL_SESSION_PORT SHOAL_HEALTHS SHOAL_HEALTH_PORT
+  SHOAL_QUERIES SHOAL_QUERY_PORT SHOAL_PG_PORT SHOAL_PG_REPLICA_PORT SHOAL_PG_DB SHOAL_PG_USER SHOAL_PG_BIN_DIR SHOAL_PG_OS_USER
   SHOAL_STATIC_DISCOVERY SHOAL_SUPERVISE SHOAL_SUPERVISE_INTERVAL_MS SHOAL_RUN_DIR SHOAL_BIN_DIR SHOAL_WAIT
   SHOAL_STOP_TIMEOUT SHOAL_BUILD_TYPE SHOAL_BUILD_JOBS)
 
@@ -305,6 +343,18 @@ define_piece() {
       PIECE_CMD=("$(command -v redis-server)" --port "$REDIS_PORT" --bind "$HOST" --protected-mode yes
                  --dir "$DATA_DIR/redis" --appendonly yes --appendfsync everysec --save ''
                  --daemonize no --logfile '') ;;
+    pg-primary|pg-replica)
+      if [ "$name" = pg-primary ]; then p=$PG_PORT; else p=$PG_REPLICA_PORT; fi
+      PIECE_PORTS=("$p") PIECE_ADDR=postgresql://$HOST:$p/$PG_DB
+      # No Unix socket (every client uses TCP on loopback), logs on stderr.
+      PIECE_CMD=("${PG_AS_OWNER[@]}" "$PG_BIN_DIR/postgres" -D "$DATA_DIR/$name" -p "$p"
+                 -c listen_addresses="$HOST" -c unix_socket_directories= -c cluster_name="shoal-${name#pg-}"
+                 -c wal_level=replica -c max_wal_senders=10 -c wal_keep_size=128MB
+                 -c hot_standby=on -c hot_standby_feedback=on -c logging_collector=off
+                 -c log_line_prefix='%m [%p] %q%a ')
+      # The replica's upstream is given here rather than read from postgresql.auto.conf
+      # (which pg_basebackup -R wrote), so a changed SHOAL_PG_PORT is followed.
+      [ "$name" = pg-replica ] && PIECE_CMD+=(-c "primary_conninfo=host=$HOST port=$PG_PORT user=postgres application_name=shoal-replica") ;;
     health-*)
       p=$(health_port "$k")
       PIECE_PORTS=("$p" $((p + 1))) PIECE_ADDR=tcp://$HOST:$p,tcp://$HOST:$((p + 1))
@@ -321,13 +371,24 @@ define_piece() {
                  SHOAL_REDIS_HOST="$HOST" SHOAL_REDIS_PORT="$REDIS_PORT"
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
       PIECE_CMD=("$BIN_DIR/shoal-session") ;;
+    query-*)
+      p=$(query_port "$k")
+      PIECE_PORTS=("$p") PIECE_ADDR=tcp://$HOST:$p
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p"
+                 SHOAL_PG_PRIMARY="$(pg_conninfo "$PG_PORT")" SHOAL_PG_REPLICA="$(pg_conninfo "$PG_REPLICA_PORT")"
+                 SHOAL_REDIS_HOST="$HOST" SHOAL_REDIS_PORT="$REDIS_PORT"
+                 SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+      PIECE_CMD=("$BIN_DIR/shoal-query") ;;
     edge-*)
       p=$(edge_port "$k")
       PIECE_PORTS=("$p") PIECE_ADDR=http://$HOST:$p
+      # HAProxy on loopback is the only proxy in front: the edge takes the client's
+      # address from the X-Forwarded-For HAProxy adds (option forwardfor).
       PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_HTTP_ADDR="$HOST" SHOAL_HTTP_PORT="$p"
-                 SHOAL_STATIC_DIR="$STATIC_DIR"
+                 SHOAL_STATIC_DIR="$STATIC_DIR" SHOAL_TRUSTED_PROXIES="$HOST"
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
       [ "$STATIC_DISCOVERY" = 1 ] && PIECE_SET+=(SHOAL_SESSION_ENDPOINTS="$(session_endpoints)")
+      [ "$STATIC_DISCOVERY" = 1 ] && [ "$QUERIES" -gt 0 ] && PIECE_SET+=(SHOAL_QUERY_ENDPOINTS="$(query_endpoints)")
       PIECE_CMD=("$BIN_DIR/shoal-edge") ;;
     haproxy)
       PIECE_PORTS=("$LB_PORT") PIECE_ADDR=http://$HOST:$LB_PORT
@@ -458,6 +519,9 @@ piece_ready() {
   local p
   case $1 in
     redis) [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] ;;
+    pg-primary) pg_accepting "$PG_PORT" ;;
+    pg-replica) pg_accepting "$PG_REPLICA_PORT" && [ "$(pg_sql "$PG_REPLICA_PORT" postgres \
+                  'select status from pg_stat_wal_receiver' 2>/dev/null)" = streaming ] ;;
     edge-*) http_ok "$PIECE_ADDR/health/live" ;;
     haproxy) http_ok "$PIECE_ADDR/health/ready" ;;
     *) for p in "${PIECE_PORTS[@]}"; do tcp_open "$p" || return 1; done ;;
@@ -466,6 +530,8 @@ piece_ready() {
 piece_ready_what() {
   case $1 in
     redis) echo PONG ;;
+    pg-primary) echo "accepting connections" ;;
+    pg-replica) echo "streaming from pg-primary" ;;
     edge-*) echo "/health/live 200" ;;
     haproxy) echo "/health/ready 200" ;;
     *) [ ${#PIECE_PORTS[@]} -gt 1 ] && echo "ports ${PIECE_PORTS[*]} open" || echo "port ${PIECE_PORTS[0]} open" ;;
@@ -492,6 +558,8 @@ wait_ready() {
 
 # stop_piece NAME: stop supervising NAME, then SIGTERM (and SIGCONT, so that a
 # paused piece drains too), wait up to STOP_TIMEOUT s for the exit, then SIGKILL.
+# Postgres gets SIGINT instead: its "fast" shutdown, which disconnects clients
+# (SIGTERM would wait for every client to leave) and writes a checkpoint.
 # Removes its pid files. Returns 1 only if the process survived SIGKILL.
 stop_piece() {
   local name=$1 pid='' deadline how=SIGTERM t0
@@ -507,12 +575,13 @@ stop_piece() {
     return 0
   fi
   t0=$(now_us)
-  kill -TERM "$pid" 2>/dev/null
+  [[ $name == pg-* ]] && how=SIGINT
+  kill -"${how#SIG}" "$pid" 2>/dev/null
   kill -CONT "$pid" 2>/dev/null
   deadline=$(deadline_in "$STOP_TIMEOUT")
   while pid_running "$pid" && before "$deadline"; do sleep 0.05; done
   if pid_running "$pid"; then
-    warn "$name (PID $pid) still running ${STOP_TIMEOUT}s after SIGTERM: SIGKILL"
+    warn "$name (PID $pid) still running ${STOP_TIMEOUT}s after $how: SIGKILL"
     kill -KILL "$pid" 2>/dev/null
     how=SIGKILL
     deadline=$(deadline_in 5)
@@ -524,6 +593,126 @@ stop_piece() {
   fi
   forget_piece "$name"
   say "  $name: stopped (PID $pid, $how, $((($(now_us) - t0) / 1000)) ms)"
+}
+
+# ---------------------------------------------------------------- Postgres
+# A primary (pg-primary) and a streaming replica of it (pg-replica), each a plain
+# `postgres` process on 127.0.0.1 with its data in <run dir>/data/pg-*. initdb
+# refuses to run as root, so as root every Postgres program runs as the `postgres`
+# user: one-shot commands (initdb, pg_basebackup) through runuser; the server
+# itself through setpriv, which execs (runuser stays as the parent, so the
+# recorded PID would not be the server's, and it SIGKILLs its child 2 s after a
+# SIGTERM). Authentication: trust, on loopback only.
+PG_SUPERUSER=postgres
+PG_OWNER=
+PG_AS_OWNER=()   # prefix of the server's command line
+PG_RUN_AS=()     # prefix of one-shot commands
+if [ "$(id -u)" = 0 ]; then
+  PG_OWNER=${SHOAL_PG_OS_USER:-postgres}
+  PG_AS_OWNER=(setpriv --reuid="$PG_OWNER" --regid="$PG_OWNER" --init-groups)
+  PG_RUN_AS=(runuser -u "$PG_OWNER" --)
+fi
+
+# pg_sql PORT DB SQL: one statement as the superuser, unaligned tuples only.
+pg_sql() {
+  PGCONNECT_TIMEOUT=2 "$PG_BIN_DIR/psql" -X -q -A -t -h "$HOST" -p "$1" -U "$PG_SUPERUSER" -d "$2" \
+    -v ON_ERROR_STOP=1 -c "$3"
+}
+pg_accepting() { "$PG_BIN_DIR/pg_isready" -q -t 2 -h "$HOST" -p "$1" -U "$PG_SUPERUSER" -d postgres 2>/dev/null; }
+
+# pg_system_id DIR: the cluster's "Database system identifier" (a replica made
+# from a primary has the primary's), empty when DIR holds no cluster.
+pg_system_id() {
+  "${PG_RUN_AS[@]}" "$PG_BIN_DIR/pg_controldata" -D "$1" 2>/dev/null |
+    sed -n 's/^Database system identifier: *//p'
+}
+
+# pg_new_dir DIR: an empty directory only the server's user may enter.
+pg_new_dir() {
+  mkdir -p "$1" || die "cannot create $1"
+  [ -z "$PG_OWNER" ] || chown "$PG_OWNER:" "$1" || die "cannot give $1 to $PG_OWNER"
+  chmod 700 "$1"
+}
+
+# pg_log NAME LINE...: append lines to logs/NAME.log (the one-shot commands' output goes there too).
+pg_log() { local n=$1; shift; printf '%s\n' "$@" >> "$LOG_DIR/$n.log"; }
+
+# pg_init_primary: initdb <run dir>/data/pg-primary unless it holds a cluster
+# already (then it is reused as it is: up is idempotent).
+pg_init_primary() {
+  local dir=$DATA_DIR/pg-primary t0 log=$LOG_DIR/pg-primary.log
+  piece_pid pg-primary >/dev/null && return 0
+  if [ -s "$dir/PG_VERSION" ]; then
+    say "  pg-primary reusing its data dir $dir (PostgreSQL $(cat "$dir/PG_VERSION"))"
+    return 0
+  fi
+  t0=$(now_us)
+  say "  pg-primary initdb $dir (first start)"
+  pg_new_dir "$dir"
+  pg_log pg-primary "==== $(utc_now) $PROG: initdb $dir"
+  if ! "${PG_RUN_AS[@]}" "$PG_BIN_DIR/initdb" -D "$dir" -U "$PG_SUPERUSER" --auth=trust \
+       --encoding=UTF8 --locale=C.UTF-8 >> "$log" 2>&1; then
+    rm -rf "$dir"
+    fail_start pg-primary "initdb failed (see $log)"
+  fi
+  say "  pg-primary initdb done in $((($(now_us) - t0) / 1000)) ms"
+}
+
+# pg_ensure_db: the role SHOAL_PG_USER and the database SHOAL_PG_DB it owns exist
+# on the primary (created when missing; the migrations create the tables).
+pg_ensure_db() {
+  local out
+  if ! out=$(PGCONNECT_TIMEOUT=2 "$PG_BIN_DIR/psql" -X -q -h "$HOST" -p "$PG_PORT" -U "$PG_SUPERUSER" \
+       -d postgres -v ON_ERROR_STOP=1 -v role="$PG_USER" -v db="$PG_DB" 2>&1 <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
+SQL
+  ); then
+    printf '%s\n' "$out" >&2
+    fail_start pg-primary "cannot create the role $PG_USER and the database $PG_DB" 0
+  fi
+  say "  pg-primary role $PG_USER and database $PG_DB ready"
+}
+
+# pg_init_replica: make <run dir>/data/pg-replica a base backup of the running
+# primary (pg_basebackup -R: standby.signal + the primary's address) unless it
+# already is a standby of this very primary (same system identifier).
+pg_init_replica() {
+  local dir=$DATA_DIR/pg-replica t0 log=$LOG_DIR/pg-replica.log want have
+  piece_pid pg-replica >/dev/null && return 0
+  want=$(pg_system_id "$DATA_DIR/pg-primary")
+  if [ -s "$dir/PG_VERSION" ] && [ -f "$dir/standby.signal" ]; then
+    have=$(pg_system_id "$dir")
+    if [ -n "$want" ] && [ "$have" = "$want" ]; then
+      say "  pg-replica reusing its data dir $dir (a standby of this primary)"
+      return 0
+    fi
+    say "  pg-replica $dir is a copy of another cluster (system id ${have:-?}, primary's $want): making it again"
+  elif [ -e "$dir" ]; then
+    say "  pg-replica $dir is not a complete standby: making it again"
+  fi
+  rm -rf "$dir"
+  t0=$(now_us)
+  say "  pg-replica pg_basebackup -R from 127.0.0.1:$PG_PORT (first start)"
+  pg_new_dir "$dir"
+  pg_log pg-replica "==== $(utc_now) $PROG: pg_basebackup -R into $dir"
+  if ! "${PG_RUN_AS[@]}" "$PG_BIN_DIR/pg_basebackup" -h "$HOST" -p "$PG_PORT" -U "$PG_SUPERUSER" \
+       -D "$dir" -R -X stream -c fast >> "$log" 2>&1; then
+    rm -rf "$dir"
+    fail_start pg-replica "pg_basebackup failed (see $log)"
+  fi
+  say "  pg-replica base backup done in $((($(now_us) - t0) / 1000)) ms"
+}
+
+# pg_replication PRIMARY_PORT: one line per standby the primary streams to:
+# "name state lag=BYTES replay_lag=MS" (replay_lag 0 when idle and caught up).
+pg_replication() {
+  pg_sql "$1" postgres "select application_name || ' ' || state
+      || ' lag=' || coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), 0)::bigint
+      || ' replay_lag=' || coalesce(round(extract(epoch from replay_lag) * 1000), 0)::bigint
+    from pg_stat_replication order by application_name"
 }
 
 # ---------------------------------------------------------------- HAProxy

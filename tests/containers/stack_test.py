@@ -7,11 +7,16 @@ podman API socket for docker-compose); standard library only.
   stack_test.py --tool podman-compose|docker-compose --project P --compose-file F \\
                 --https-port N --http-port N --stats-port N [--full] [--log FILE]
 
+The stack starts with one query instance (SHOAL_QUERIES=1).
 Without --full (the podman-compose pass): up, ready through HTTPS, counter across both
-edges, cluster lists 2 edges + 2 sessions + 2 health, down.
+edges, cluster lists 2 edges + 2 sessions + 1 query + 2 health, the board through HAProxy
+(signup, login, POST /api/items with X-CSRF-Token and Origin, GET /api/items lists it,
+search finds it), down.
 With --full (the docker-compose pass) also: HTTP->HTTPS redirect, certificate, cookies,
-front end, image health checks, Redis AOF, S3 server, networks and published ports,
-scale session 2 -> 4 (new instances serve), kill one session and one edge container
+front end, image health checks, Redis AOF, Postgres replica streaming, S3 server,
+networks and published ports, scale session 2 -> 4 (new instances serve), the board,
+scale query 1 -> 2 and kill one query container under a read/write load (no acknowledged
+item lost or doubled, reads and writes go on), kill one session and one edge container
 under load (no acknowledged view lost, no duplicate, HAProxy stops using the dead edge
 within 3 s), down -v.
 
@@ -23,6 +28,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import ssl
 import subprocess
@@ -32,6 +38,9 @@ import time
 
 READY_TIMEOUT_S = 120.0
 EDGE_OUT_LIMIT_S = 3.0
+QUERY_KILL_LIMIT_S = 3.0     # reads and writes work again this long after a query kill
+START_QUERIES = 1            # query instances the stack starts with; the full pass scales to 2
+PASSWORD = "container check password"
 
 TLS = ssl.create_default_context()
 TLS.check_hostname = False
@@ -104,7 +113,10 @@ class Compose:
         self.env.update(SHOAL_PUBLISH_HTTPS=str(args.https_port),
                         SHOAL_PUBLISH_HTTP=str(args.http_port),
                         SHOAL_PUBLISH_STATS=str(args.stats_port),
-                        SHOAL_PUBLISH_ADDR="127.0.0.1")
+                        SHOAL_PUBLISH_ADDR="127.0.0.1",
+                        SHOAL_QUERIES=str(START_QUERIES),
+                        # the page's origin as the browser sends it (HTTPS through HAProxy)
+                        SHOAL_ALLOWED_ORIGINS="https://127.0.0.1:%d" % args.https_port)
 
     def __call__(self, *words, timeout=300):
         return run([self.tool, "-f", self.file, "-p", self.project] + list(words),
@@ -195,6 +207,117 @@ def wait_for(fn, timeout, interval=0.2):
             last = e
         time.sleep(interval)
     return None
+
+
+class Board:
+    """One keep-alive HTTPS connection through HAProxy with a cookie jar (shoal_sid and the
+    read-your-writes shoal_lsn) and the session's CSRF token: the board API as a page uses it."""
+
+    def __init__(self, port, timeout=5.0):
+        self.port = port
+        self.origin = "https://127.0.0.1:%d" % port
+        self.timeout = timeout
+        self.conn = None
+        self.cookies = {}
+        self.csrf = None
+
+    def call(self, method, path, body=None, csrf=True, origin=True):
+        """(status, JSON document or None, response)."""
+        if self.conn is None:
+            self.conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=TLS,
+                                                    timeout=self.timeout)
+        headers = {}
+        if self.cookies:
+            headers["Cookie"] = "; ".join("%s=%s" % kv for kv in self.cookies.items())
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if method != "GET":
+            if origin:
+                headers["Origin"] = self.origin
+            if csrf and self.csrf:
+                headers["X-CSRF-Token"] = self.csrf
+        try:
+            self.conn.request(method, path, body=data, headers=headers)
+            r = self.conn.getresponse()
+            raw = r.read()
+        except (OSError, http.client.HTTPException):
+            self.close()
+            raise
+        for sc in r.msg.get_all("Set-Cookie") or []:
+            name, _, rest = sc.partition("=")
+            value = rest.split(";")[0]
+            if "max-age=0" in sc.lower() or not value:
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = value
+        if r.getheader("Connection", "").lower() == "close":
+            self.close()
+        try:
+            doc = json.loads(raw) if raw else None
+        except ValueError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("csrf_token"):
+            self.csrf = doc["csrf_token"]
+        return r.status, doc, r
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def item_ids(doc):
+    return [i.get("id") for i in (doc or {}).get("items") or []]
+
+
+def check_board(args, label, user):
+    """signup -> login (a new session) -> POST /api/items -> GET /api/items lists it ->
+    search finds it -> GET /api/items/:id counts a view. Returns the logged-in Board or None."""
+    word = "tern%06d" % random.randrange(10 ** 6)
+    b = Board(args.https_port)
+    try:
+        st, doc, _ = b.call("POST", "/api/auth/signup", {"username": user, "password": PASSWORD})
+        signup_sid = b.cookies.get("shoal_sid")
+        if not check("%s: board: signup %s (201, csrf_token, session cookie)" % (label, user),
+                     st == 201 and b.csrf and signup_sid and (doc or {}).get("user", {}).get("username") == user,
+                     "%d %s" % (st, doc)):
+            return None
+        b.close()
+        b = Board(args.https_port)
+        st, doc, _ = b.call("POST", "/api/auth/login", {"username": user, "password": PASSWORD})
+        check("%s: board: login (200, a new session id)" % label,
+              st == 200 and b.csrf and b.cookies.get("shoal_sid") not in (None, signup_sid),
+              "%d %s" % (st, doc))
+        st, doc, _ = b.call("POST", "/api/items", {"title": "ct item"}, csrf=False)
+        check("%s: board: POST /api/items without X-CSRF-Token is refused (403 csrf)" % label,
+              st == 403 and ((doc or {}).get("error") or {}).get("code") == "csrf", "%d %s" % (st, doc))
+        title = "Container check %s" % word
+        st, doc, _ = b.call("POST", "/api/items", {"title": title, "body": "posted through HAProxy: " + word})
+        item = (doc or {}).get("item") or {}
+        if not check("%s: board: POST /api/items with X-CSRF-Token and Origin (201)" % label,
+                     st == 201 and item.get("title") == title and item.get("author") == user
+                     and "shoal_lsn" in b.cookies,
+                     "%d id %s, shoal_lsn %s" % (st, item.get("id"), b.cookies.get("shoal_lsn")) if st == 201
+                     else "%d %s" % (st, doc)):
+            return b
+        st, doc, r = b.call("GET", "/api/items")
+        check("%s: board: GET /api/items lists the new item first" % label,
+              st == 200 and item_ids(doc)[:1] == [item["id"]],
+              "%d ids %s, read from %s" % (st, item_ids(doc)[:5], r.getheader("X-Shoal-Read")))
+        st, doc, r = b.call("GET", "/api/items?q=%s" % word)
+        check("%s: board: search for '%s' finds it" % (label, word),
+              st == 200 and item_ids(doc) == [item["id"]],
+              "%d ids %s, read from %s" % (st, item_ids(doc), r.getheader("X-Shoal-Read")))
+        st, doc, _ = b.call("GET", "/api/items/%d" % item["id"])
+        check("%s: board: GET /api/items/%d (200, one view)" % (label, item["id"]),
+              st == 200 and ((doc or {}).get("item") or {}).get("views") == 1, "%d %s" % (st, doc))
+        return b
+    except (OSError, http.client.HTTPException) as e:
+        check("%s: board" % label, False, repr(e))
+        b.close()
+        return None
 
 
 def ready(port):
@@ -288,7 +411,7 @@ def check_counter(args, label, n=20):
 def check_cluster(compose, args, label, want):
     """/api/cluster lists exactly the running containers, each `up`."""
     expect = {}
-    for service in ("edge", "session"):
+    for service in ("edge", "session", "query"):
         expect[service] = {instance_name(service, c) for c in compose.containers(service)}
     expect["health"] = {"health-1", "health-2"}
 
@@ -297,10 +420,10 @@ def check_cluster(compose, args, label, want):
         return all(up.get(s, set()) >= expect[s] for s in expect) and up
     up = wait_for(complete, 20, 0.2)
     doc, up_now = cluster_counts(args.https_port)
-    counts = {s: len(up_now.get(s, ())) for s in ("edge", "session", "health")}
+    counts = {s: len(up_now.get(s, ())) for s in ("edge", "session", "query", "health")}
     ok = bool(up) and all(len(expect[s]) == want[s] for s in want) and counts == want
     check("%s: /api/cluster lists every instance up (%s)" % (label, ", ".join(
-        "%d %s" % (want[s], s) for s in ("edge", "session", "health"))), ok,
+        "%d %s" % (want[s], s) for s in ("edge", "session", "query", "health"))), ok,
         "up: %s" % counts if ok else "up %s, expected containers %s" % (
             {s: sorted(v) for s, v in up_now.items()}, {s: sorted(v) for s, v in expect.items()}))
     if doc:
@@ -367,7 +490,8 @@ def check_images_and_runtime(compose, args):
           not bad and len(ctrs) >= 9, "%d containers" % len(ctrs) if not bad else "; ".join(bad))
 
     users = {}
-    for ctr in compose.containers("edge") + compose.containers("session") + compose.containers("health-1"):
+    for ctr in (compose.containers("edge") + compose.containers("session") + compose.containers("query")
+                + compose.containers("health-1")):
         p = run(["podman", "exec", ctr["Names"][0], "id", "-u"], timeout=30)
         users[ctr["Names"][0]] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "?"
     check("Shoal services run as a non-root user", users and all(u == "10001" for u in users.values()),
@@ -383,6 +507,26 @@ def check_images_and_runtime(compose, args):
               "appendonly=%s mounts=%s" % (p.stdout.split()[-1:], mounts))
     else:
         check("Redis: AOF on, data in the named volume", False, "no redis container")
+
+    primary, replica = compose.containers("postgres-primary"), compose.containers("postgres-replica")
+    if primary and replica:
+        sql = "select application_name || ' ' || state from pg_stat_replication"
+        p = run(["podman", "exec", primary[0]["Names"][0], "psql", "-X", "-A", "-t", "-h", "/var/run/postgresql",
+                 "-U", "postgres", "-c", sql], timeout=30)
+        streams = [line for line in p.stdout.splitlines() if line.endswith(" streaming")]
+        p2 = run(["podman", "exec", replica[0]["Names"][0], "psql", "-X", "-A", "-t", "-h", "/var/run/postgresql",
+                  "-U", "postgres", "-c", "select pg_is_in_recovery()::text || ' ' || "
+                  "(select status from pg_stat_wal_receiver)"], timeout=30)
+        mounts = {}
+        for ctr, vol in ((primary[0], "pg-primary-data"), (replica[0], "pg-replica-data")):
+            info = podman_json(["inspect", ctr["Id"]])
+            mounts[vol] = (compose.scoped(vol), "/var/lib/postgresql/data") in [
+                (m.get("Name"), m.get("Destination")) for m in (info[0].get("Mounts", []) if info else [])]
+        check("Postgres: the replica streams from the primary (hot standby), data in named volumes",
+              len(streams) == 1 and p2.stdout.split()[-2:] == ["true", "streaming"] and all(mounts.values()),
+              "primary streams to %s; replica: %s; volumes %s" % (streams, p2.stdout.split()[-2:], mounts))
+    else:
+        check("Postgres: the replica streams from the primary", False, "no postgres-primary/-replica container")
 
     s3 = compose.containers("s3")
     script = r"""
@@ -632,6 +776,154 @@ def check_kill(compose, args):
     check("/api/cluster shows the killed session and edge as dead", bool(wait_for(dead, 10)))
 
 
+class BoardLoad(threading.Thread):
+    """Writes (POST /api/items) or reads (GET /api/items, GET /api/items/:id) in a loop on
+    its own logged-in keep-alive connection."""
+
+    def __init__(self, port, user, stop, writer, tag):
+        super().__init__(daemon=True)
+        self.board = Board(port)
+        self.user, self.stop, self.writer, self.tag = user, stop, writer, tag
+        self.acked = []      # (t, item id, title) of writes answered 201; (t, None, None) for reads
+        self.failures = []   # (t, what)
+        self.n = 0
+
+    def run(self):
+        try:
+            st, doc, _ = self.board.call("POST", "/api/auth/login", {"username": self.user, "password": PASSWORD})
+            if st != 200:
+                self.failures.append((time.monotonic(), "login %d" % st))
+                return
+        except (OSError, http.client.HTTPException) as e:
+            self.failures.append((time.monotonic(), "login " + type(e).__name__))
+            return
+        last_id = None
+        while not self.stop.is_set():
+            t = time.monotonic()
+            try:
+                if self.writer:
+                    self.n += 1
+                    title = "load %s %d" % (self.tag, self.n)
+                    st, doc, _ = self.board.call("POST", "/api/items", {"title": title, "body": "x"})
+                    if st == 201:
+                        self.acked.append((t, doc["item"]["id"], title))
+                    else:
+                        self.failures.append((time.monotonic(), st))
+                else:
+                    path = "/api/items/%d" % last_id if last_id and self.n % 2 else "/api/items?limit=5"
+                    self.n += 1
+                    st, doc, _ = self.board.call("GET", path)
+                    if st == 200:
+                        self.acked.append((t, None, None))
+                        last_id = (item_ids(doc)[:1] or [last_id])[0] if "items" in (doc or {}) else last_id
+                    else:
+                        self.failures.append((time.monotonic(), st))
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append((time.monotonic(), type(e).__name__))
+                time.sleep(0.01)
+        self.board.close()
+
+
+def check_query_scale_kill(compose, args, user):
+    t0 = time.monotonic()
+    p = compose("up", "-d", "--scale", "session=4", "--scale", "query=2", timeout=300)
+    queries = compose.containers("query")
+    if not check("scale query %d -> 2 (%s up -d --scale query=2)" % (START_QUERIES, compose.tool),
+                 p.returncode == 0 and len(queries) == 2, "%d query containers" % len(queries)):
+        return
+    names = {instance_name("query", c) for c in queries}
+
+    def registered():
+        _, up = cluster_counts(args.https_port)
+        return up.get("query", set()) >= names
+    ok = wait_for(registered, 30, 0.1)
+    check("both query instances registered and listed up", bool(ok),
+          "%s in %.1f s" % (sorted(names), time.monotonic() - t0))
+    if ok:
+        figure("scale-out: compose up --scale query=2 -> listed up", "%.1f s" % (time.monotonic() - t0))
+
+    victim = queries[0]
+    stop = threading.Event()
+    load = [BoardLoad(args.https_port, user, stop, writer=True, tag="w%d" % i) for i in range(3)]
+    load += [BoardLoad(args.https_port, user, stop, writer=False, tag="r%d" % i) for i in range(2)]
+    for c in load:
+        c.start()
+    time.sleep(2.5)
+    t_kill = time.monotonic()
+    p = run(["podman", "kill", victim["Names"][0]], timeout=30)
+    check("podman kill a query container under a read/write load", p.returncode == 0,
+          "%s (%s)" % (victim["Names"][0], instance_name("query", victim)))
+    time.sleep(6.0)
+    stop.set()
+    for c in load:
+        c.join(15)
+    t_end = time.monotonic()
+
+    writes = [a for c in load if c.writer for a in c.acked]
+    reads = [a for c in load if not c.writer for a in c.acked]
+    failures = [f for c in load for f in c.failures]
+    before = [a for a in writes + reads if a[0] < t_kill]
+    late = t_kill + QUERY_KILL_LIMIT_S
+    late_w = [a for a in writes if a[0] > late]
+    late_r = [a for a in reads if a[0] > late]
+    late_fail = [f for f in failures if f[0] > late]
+    at_kill = [f for f in failures if t_kill <= f[0] <= late]
+    figure("query kill: load", "%d acknowledged writes, %d reads, %d failed requests (%d within %.0f s of the kill: %s)"
+           % (len(writes), len(reads), len(failures), len(at_kill), QUERY_KILL_LIMIT_S,
+              sorted({str(f[1]) for f in at_kill})))
+    check("the load ran before the kill", len(before) > 0 and not [f for f in failures if f[0] < t_kill],
+          "%d acknowledged, failures %s" % (len(before), [f for f in failures if f[0] < t_kill][:5]))
+    check("reads and writes go on after the query kill (from kill + %.0f s to the end, no failure)"
+          % QUERY_KILL_LIMIT_S, late_w and late_r and not late_fail,
+          "%d writes, %d reads acknowledged; failures %s" % (len(late_w), len(late_r), late_fail[:5]))
+
+    # Every acknowledged write is there exactly once (reads with the writer's lsn cookie: a
+    # fresh client reads what any replica has; the primary answers what it does not).
+    b = Board(args.https_port)
+    # The writers' newest read-your-writes token: reads wait for (or skip) a lagging replica.
+    lsns = [int(c.board.cookies.get("shoal_lsn", "0")) for c in load if c.writer
+            if c.board.cookies.get("shoal_lsn", "0").isdigit()]
+    if lsns:
+        b.cookies["shoal_lsn"] = str(max(lsns))
+    try:
+        missing = []
+        for _, item_id, title in writes:
+            st, doc, _ = b.call("GET", "/api/items/%d" % item_id)
+            if st != 200 or ((doc or {}).get("item") or {}).get("title") != title:
+                missing.append((item_id, st))
+        seen, cursor, pages = {}, None, 0
+        while pages < len(writes) // 100 + 20:
+            st, doc, _ = b.call("GET", "/api/items?limit=100" + ("&cursor=%s" % cursor if cursor else ""))
+            if st != 200:
+                break
+            for it in doc.get("items") or []:
+                if it.get("title", "").startswith("load "):
+                    seen.setdefault(it["title"], []).append(it["id"])
+            cursor, pages = doc.get("next_cursor"), pages + 1
+            if not cursor:
+                break
+        doubled = {t: ids for t, ids in seen.items() if len(ids) > 1}
+        unlisted = [title for _, _, title in writes if title not in seen]
+        check("no acknowledged item lost (each readable by id with its title, and listed)",
+              writes and not missing and not unlisted,
+              "%d checked" % len(writes) if not missing and not unlisted
+              else "missing %s, not listed %s" % (missing[:5], unlisted[:5]))
+        check("no item stored twice (one id per title, the edge's idempotency keys)", not doubled and seen,
+              "%d titles listed, %d pages" % (len(seen), pages) if not doubled
+              else "doubled %s" % list(doubled.items())[:3])
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        check("after the query kill: every acknowledged item readable", False, repr(e))
+    finally:
+        b.close()
+
+    def dead():
+        _, doc = get_json(args.https_port, "/api/cluster")
+        st = {i["instance"]: i["state"] for i in doc.get("instances", [])}
+        return st.get(instance_name("query", victim), "dead") == "dead"
+    check("/api/cluster shows the killed query instance as dead", bool(wait_for(dead, 10)))
+    figure("query kill: test span", "%.1f s" % (t_end - t_kill + 2.5))
+
+
 def stop_stack(compose, label, volumes=True):
     t0 = time.monotonic()
     p = compose("down", "-v", timeout=300) if volumes else compose("down", timeout=300)
@@ -675,13 +967,22 @@ def main(argv):
     try:
         if start_stack(compose, args, label):
             check_counter(args, label)
-            want = {"edge": 2, "session": 2, "health": 2}
+            want = {"edge": 2, "session": 2, "query": START_QUERIES, "health": 2}
             check_cluster(compose, args, label, want)
-            if args.full:
+            user = "ct%d" % random.randrange(10 ** 6)
+            if not args.full:
+                b = check_board(args, label, user)
+                if b:
+                    b.close()
+            else:
                 check_http_redirect(args)
                 check_tls_and_headers(args)
                 check_images_and_runtime(compose, args)
                 check_scale(compose, args)
+                b = check_board(args, label, user)
+                if b:
+                    b.close()
+                    check_query_scale_kill(compose, args, user)
                 check_kill(compose, args)
     except Exception as e:  # a crash of the harness is a failed check, and the stack still goes
         check("%s: test harness" % label, False, repr(e))

@@ -138,7 +138,7 @@ kubectl = os.environ.get("SHOAL_K8S_KUBECTL", shutil.which("kubectl") or "")
 if kubectl:
     for kdir in sorted(kustomizations):
         if any(kdir != o and kdir.startswith(o + "/") for o in kustomizations) and \
-                os.path.basename(kdir) in ("app", "redis"):
+                os.path.basename(kdir) in ("app", "redis", "postgres"):
             continue  # components, built as part of their parents
         p = subprocess.run([kubectl, "kustomize", kdir], capture_output=True, text=True)
         check(f"kubectl kustomize {rel(kdir)}", p.returncode == 0, p.stderr.strip()[:300])
@@ -306,7 +306,8 @@ def workload_for(component):
     return [w for w in workloads if pod_labels(w).get("app.kubernetes.io/component") == component]
 
 
-for comp, kind in (("edge", "Deployment"), ("session", "Deployment"), ("health", "StatefulSet")):
+for comp, kind in (("edge", "Deployment"), ("session", "Deployment"), ("query", "Deployment"),
+                   ("health", "StatefulSet")):
     ws = workload_for(comp)
     check(f"topology: {comp} runs as a {kind}", len(ws) == 1 and ws[0]["kind"] == kind,
           f"found {[w['kind'] + '/' + name_of(w) for w in ws]}")
@@ -363,7 +364,7 @@ for h in objs("HorizontalPodAutoscaler"):
         check(f"{ident}: target containers request CPU", all(((c.get("resources") or {}).get("requests") or {}).get("cpu") for c in c0),
               "utilization needs CPU requests")
 hpa_targets = {(h.get("spec") or {}).get("scaleTargetRef", {}).get("name") for h in objs("HorizontalPodAutoscaler")}
-for comp in ("edge", "session"):
+for comp in ("edge", "session", "query"):
     names = {name_of(w) for w in workload_for(comp)}
     check(f"autoscaling: {comp} has a HorizontalPodAutoscaler", names & hpa_targets, f"none targets {names}")
 
@@ -379,7 +380,7 @@ for p in objs("PodDisruptionBudget"):
         if "minAvailable" in spec and isinstance(spec["minAvailable"], int):
             check(f"{ident}: minAvailable below {w['kind']}/{name_of(w)} replicas", spec["minAvailable"] < replicas,
                   "no pod could ever be evicted")
-for comp in ("edge", "session", "health"):
+for comp in ("edge", "session", "query", "health"):
     check(f"disruption budget: {comp}",
           any(selects((p.get("spec") or {}).get("selector"), pod_labels(w))
               for p in objs("PodDisruptionBudget") for w in workload_for(comp)), "no PodDisruptionBudget selects it")
@@ -423,6 +424,163 @@ for ing in objs("Ingress"):
                     exposed.append(f"{op} via {t} {p}")
     check(f"{ident}: backends are existing Service ports", not bad, "; ".join(bad))
     check(f"{ident}: operators' views not routed publicly", not exposed, "; ".join(exposed))
+
+# ------------------------------------------------------------------ Postgres and the query service
+
+def conninfo(text):
+    """libpq key=value conninfo (no quoted values are used here) -> dict; None if malformed."""
+    out = {}
+    for word in (text or "").split():
+        if "=" not in word:
+            return None
+        k, v = word.split("=", 1)
+        out[k] = v
+    return out
+
+
+def env_ref(c, name):
+    """(Secret name, key) a container's variable NAME comes from: env valueFrom.secretKeyRef,
+    or the last envFrom Secret that has the key."""
+    for e in c.get("env") or []:
+        if e.get("name") == name:
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            return (ref.get("name"), ref.get("key")) if ref else None
+    found = None
+    for src in c.get("envFrom") or []:
+        if "secretRef" in src and name in (configmap_data("Secret", src["secretRef"].get("name")) or {}):
+            found = (src["secretRef"]["name"], name)
+    return found
+
+
+def service_for(host, port, pods):
+    """Why a Service named HOST with port PORT does not select PODS ('' when it does)."""
+    svc = find("Service", host)
+    if svc is None:
+        return f"no Service {host}"
+    if not pods or not all(selects(svc["spec"].get("selector"), pod_labels(w)) for w in pods):
+        return f"Service {host} does not select {[name_of(w) for w in pods]}"
+    other = [name_of(w) for w in workloads if selects(svc["spec"].get("selector"), pod_labels(w)) and w not in pods]
+    if other:
+        return f"Service {host} also selects {other}"
+    if str(port) not in [str(p.get("port")) for p in svc["spec"].get("ports") or []]:
+        return f"Service {host} has no port {port}"
+    return ""
+
+
+def policy_allows(target_pods, from_component, port):
+    """Some NetworkPolicy selecting TARGET_PODS lets pods of FROM_COMPONENT in on PORT."""
+    src = {"app.kubernetes.io/part-of": "shoal", "app.kubernetes.io/component": from_component}
+    for n in objs("NetworkPolicy"):
+        spec = n.get("spec") or {}
+        if not any(selects(spec.get("podSelector"), pod_labels(w)) for w in target_pods):
+            continue
+        for rule in spec.get("ingress") or []:
+            froms = rule.get("from") or []
+            ports = [str(p.get("port")) for p in rule.get("ports") or []]
+            if any(selects(f.get("podSelector"), src) for f in froms) and (not ports or str(port) in ports):
+                return True
+    return False
+
+
+pg = workload_for("postgres")
+query_ws = workload_for("query")
+if pg:
+    def role_of(w):
+        args0 = (((w["spec"]["template"]["spec"].get("containers") or [{}])[0]).get("args") or [])
+        return args0[0] if args0 else None
+    primaries = [w for w in pg if role_of(w) == "primary"]
+    replicas = [w for w in pg if role_of(w) == "replica"]
+    check("postgres: one primary StatefulSet (args [primary]) with 1 replica",
+          len(primaries) == 1 and primaries[0]["kind"] == "StatefulSet" and primaries[0]["spec"].get("replicas", 1) == 1,
+          f"{[(w['kind'], name_of(w), role_of(w)) for w in pg]}")
+    check("postgres: a replica StatefulSet (args [replica])", len(replicas) == 1 and replicas[0]["kind"] == "StatefulSet",
+          f"{[(w['kind'], name_of(w), role_of(w)) for w in pg]}")
+    check("postgres: no other Postgres workloads", len(primaries) + len(replicas) == len(pg),
+          f"{[(name_of(w), role_of(w)) for w in pg]}")
+    for w in pg:
+        tspec = w["spec"]["template"]["spec"]
+        c = (tspec.get("containers") or [{}])[0]
+        claims = {(v.get("metadata") or {}).get("name") for v in w["spec"].get("volumeClaimTemplates") or []}
+        mounts = {m.get("name"): m.get("mountPath") for m in c.get("volumeMounts") or []}
+        check(f"postgres: {name_of(w)} keeps its data on a PersistentVolumeClaim",
+              any(mounts.get(n) == "/var/lib/postgresql/data" for n in claims),
+              f"claims {sorted(claims)}, mounts {mounts}")
+        check(f"postgres: {name_of(w)} has a writable /var/run/postgresql (read-only root)",
+              "/var/run/postgresql" in mounts.values(), f"mounts {mounts}")
+    if primaries and replicas:
+        pc = primaries[0]["spec"]["template"]["spec"]["containers"][0]
+        rc = replicas[0]["spec"]["template"]["spec"]["containers"][0]
+        penv, renv = container_env(primaries[0], pc), container_env(replicas[0], rc)
+        why = service_for(renv.get("POSTGRES_PRIMARY_HOST") or "postgres-primary",
+                          renv.get("POSTGRES_PRIMARY_PORT") or 5432, primaries)
+        check("postgres: the replica's POSTGRES_PRIMARY_HOST is a Service of the primary", not why, why)
+        a, b = env_ref(pc, "POSTGRES_REPLICATION_PASSWORD"), env_ref(rc, "POSTGRES_REPLICATION_PASSWORD")
+        check("postgres: primary and replica read one replication password from a Secret", a and a == b,
+              f"primary {a}, replica {b}")
+        for c, role in ((pc, "primary"), (rc, "replica")):
+            check(f"postgres: the {role} has a preStop fast shutdown",
+                  "fast" in ((((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get("command") or []),
+                  "SIGTERM alone is a smart shutdown that waits for every client")
+    for w in query_ws:
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        env = container_env(w, c)
+        for key, pods in (("SHOAL_PG_PRIMARY", primaries), ("SHOAL_PG_REPLICA", replicas)):
+            ci = conninfo(env.get(key))
+            if ci is None or "host" not in ci:
+                check(f"query: {key} is a conninfo with a host", False, repr(env.get(key)))
+                continue
+            why = service_for(ci["host"], ci.get("port", 5432), pods)
+            check(f"query: {key} names the Service of the Postgres {key[9:].lower()}", not why, why)
+            if primaries:
+                penv = container_env(primaries[0], primaries[0]["spec"]["template"]["spec"]["containers"][0])
+                check(f"query: {key} uses the database and role the primary creates",
+                      ci.get("dbname") == penv.get("POSTGRES_DB") and ci.get("user") == penv.get("POSTGRES_USER"),
+                      f"dbname={ci.get('dbname')} user={ci.get('user')} vs POSTGRES_DB={penv.get('POSTGRES_DB')} "
+                      f"POSTGRES_USER={penv.get('POSTGRES_USER')}")
+        if primaries:
+            a = env_ref(c, "PGPASSWORD")
+            b = env_ref(primaries[0]["spec"]["template"]["spec"]["containers"][0], "POSTGRES_PASSWORD")
+            check("query: its PGPASSWORD is the password the primary gives the role", a and a == b,
+                  f"query {a}, primary {b}")
+    check("network policy: query pods reach Postgres on 5432", policy_allows(pg, "query", 5432), "no policy lets them in")
+    if primaries:
+        check("network policy: the replica reaches the primary on 5432",
+              policy_allows(primaries, "postgres", 5432), "no policy lets it in")
+if query_ws:
+    c = query_ws[0]["spec"]["template"]["spec"]["containers"][0]
+    env = container_env(query_ws[0], c)
+    check("query: PGPASSWORD or a password in the conninfos comes from a Secret",
+          env_ref(c, "PGPASSWORD") or env_ref(c, "SHOAL_PG_PRIMARY"), "no Secret provides it")
+    redis = workload_for("redis")
+    if redis:
+        check("network policy: query pods reach Redis on 6379", policy_allows(redis, "query", 6379),
+              "no policy lets them in")
+        why = service_for(env.get("SHOAL_REDIS_HOST") or "", env.get("SHOAL_REDIS_PORT") or 6379, redis)
+        check("query: SHOAL_REDIS_HOST is the Service of the in-cluster Redis", not why, why)
+
+# Overlays: every JSON patch targets an object of the base and, for "replace", a key it has.
+for kdir, k in sorted(kustomizations.items()):
+    for patch in k.get("patches") or []:
+        t = patch.get("target") or {}
+        obj = find(t.get("kind"), t.get("name"))
+        if obj is None:
+            check(f"overlay {rel(kdir)}: patch target {t.get('kind')}/{t.get('name')} exists", False, "no such object")
+            continue
+        try:
+            ops = yaml.safe_load(patch.get("patch") or "")
+        except yaml.YAMLError as e:
+            check(f"overlay {rel(kdir)}: patch of {t.get('name')} parses", False, str(e)[:100])
+            continue
+        if not isinstance(ops, list):
+            continue
+        bad = []
+        for op in ops:
+            parts = (op.get("path") or "").strip("/").split("/")
+            if op.get("op") == "replace" and (len(parts) != 2 or parts[1] not in (obj.get(parts[0]) or {})):
+                bad.append(f"{op.get('op')} {op.get('path')}: no such key")
+            if op.get("op") in ("add", "replace") and parts[-1].startswith("SHOAL_") and parts[-1] not in documented:
+                bad.append(f"{parts[-1]} not in README.md")
+        check(f"overlay {rel(kdir)}: patch of {t.get('kind')}/{t.get('name')} fits the base", not bad, "; ".join(bad))
 
 # ------------------------------------------------------------------ yamllint
 
