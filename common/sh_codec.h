@@ -52,6 +52,17 @@ typedef struct {
     } sh_##name##_list_t;
 SH_RECORD_LIST(SH_GEN_RECORD_TYPES)
 
+/*  Copy the fields of record `name` (e.g. item) from src to dst, where
+    either may be any message whose fields include the record's by name
+    (an op reply built with SH_FIELDS_item(F) and more, say).  */
+#define SH_GEN_COPY_FIELD(kind, name, max) sh_copy_dst_->name = sh_copy_src_->name;
+#define SH_RECORD_COPY(FIELDS, dst, src)      \
+    do {                                      \
+        __typeof__(dst) sh_copy_dst_ = (dst); \
+        __typeof__(src) sh_copy_src_ = (src); \
+        FIELDS(SH_GEN_COPY_FIELD)             \
+    } while (0)
+
 #define SH_GEN_STATE_ENUM(name, value, word) SH_MEMBER_##name = value,
 typedef enum { SH_MEMBER_STATES(SH_GEN_STATE_ENUM) } sh_member_state_t;
 #define SH_GEN_CHANGE_ENUM(name, value, word) SH_CHANGE_##name = value,

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sh_config.h"
 #include "sh_loop.h"
 #include "sh_metrics.h"
 
@@ -42,6 +43,28 @@ typedef struct {
     int64_t max_pending; /* calls waiting for Redis at most; more are refused */
     const char *label;   /* value of the metrics label backend="..." */
 } sh_redis_config_t;
+
+/*  The Redis settings of a service: embed as member `redis` of its config
+    struct and list SH_REDIS_SETTINGS in its settings table.  */
+typedef struct {
+    char *host;
+    int64_t port;
+    char *password;
+    int64_t db;
+    char *prefix;
+    int64_t timeout_ms;
+} sh_redis_settings_t;
+
+#define SH_REDIS_SETTINGS(timeout_default, timeout_help)                                  \
+    SH_SETTING(STR, "redis_host", redis.host, "127.0.0.1", 0, 255, "Redis host"),         \
+        SH_SETTING(INT, "redis_port", redis.port, "6379", 1, 65535, "Redis port"),        \
+        SH_SETTING(STR, "redis_password", redis.password, "", 0, 255,                     \
+                   "Redis AUTH password (empty: none)"),                                  \
+        SH_SETTING(INT, "redis_db", redis.db, "0", 0, 255, "Redis database number"),      \
+        SH_SETTING(STR, "redis_prefix", redis.prefix, "shoal:", 0, 64,                    \
+                   "prefix of every Redis key"),                                          \
+        SH_SETTING(INT, "redis_timeout_ms", redis.timeout_ms, timeout_default, 10, 60000, \
+                   timeout_help)
 
 /*  status is SH_STATUS_OK with a reply (which may be an ERROR reply), or
     SH_STATUS_UNAVAILABLE with reply NULL (down, refused, timed out).  */

@@ -82,32 +82,28 @@ static void s_request_free(sh_request_t **request_p)
     *request_p = NULL;
 }
 
-void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t status,
-                      const char *error, const void *body)
+/*  The reply envelope of a request.  */
+static void s_reply_env(const sh_service_t *self, const sh_request_t *request, uint64_t status,
+                        const char *error, sh_envelope_t *env)
+{
+    memset(env, 0, sizeof *env);
+    env->version = SH_PROTO_VERSION;
+    env->kind = SH_KIND_REPLY;
+    env->type = request->env.type;
+    env->request_id = request->env.request_id;
+    env->traceparent = request->env.traceparent;
+    env->status = status;
+    env->error = sh_str(error);
+    if (env->error.len > SH_ERROR_MAX)
+        env->error.len = SH_ERROR_MAX;
+    env->instance = sh_str(self->instance);
+}
+
+/*  After a reply was sent (sent: 0) or not: count it and free the request.  */
+static void s_replied(sh_service_t *self, sh_request_t **request_p, uint64_t status, int sent)
 {
     sh_request_t *request = *request_p;
-    if (!request)
-        return;
-    const sh_codec_t *codec = request->op ? request->op->reply : &sh_ping_req_codec;
-    _Alignas(max_align_t) char empty[1024] = {0};
-    if (!body) {
-        if (codec->size > sizeof empty)
-            codec = &sh_ping_req_codec;
-        body = empty;
-    }
-    sh_envelope_t env = {0};
-    env.version = SH_PROTO_VERSION;
-    env.kind = SH_KIND_REPLY;
-    env.type = request->env.type;
-    env.request_id = request->env.request_id;
-    env.traceparent = request->env.traceparent;
-    env.status = status;
-    env.error = sh_str(error);
-    if (env.error.len > SH_ERROR_MAX)
-        env.error.len = SH_ERROR_MAX;
-    env.instance = sh_str(self->instance);
-    if (sh_transport_send(self->router, &request->frames.frames[0], &env, codec, body, NULL, NULL,
-                          0)) {
+    if (sent) {
         /*  the caller vanished (EHOSTUNREACH) or is not reading (EAGAIN)  */
         sh_log(SH_LOG_WARN, request->rid, "reply dropped: %s", zmq_strerror(errno));
         (*sh_metrics_counter(self->metrics, "shoal_replies_dropped_total",
@@ -126,10 +122,43 @@ void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t sta
             (*sh_metrics_counter(self->metrics, "shoal_request_errors_total",
                                  "Requests answered with an error status", labels))++;
         }
-    }
-    if (request->op)
         self->in_flight--;
+    }
     s_request_free(request_p);
+}
+
+void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t status,
+                      const char *error, const void *body)
+{
+    sh_request_t *request = *request_p;
+    if (!request)
+        return;
+    const sh_codec_t *codec = request->op ? request->op->reply : &sh_ping_req_codec;
+    _Alignas(max_align_t) char empty[1024] = {0};
+    if (!body) {
+        if (codec->size > sizeof empty)
+            codec = &sh_ping_req_codec;
+        body = empty;
+    }
+    sh_envelope_t env;
+    s_reply_env(self, request, status, error, &env);
+    int rc = sh_transport_send(self->router, &request->frames.frames[0], &env, codec, body, NULL,
+                               NULL, 0);
+    s_replied(self, request_p, status, rc);
+}
+
+void sh_service_reply_encoded(sh_service_t *self, sh_request_t **request_p, const void *body,
+                              size_t len)
+{
+    sh_request_t *request = *request_p;
+    if (!request)
+        return;
+    sh_envelope_t env;
+    s_reply_env(self, request, SH_STATUS_OK, NULL, &env);
+    zmq_msg_t *identity = &request->frames.frames[0];
+    int rc = sh_transport_send_encoded(self->router, zmq_msg_data(identity), zmq_msg_size(identity),
+                                       &env, body, len);
+    s_replied(self, request_p, SH_STATUS_OK, rc);
 }
 
 int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback)

@@ -60,6 +60,11 @@ int sh_service_handle(sh_service_t *self, uint64_t type, sh_handler_fn *fn, void
 void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t status,
                       const char *error, const void *body);
 
+/*  Send an OK reply whose body is already encoded (len bytes of the op's
+    reply, e.g. kept in a cache) and free the request (*request_p nulled).  */
+void sh_service_reply_encoded(sh_service_t *self, sh_request_t **request_p, const void *body,
+                              size_t len);
+
 /*  Milliseconds until the request's deadline (at least 1; a request with
     no deadline gets `fallback`).  */
 int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback);

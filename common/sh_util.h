@@ -51,6 +51,11 @@ int sh_parse_int(const char *text, int64_t min, int64_t max, int64_t *out);
     learns nothing from the clock but the length, which is public.  */
 bool sh_secret_eq(const void *a, size_t alen, const void *b, size_t blen);
 
+/*  Decode one UTF-8 character at p (avail bytes): its code point into *cp
+    and its length (1..4), or 0 when the bytes are not strict UTF-8
+    (overlong forms, surrogates, past U+10FFFF, cut short).  */
+size_t sh_utf8_decode(const unsigned char *p, size_t avail, uint32_t *cp);
+
 /*  Current resident set size of this process in bytes (0 if unknown).  */
 uint64_t sh_process_rss(void);
 

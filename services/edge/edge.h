@@ -142,6 +142,15 @@ void edge_http_await(edge_conn_t *conn, sh_pool_t *pool, uint64_t handle);
 /*  Remember the worker job a connection waits for (detached if it closes).  */
 void edge_http_await_job(edge_conn_t *conn, edge_job_t *job);
 
+/*  --- edge_json.c ---  */
+/*  Append text (len bytes of UTF-8) as a quoted, escaped JSON string.
+    Returns 0, or -1 when text is not UTF-8 or memory ran out.  */
+int edge_json_str(sh_buf_t *buf, const char *text, size_t len);
+/*  Append an item as a JSON object: id, title, body (or, unless whole,
+    "excerpt"), author, author_id, created_at, and views when whole.
+    Returns 0 or -1.  */
+int edge_json_item(sh_buf_t *buf, const sh_item_t *item, bool whole);
+
 /*  --- edge_api.c ---  */
 struct json_t; /* jansson's; only edge_api.c and edge_board.c see inside */
 
@@ -162,6 +171,10 @@ void edge_api_method_not_allowed(edge_t *edge, edge_req_t *req, const char *allo
 void edge_api_call_error(edge_t *edge, edge_req_t *req, const sh_reply_t *reply);
 /*  Reply with JSON body (taken: freed here; NULL answers 500) and up to
     EDGE_RESP_HEADERS - 1 extra headers (names NULL-ended, may be NULL).  */
+/*  Reply with JSON text already written (NULL text: a 500, as when a
+    reply could not be built); names/values as for edge_api_json.  */
+void edge_api_json_text(edge_req_t *req, int status, const char *text, size_t len,
+                        const char **names, const char **values);
 void edge_api_json(edge_req_t *req, int status, struct json_t *body, const char **names,
                    const char **values);
 /*  True when a state-changing request comes from our own pages: no

@@ -18,25 +18,31 @@
 
 #define EDGE_INTERNAL_JSON "{\"error\":{\"code\":\"internal\",\"message\":\"reply not encodable\"}}"
 
-void edge_api_json(edge_req_t *req, int status, json_t *body, const char **names,
-                   const char **values)
+void edge_api_json_text(edge_req_t *req, int status, const char *text, size_t len,
+                        const char **names, const char **values)
 {
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
     if (!text) {
-        /*  a reply jansson would not build (out of memory, text that is
+        /*  a reply that could not be built (out of memory, text that is
             not UTF-8 from a service): say so rather than send half  */
         static const char internal[] = EDGE_INTERNAL_JSON;
         edge_resp_t resp = {500, NULL, internal, sizeof internal - 1, {NULL}, {NULL}};
         edge_http_respond(req->conn, &resp);
         return;
     }
-    edge_resp_t resp = {status, "application/json", text, strlen(text), {NULL}, {NULL}};
+    edge_resp_t resp = {status, "application/json", text, len, {NULL}, {NULL}};
     for (int i = 0; names && names[i] && i < EDGE_RESP_HEADERS - 1; i++) {
         resp.header_names[i] = names[i];
         resp.header_values[i] = values[i];
     }
     edge_http_respond(req->conn, &resp);
+}
+
+void edge_api_json(edge_req_t *req, int status, json_t *body, const char **names,
+                   const char **values)
+{
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    edge_api_json_text(req, status, text, text ? strlen(text) : 0, names, values);
     free(text);
 }
 

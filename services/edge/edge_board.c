@@ -100,6 +100,19 @@ static void s_answer(s_flow_t *flow, int status, json_t *body, const char **name
     s_end(flow);
 }
 
+/*  Answer JSON text written into buf (freed here; an error in writing it
+    gives a 500), and end the flow.  */
+static void s_answer_text(s_flow_t *flow, int status, sh_buf_t *buf, int rc, const char **names,
+                          const char **values)
+{
+    if (flow->link.conn) {
+        edge_req_t req = s_req(flow);
+        edge_api_json_text(&req, status, rc == 0 ? buf->data : NULL, buf->len, names, values);
+    }
+    sh_buf_free(buf);
+    s_end(flow);
+}
+
 /*  Answer a bodiless 204 with one optional header, and end the flow.  */
 static void s_answer_empty(s_flow_t *flow, const char *name, const char *value)
 {
@@ -243,36 +256,15 @@ static void s_fail_bad(s_flow_t *flow)
 
 /*  --- JSON of replies -----------------------------------------------------------  */
 
-static int s_set_text(json_t *obj, const char *key, sh_str_t text)
+/*  Answer {"item": {...}}: the whole item, and end the flow.  */
+static void s_answer_item(s_flow_t *flow, int status, const sh_item_t *item, const char **names,
+                          const char **values)
 {
-    /*  json_stringn refuses text that is not UTF-8: set_new then fails  */
-    return json_object_set_new(obj, key, json_stringn(text.ptr ? text.ptr : "", text.len));
-}
-
-static int s_set_int(json_t *obj, const char *key, int64_t value)
-{
-    return json_object_set_new(obj, key, json_integer((json_int_t)value));
-}
-
-/*  An item as browsers see it: whole (body, views) or as a list entry
-    (excerpt). Returns NULL when a field cannot be encoded.  */
-static json_t *s_item_json(const sh_item_t *item, bool whole)
-{
-    json_t *obj = json_object();
-    int rc = obj ? 0 : -1;
-    rc |= s_set_int(obj, "id", (int64_t)item->id);
-    rc |= s_set_text(obj, "title", item->title);
-    rc |= s_set_text(obj, whole ? "body" : "excerpt", item->body);
-    rc |= s_set_text(obj, "author", item->author);
-    rc |= s_set_int(obj, "author_id", (int64_t)item->author_id);
-    rc |= s_set_int(obj, "created_at", item->created_at);
-    if (whole)
-        rc |= s_set_int(obj, "views", (int64_t)item->views);
-    if (rc) {
-        json_decref(obj);
-        return NULL;
-    }
-    return obj;
+    sh_buf_t buf = {0};
+    int rc = sh_buf_append(&buf, "{\"item\":", 8);
+    rc |= edge_json_item(&buf, item, true);
+    rc |= sh_buf_append(&buf, "}", 1);
+    s_answer_text(flow, status, &buf, rc, names, values);
 }
 
 /*  {"user": {"id", "username"}, "csrf_token"} of a logged-in session.  */
@@ -549,20 +541,24 @@ static void s_on_list(s_flow_t *flow, const sh_reply_t *reply)
         return;
     }
     const sh_item_list_rep_t *rep = reply->body;
-    json_t *items = json_array();
-    int rc = items ? 0 : -1;
-    for (uint32_t i = 0; i < rep->items.count && rc == 0; i++)
-        rc = json_array_append_new(items, s_item_json(&rep->items.items[i], false));
-    char cursor[24];
-    snprintf(cursor, sizeof cursor, "%llu", (unsigned long long)rep->next_cursor);
-    json_t *body = rc ? NULL
-                      : json_pack("{s:o, s:o}", "items", items, "next_cursor",
-                                  rep->next_cursor ? json_string(cursor) : json_null());
-    if (rc)
-        json_decref(items);
+    sh_buf_t buf = {0};
+    int rc = sh_buf_append(&buf, "{\"items\":[", 10);
+    for (uint32_t i = 0; i < rep->items.count && rc == 0; i++) {
+        if (i)
+            rc |= sh_buf_append(&buf, ",", 1);
+        rc |= edge_json_item(&buf, &rep->items.items[i], false);
+    }
+    /*  the cursor is a string: opaque to clients, whatever it holds later  */
+    if (rep->next_cursor)
+        rc |= sh_buf_printf(&buf, "],\"next_cursor\":\"%llu\"}",
+                            (unsigned long long)rep->next_cursor) < 0
+                  ? -1
+                  : 0;
+    else
+        rc |= sh_buf_append(&buf, "],\"next_cursor\":null}", 21);
     const char *source = s_read_source(rep->source);
     const char *names[2] = {source ? "x-shoal-read:" : NULL, NULL}, *values[2] = {source, NULL};
-    s_answer(flow, 200, body, names, values);
+    s_answer_text(flow, 200, &buf, rc, names, values);
 }
 
 /*  GET /api/items?q=&cursor=&limit=  */
@@ -608,18 +604,12 @@ static void s_on_created(s_flow_t *flow, const sh_reply_t *reply)
         return;
     }
     const sh_item_create_rep_t *rep = reply->body;
-    sh_item_t item = {.id = rep->id,
-                      .author_id = rep->author_id,
-                      .author = rep->author,
-                      .title = rep->title,
-                      .body = rep->body,
-                      .created_at = rep->created_at,
-                      .views = rep->views};
-    json_t *obj = s_item_json(&item, true);
     char cookie[S_COOKIE_TEXT_MAX];
     bool with_cookie = s_lsn_cookie(flow, rep->lsn, cookie, sizeof cookie);
     const char *names[2] = {with_cookie ? "set-cookie:" : NULL, NULL}, *values[2] = {cookie, NULL};
-    s_answer(flow, 201, obj ? json_pack("{s:o}", "item", obj) : NULL, names, values);
+    sh_item_t item;
+    SH_RECORD_COPY(SH_FIELDS_item, &item, rep);
+    s_answer_item(flow, 201, &item, names, values);
 }
 
 static void s_item_create(s_flow_t *flow)
@@ -670,17 +660,11 @@ static void s_on_item(s_flow_t *flow, const sh_reply_t *reply)
         return;
     }
     const sh_item_get_rep_t *rep = reply->body;
-    sh_item_t item = {.id = rep->id,
-                      .author_id = rep->author_id,
-                      .author = rep->author,
-                      .title = rep->title,
-                      .body = rep->body,
-                      .created_at = rep->created_at,
-                      .views = rep->views};
-    json_t *obj = s_item_json(&item, true);
     const char *source = s_read_source(rep->source);
     const char *names[2] = {source ? "x-shoal-read:" : NULL, NULL}, *values[2] = {source, NULL};
-    s_answer(flow, 200, obj ? json_pack("{s:o}", "item", obj) : NULL, names, values);
+    sh_item_t item;
+    SH_RECORD_COPY(SH_FIELDS_item, &item, rep);
+    s_answer_item(flow, 200, &item, names, values);
 }
 
 static void s_on_deleted(s_flow_t *flow, const sh_reply_t *reply)

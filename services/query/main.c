@@ -13,6 +13,7 @@
 #include "query_migrations.h"
 #include "query_server.h"
 #include "sh_log.h"
+#include "sh_redis.h"
 #include "sh_service.h"
 
 typedef struct {
@@ -27,12 +28,7 @@ typedef struct {
     int64_t replica_max_lag_ms;
     bool migrate;
     int64_t migrate_wait_ms;
-    char *redis_host;
-    int64_t redis_port;
-    char *redis_password;
-    int64_t redis_db;
-    char *redis_prefix;
-    int64_t redis_timeout_ms;
+    sh_redis_settings_t redis;
     int64_t cache_ttl_ms;
     int64_t argon2_ops;
     int64_t argon2_mem_kib;
@@ -60,15 +56,7 @@ static const sh_setting_t s_settings[] = {
                "apply pending schema migrations at start (under an advisory lock)"),
     SH_SETTING(INT, "migrate_wait_ms", migrate_wait_ms, "60000", 0, 3600000,
                "how long to wait at start for the primary before giving up"),
-    SH_SETTING(STR, "redis_host", redis_host, "127.0.0.1", 0, 255,
-               "Redis host of the read cache and view counters"),
-    SH_SETTING(INT, "redis_port", redis_port, "6379", 1, 65535, "Redis port"),
-    SH_SETTING(STR, "redis_password", redis_password, "", 0, 255,
-               "Redis AUTH password (empty: none)"),
-    SH_SETTING(INT, "redis_db", redis_db, "0", 0, 255, "Redis database number"),
-    SH_SETTING(STR, "redis_prefix", redis_prefix, "shoal:", 0, 64, "prefix of every Redis key"),
-    SH_SETTING(INT, "redis_timeout_ms", redis_timeout_ms, "200", 10, 60000,
-               "deadline of one cache call (a slow cache counts as a miss)"),
+    SH_REDIS_SETTINGS("200", "deadline of one cache call (a slow cache counts as a miss)"),
     SH_SETTING(INT, "cache_ttl_ms", cache_ttl_ms, "60000", 100, 86400000,
                "lifetime of a cached read"),
     SH_SETTING(INT, "argon2_ops", argon2_ops, "2", 1, 100, "Argon2id passes over memory"),
@@ -92,9 +80,9 @@ static int s_serve(query_config_t *config)
         config->pg_max_pending,
     };
     query_cache_config_t cache_config = {
-        config->redis_host,       (int)config->redis_port, config->redis_password,
-        (int)config->redis_db,    config->redis_prefix,    config->cache_ttl_ms,
-        config->redis_timeout_ms,
+        config->redis.host,       (int)config->redis.port, config->redis.password,
+        (int)config->redis.db,    config->redis.prefix,    config->cache_ttl_ms,
+        config->redis.timeout_ms,
     };
     query_server_config_t server_config = {(uint64_t)config->argon2_ops,
                                            (uint64_t)config->argon2_mem_kib};

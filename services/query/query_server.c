@@ -79,6 +79,22 @@ static void s_num(char out[S_NUM_MAX], uint64_t v)
     snprintf(out, S_NUM_MAX, "%llu", (unsigned long long)v);
 }
 
+/*  True when the outcome is one row; else the call was answered: the
+    outcome's failure, or `status` with `error` when there is no row.  */
+static bool s_one_row(s_call_t *call, const query_outcome_t *out, uint64_t status,
+                      const char *error)
+{
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return false;
+    }
+    if (query_rows_count(out->rows) != 1) {
+        s_reply(call, status, error, NULL);
+        return false;
+    }
+    return true;
+}
+
 /*  --- validation -------------------------------------------------------------  */
 
 const char *query_text_problem(const char *text, size_t len, size_t min, size_t max, bool multiline)
@@ -86,23 +102,9 @@ const char *query_text_problem(const char *text, size_t len, size_t min, size_t 
     size_t chars = 0;
     const unsigned char *p = (const unsigned char *)text, *end = p + len;
     while (p < end) {
-        unsigned c = *p;
-        size_t n = c < 0x80             ? 1
-                   : (c & 0xE0) == 0xC0 ? 2
-                   : (c & 0xF0) == 0xE0 ? 3
-                   : (c & 0xF8) == 0xF0 ? 4
-                                        : 0;
-        if (n == 0 || (size_t)(end - p) < n)
-            return "is not valid UTF-8";
-        uint32_t cp = n == 1 ? c : n == 2 ? c & 0x1F : n == 3 ? c & 0x0F : c & 0x07;
-        for (size_t i = 1; i < n; i++) {
-            if ((p[i] & 0xC0) != 0x80)
-                return "is not valid UTF-8";
-            cp = (cp << 6) | (p[i] & 0x3F);
-        }
-        /*  overlong forms, surrogates and code points past Unicode  */
-        static const uint32_t least[5] = {0, 0, 0x80, 0x800, 0x10000};
-        if (cp < least[n] || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+        uint32_t cp;
+        size_t n = sh_utf8_decode(p, (size_t)(end - p), &cp);
+        if (n == 0)
             return "is not valid UTF-8";
         bool allowed_ws = multiline && (cp == '\n' || cp == '\r' || cp == '\t');
         if ((cp < 0x20 || cp == 0x7F || (cp >= 0x80 && cp < 0xA0)) && !allowed_ws)
@@ -178,11 +180,7 @@ static void s_user_reply(s_call_t *call, const query_rows_t *rows)
 static void s_on_user_created(void *arg, const query_outcome_t *out)
 {
     s_call_t *call = arg;
-    if (out->status != SH_STATUS_OK)
-        s_reply(call, out->status, out->error, NULL);
-    else if (query_rows_count(out->rows) == 0)
-        s_reply(call, SH_STATUS_CONFLICT, "username is taken", NULL);
-    else
+    if (s_one_row(call, out, SH_STATUS_CONFLICT, "username is taken"))
         s_user_reply(call, out->rows);
 }
 
@@ -305,21 +303,15 @@ static void s_item_of(const query_rows_t *rows, int row, sh_item_t *item)
 static void s_on_item_created(void *arg, const query_outcome_t *out)
 {
     s_call_t *call = arg;
-    if (out->status != SH_STATUS_OK) {
-        s_reply(call, out->status, out->error, NULL);
+    /*  no row: the same idempotency key is being applied right now elsewhere  */
+    if (!s_one_row(call, out, SH_STATUS_CONFLICT, "the same request is still in progress"))
         return;
-    }
-    if (query_rows_count(out->rows) != 1) {
-        /*  the same idempotency key is being applied right now elsewhere  */
-        s_reply(call, SH_STATUS_CONFLICT, "the same request is still in progress", NULL);
-        return;
-    }
     sh_item_t item;
     s_item_of(out->rows, 0, &item);
     sh_item_create_rep_t rep;
     memset(&rep, 0, sizeof rep);
-#define S_COPY_ITEM(kind, name, limit) rep.name = item.name;
-    SH_FIELDS_item(S_COPY_ITEM) rep.lsn = out->lsn;
+    SH_RECORD_COPY(SH_FIELDS_item, &rep, &item);
+    rep.lsn = out->lsn;
     query_cache_wrote(call->server->cache, out->lsn, 0);
     s_reply(call, SH_STATUS_OK, NULL, &rep);
 }
@@ -399,19 +391,13 @@ static void s_on_viewed(void *arg, uint64_t views)
 static void s_on_item_read(void *arg, const query_outcome_t *out)
 {
     s_call_t *call = arg;
-    if (out->status != SH_STATUS_OK) {
-        s_reply(call, out->status, out->error, NULL);
+    if (!s_one_row(call, out, SH_STATUS_NOT_FOUND, "no such item"))
         return;
-    }
-    if (query_rows_count(out->rows) != 1) {
-        s_reply(call, SH_STATUS_NOT_FOUND, "no such item", NULL);
-        return;
-    }
     sh_item_get_rep_t rep;
     memset(&rep, 0, sizeof rep);
     sh_item_t item;
     s_item_of(out->rows, 0, &item);
-    SH_FIELDS_item(S_COPY_ITEM);
+    SH_RECORD_COPY(SH_FIELDS_item, &rep, &item);
     s_fill_t *fill = calloc(1, sizeof *fill);
     if (!fill) {
         s_get_reply(call, &rep, 0, out->source);
@@ -477,14 +463,16 @@ static void s_on_list_read(void *arg, const query_outcome_t *out)
         s_item_of(out->rows, i, &rep.items.items[rep.items.count++]);
     if ((uint64_t)rows > call->limit && rep.items.count > 0)
         rep.next_cursor = rep.items.items[rep.items.count - 1].id;
-    rep.source = sh_str(out->source);
     if (call->cacheable && out->seen_lsn) {
+        /*  stored as the reply a hit sends as it is  */
+        rep.source = sh_str("cache");
         msgpack_sbuffer *buf = &call->server->scratch;
         buf->size = 0;
         if (sh_codec_encode(&sh_item_list_rep_codec, &rep, buf) == 0)
             query_cache_list_put(call->server->cache, call->limit, out->seen_lsn, buf->data,
                                  buf->size);
     }
+    rep.source = sh_str(out->source);
     s_reply(call, SH_STATUS_OK, NULL, &rep);
 }
 
@@ -510,12 +498,11 @@ static void s_on_list_cached(void *arg, const query_cache_hit_t *hit)
 {
     s_call_t *call = arg;
     if (hit->hit) {
-        static sh_item_list_rep_t rep;
-        if (sh_codec_decode(&sh_item_list_rep_codec, &rep, hit->blob, hit->len) == 0) {
-            rep.source = sh_str("cache");
-            s_reply(call, SH_STATUS_OK, NULL, &rep);
-            return;
-        }
+        /*  the entry is the encoded reply: sent without decoding (the
+            caller's decoder checks it like any other reply)  */
+        sh_service_reply_encoded(call->server->service, &call->request, hit->blob, hit->len);
+        s_call_free(call);
+        return;
     }
     s_list_read(call, NULL, hit->need);
 }

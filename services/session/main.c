@@ -8,17 +8,13 @@
 #include "session_server.h"
 #include "session_store.h"
 #include "sh_log.h"
+#include "sh_redis.h"
 #include "sh_service.h"
 
 typedef struct {
     sh_base_config_t base;
     char *bind;
-    char *redis_host;
-    int64_t redis_port;
-    char *redis_password;
-    int64_t redis_db;
-    char *redis_prefix;
-    int64_t redis_timeout_ms;
+    sh_redis_settings_t redis;
     int64_t redis_max_pending;
     int64_t session_idle_timeout;
     int64_t session_absolute_timeout;
@@ -30,14 +26,7 @@ static const sh_setting_t s_settings[] = {
     SH_BASE_SETTINGS,
     SH_SETTING(STR, "bind", bind, "tcp://127.0.0.1:7101", 0, 255,
                "ZeroMQ endpoint the request ROUTER binds (port 0 picks a free port)"),
-    SH_SETTING(STR, "redis_host", redis_host, "127.0.0.1", 0, 255, "Redis host"),
-    SH_SETTING(INT, "redis_port", redis_port, "6379", 1, 65535, "Redis port"),
-    SH_SETTING(STR, "redis_password", redis_password, "", 0, 255,
-               "Redis AUTH password (empty: none)"),
-    SH_SETTING(INT, "redis_db", redis_db, "0", 0, 255, "Redis database number"),
-    SH_SETTING(STR, "redis_prefix", redis_prefix, "shoal:", 0, 64, "prefix of every Redis key"),
-    SH_SETTING(INT, "redis_timeout_ms", redis_timeout_ms, "500", 10, 60000,
-               "deadline of one Redis call (capped by the request's own deadline)"),
+    SH_REDIS_SETTINGS("500", "deadline of one Redis call (capped by the request's own deadline)"),
     SH_SETTING(INT, "redis_max_pending", redis_max_pending, "10000", 1, 1000000,
                "Redis calls waiting for a reply at most; more get 503"),
     SH_SETTING(INT, "session_idle_timeout", session_idle_timeout, "1800", 1, 31536000,
@@ -65,12 +54,12 @@ int main(int argc, char **argv)
         return 1;
     }
     session_store_config_t store_config = {
-        config.redis_host,
-        (int)config.redis_port,
-        config.redis_password,
-        (int)config.redis_db,
-        config.redis_prefix,
-        config.redis_timeout_ms,
+        config.redis.host,
+        (int)config.redis.port,
+        config.redis.password,
+        (int)config.redis.db,
+        config.redis.prefix,
+        config.redis.timeout_ms,
         config.session_idle_timeout * 1000,
         config.session_absolute_timeout * 1000,
         config.redis_max_pending,
