@@ -12,6 +12,24 @@ export const CHROMIUM_PATH = process.env.SHOAL_CHROMIUM || '/usr/bin/chromium';
 export const STEP_TIMEOUT_MS = Number(process.env.SHOAL_BROWSER_TIMEOUT_MS || 10_000);
 export const TEST_TIMEOUT_MS = 6 * STEP_TIMEOUT_MS;
 
+/** A 0/1 setting; anything else stops the run, so a typo does not quietly change it. */
+function flag(name) {
+  const value = process.env[name] ?? '';
+  if (!['', '0', '1'].includes(value)) throw new Error(`${name} must be 0 or 1, not "${value}"`);
+  return value === '1';
+}
+
+/** Accept a certificate that does not verify (the compose stack's self-signed one):
+ *  only when asked, so a broken certificate fails every other run. */
+export const IGNORE_HTTPS_ERRORS = flag('SHOAL_BROWSER_IGNORE_HTTPS_ERRORS');
+/** Run only the tests that use the stack's real answers; skip those that answer
+ *  calls from inside the browser (page.route, a fake clock). */
+export const SKIP_STUBBED = flag('SHOAL_BROWSER_SKIP_STUBBED');
+/** Options of a test that stubs answers: skipped with SHOAL_BROWSER_SKIP_STUBBED=1. */
+export const STUBBED_TEST = { timeout: TEST_TIMEOUT_MS, skip: SKIP_STUBBED && 'SHOAL_BROWSER_SKIP_STUBBED=1' };
+/** Options of every browser context the tests open. */
+export const CONTEXT_OPTIONS = { ignoreHTTPSErrors: IGNORE_HTTPS_ERRORS };
+
 const CHROMIUM_ARGS = [
   '--headless',
   '--no-sandbox',

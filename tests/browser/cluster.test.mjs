@@ -17,7 +17,9 @@ import {
   CLUSTER_PATH,
   watchForProblems,
   BASE_URL,
+  CONTEXT_OPTIONS,
   STEP_TIMEOUT_MS,
+  STUBBED_TEST,
   TEST_TIMEOUT_MS,
   useBrowser,
 } from './browser.mjs';
@@ -93,7 +95,7 @@ async function saveArtifacts(page, name, data) {
 }
 
 async function openPage(options) {
-  const context = await getBrowser().newContext();
+  const context = await getBrowser().newContext(CONTEXT_OPTIONS);
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const problems = watchForProblems(page, options);
@@ -232,7 +234,7 @@ test(
   },
 );
 
-test('a failed poll shows the status line and keeps the last good table', { timeout: TEST_TIMEOUT_MS }, async () => {
+test('a failed poll shows the status line and keeps the last good table', STUBBED_TEST, async () => {
   const { context, page, problems } = await openPage({ expectedStatus: 503 });
   try {
     await page.goto(new URL('/', BASE_URL).href, { timeout: STEP_TIMEOUT_MS });
@@ -284,7 +286,7 @@ test('a failed poll shows the status line and keeps the last good table', { time
   }
 });
 
-test('an edge without /api/cluster gives a quiet "unavailable" line', { timeout: TEST_TIMEOUT_MS }, async () => {
+test('an edge without /api/cluster gives a quiet "unavailable" line', STUBBED_TEST, async () => {
   const { context, page, problems } = await openPage({ expectedStatus: 404 });
   try {
     await page.route(`**${CLUSTER_PATH}`, (route) =>
@@ -306,7 +308,7 @@ test('an edge without /api/cluster gives a quiet "unavailable" line', { timeout:
   }
 });
 
-test('polling stops while the tab is hidden and resumes when it is shown', { timeout: TEST_TIMEOUT_MS }, async () => {
+test('polling stops while the tab is hidden and resumes when it is shown', STUBBED_TEST, async () => {
   const { context, page, problems } = await openPage();
   try {
     // Fake, paused timers: only the test moves time on, so "no poll for 5 s" needs no

@@ -14,7 +14,9 @@ import {
   assertNoProblems,
   watchForProblems,
   BASE_URL,
+  CONTEXT_OPTIONS,
   STEP_TIMEOUT_MS,
+  STUBBED_TEST,
   TEST_TIMEOUT_MS,
   useBrowser,
 } from './browser.mjs';
@@ -121,7 +123,7 @@ async function sessionCookie(context, page, step) {
 }
 
 test('session counter counts views, survives a reload and can be forgotten', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const context = await getBrowser().newContext();
+  const context = await getBrowser().newContext(CONTEXT_OPTIONS);
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const problems = watchForProblems(page, CLUSTER_ABSENT);
@@ -168,8 +170,8 @@ test('session counter counts views, survives a reload and can be forgotten', { t
   }
 });
 
-test('an error reply is shown in the alert and the last good values stay', { timeout: TEST_TIMEOUT_MS }, async () => {
-  const context = await getBrowser().newContext();
+test('an error reply is shown in the alert and the last good values stay', STUBBED_TEST, async () => {
+  const context = await getBrowser().newContext(CONTEXT_OPTIONS);
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const pageErrors = [];

@@ -6,12 +6,16 @@ podman API socket for docker-compose); standard library only.
 
   stack_test.py --tool podman-compose|docker-compose --project P --compose-file F \\
                 --https-port N --http-port N --stats-port N [--full] [--log FILE]
+                [--browser DIR [--browser-artifacts DIR]]
 
 The stack starts with one query instance (SHOAL_QUERIES=1).
 Without --full (the podman-compose pass): up, ready through HTTPS, counter across both
 edges, cluster lists 2 edges + 2 sessions + 1 query + 2 health, the board through HAProxy
 (signup, login, POST /api/items with X-CSRF-Token and Origin, GET /api/items lists it,
 search finds it), down.
+With --browser DIR (tests/browser), after the board checks: the board's real flow in Chromium,
+DIR/board.test.mjs against https://127.0.0.1:HTTPS_PORT (sign up, post, search, open, delete,
+log out; the self-signed certificate accepted, the stubbed tests skipped).
 With --full (the docker-compose pass) also: HTTP->HTTPS redirect, certificate, cookies,
 front end, image health checks, Redis AOF, Postgres replica streaming, S3 server,
 networks and published ports, scale session 2 -> 4 (new instances serve), the board,
@@ -41,6 +45,8 @@ EDGE_OUT_LIMIT_S = 3.0
 QUERY_KILL_LIMIT_S = 3.0     # reads and writes work again this long after a query kill
 START_QUERIES = 1            # query instances the stack starts with; the full pass scales to 2
 PASSWORD = "container check password"
+HEALTHCHECK_START_S = 60.0   # the longest start period of the images' HEALTHCHECKs (Postgres)
+BROWSER_TIMEOUT_S = 180.0    # the whole browser run; each of its steps has its own limit
 
 TLS = ssl.create_default_context()
 TLS.check_hostname = False
@@ -80,11 +86,11 @@ def note(msg):
 
 # ------------------------------------------------------------------ processes
 
-def run(cmd, timeout=300, env=None, check_rc=False):
+def run(cmd, timeout=300, env=None, check_rc=False, cwd=None):
     log("$ " + " ".join(cmd))
     t0 = time.monotonic()
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout,
-                       env=env, text=True)
+                       env=env, text=True, cwd=cwd)
     log("  rc=%d in %.1fs\n%s" % (p.returncode, time.monotonic() - t0, p.stdout[-6000:]))
     if check_rc and p.returncode != 0:
         raise RuntimeError("%s failed (%d): %s" % (" ".join(cmd), p.returncode, p.stdout[-2000:]))
@@ -320,6 +326,48 @@ def check_board(args, label, user):
         return None
 
 
+def check_browser(args, label):
+    """tests/browser/board.test.mjs in Chromium through HAProxy over HTTPS: a new user signs up,
+    posts, searches, opens the item, deletes it and logs out (Secure cookies, the page's CSP).
+    Only that test: the stubbed ones are skipped. Passes when it ran and passed."""
+    env = dict(os.environ,
+               SHOAL_URL="https://127.0.0.1:%d" % args.https_port,
+               SHOAL_BROWSER_IGNORE_HTTPS_ERRORS="1",   # the stack's self-signed certificate
+               SHOAL_BROWSER_SKIP_STUBBED="1")
+    if args.browser_artifacts:
+        env["SHOAL_ARTIFACTS"] = args.browser_artifacts
+    name = "%s: browser: the board's flow in Chromium over HTTPS (board.test.mjs)" % label
+    if args.browser_artifacts:  # what is there afterwards is from this run
+        for old in ("board.png", "board-list.png", "board-item.png", "board-browser.tap"):
+            try:
+                os.remove(os.path.join(args.browser_artifacts, old))
+            except FileNotFoundError:
+                pass
+    t0 = time.monotonic()
+    try:
+        p = run(["node", "--test", "--test-reporter=tap", "board.test.mjs"], cwd=args.browser,
+                timeout=BROWSER_TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        return check(name, False, "no result in %.0f s" % BROWSER_TIMEOUT_S)
+    except OSError as e:
+        return check(name, False, repr(e))
+    took = time.monotonic() - t0
+    counts = dict(re.findall(r"^# (pass|fail|skipped|cancelled) (\d+)$", p.stdout, re.M))
+    passed, failed = int(counts.get("pass", 0)), int(counts.get("fail", 0))
+    if args.browser_artifacts:
+        with open(os.path.join(args.browser_artifacts, "board-browser.tap"), "w") as f:
+            f.write(p.stdout)
+    ok = p.returncode == 0 and passed == 1 and failed == 0
+    if not ok:
+        for line in p.stdout.splitlines()[-60:]:
+            note("  " + line)
+    where = ", screenshots in %s" % args.browser_artifacts if args.browser_artifacts else ""
+    if ok:
+        figure("%s browser: board flow in Chromium" % label, "%.1f s" % took)
+    return check(name, ok, "exit %d, %d passed, %d failed, %s skipped in %.1f s%s"
+                 % (p.returncode, passed, failed, counts.get("skipped", "0"), took, where))
+
+
 def ready(port):
     status, _ = get_json(port, "/health/ready", timeout=2.0)
     return status == 200
@@ -479,15 +527,25 @@ def check_tls_and_headers(args):
 
 
 def check_images_and_runtime(compose, args):
+    # HAProxy can be ready before the Postgres replica has finished its base backup (reads
+    # go to the primary meanwhile): each container gets its image's start period to pass.
+    t0 = time.monotonic()
     ctrs = compose.containers()
     bad = []
     for ctr in ctrs:
         name = ctr["Names"][0]
-        p = run(["podman", "healthcheck", "run", name], timeout=30)
-        if p.returncode != 0:
-            bad.append("%s: %s" % (name, p.stdout.strip()[-200:]))
+        last = []
+
+        def healthy():
+            p = run(["podman", "healthcheck", "run", name], timeout=30)
+            last[:] = [p.stdout.strip()[-200:]]
+            return p.returncode == 0
+        if not wait_for(healthy, max(0.0, HEALTHCHECK_START_S - (time.monotonic() - t0)) + 1.0, 0.5):
+            bad.append("%s: %s" % (name, last[0] if last else "?"))
     check("image HEALTHCHECK passes in every container (podman healthcheck run)",
-          not bad and len(ctrs) >= 9, "%d containers" % len(ctrs) if not bad else "; ".join(bad))
+          not bad and len(ctrs) >= 9,
+          "%d containers, all within %.1f s" % (len(ctrs), time.monotonic() - t0) if not bad
+          else "; ".join(bad))
 
     users = {}
     for ctr in (compose.containers("edge") + compose.containers("session") + compose.containers("query")
@@ -959,6 +1017,8 @@ def main(argv):
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--log")
     ap.add_argument("--logs-on-failure")
+    ap.add_argument("--browser", help="tests/browser: run board.test.mjs against the stack")
+    ap.add_argument("--browser-artifacts", help="SHOAL_ARTIFACTS of that run (screenshots)")
     args = ap.parse_args(argv)
     if args.log:
         LOG = open(args.log, "a")
@@ -974,6 +1034,8 @@ def main(argv):
                 b = check_board(args, label, user)
                 if b:
                     b.close()
+                if args.browser:
+                    check_browser(args, label)
             else:
                 check_http_redirect(args)
                 check_tls_and_headers(args)
@@ -982,6 +1044,9 @@ def main(argv):
                 b = check_board(args, label, user)
                 if b:
                     b.close()
+                if args.browser:
+                    check_browser(args, label)
+                if b:
                     check_query_scale_kill(compose, args, user)
                 check_kill(compose, args)
     except Exception as e:  # a crash of the harness is a failed check, and the stack still goes

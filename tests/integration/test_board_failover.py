@@ -19,6 +19,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
+import shoal_stack  # noqa: E402
+import subprocess  # noqa: E402
 from shoal_stack import Browser, wait_until  # noqa: E402
 from test_board import BoardCase, nonce  # noqa: E402
 
@@ -300,6 +302,58 @@ class PrimaryDown(BoardCase):
         self.stack.pg_primary.start()
         wait_until(lambda: b.get_item(it["id"]).status == 200, RECOVER_S,
                    "the write to be readable again")
+
+
+class StatementTimeout(BoardCase):
+    """A write stuck behind a lock: statement_timeout comes from the
+    request's deadline, so Postgres itself ends the statement; the service
+    answers at the deadline and its connection serves again."""
+
+    shared = False
+    healths = 0
+    replica = False
+    edge_env = dict(BoardCase.edge_env, SHOAL_REQUEST_TIMEOUT_MS="800")
+    query_env = {"SHOAL_PG_POOL": "1"}
+
+    def test_deadline_becomes_statement_timeout(self):
+        b = self.user("locked")
+        self.item(b, "before the lock")
+        primary = self.stack.pg_primary
+        # a session holds the table's lock for much longer than any deadline
+        holder = subprocess.Popen(
+            [shoal_stack._pg_tool("psql"), "-X", "-q", "-h", "127.0.0.1", "-p", str(primary.port),
+             "-U", shoal_stack.PG_SUPERUSER, "-d", shoal_stack.PG_DB, "-c",
+             "BEGIN; LOCK TABLE items IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(30); COMMIT;"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(lambda: (holder.kill(), holder.wait()))
+        wait_until(lambda: primary.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c "
+                                        "ON c.oid = l.relation WHERE c.relname = 'items' "
+                                        "AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1",
+                   10, "the lock to be held")
+        started = time.monotonic()
+        r = b.create_item("behind the lock")
+        took = time.monotonic() - started
+        print("\n  write behind a lock: %d after %.2f s (request deadline 0.8 s)" % (r.status, took))
+        self.assertIn(r.status, (503, 504), r)
+        self.assertLess(took, 1.5, "the write was not cut at its deadline")
+
+        # Postgres itself cancels the statement (statement_timeout), while the
+        # lock is still held: nothing of ours waits on the lock any more
+        def cancelled():
+            return primary.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+                                "'Lock' AND query LIKE 'WITH ins AS%'") == "0"
+        wait_until(cancelled, 2.0, "the stuck INSERT to be cancelled by statement_timeout")
+        self.assertIsNone(holder.poll(), "the lock holder ended early; the test proves nothing")
+
+        # the same (only) connection serves as soon as the lock is gone, and
+        # the cancelled write left nothing behind
+        primary.psql("SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_class c "
+                     "ON c.oid = l.relation WHERE c.relname = 'items' "
+                     "AND l.mode = 'AccessExclusiveLock' AND l.granted")
+        holder.wait(timeout=10)
+        self.assertEqual(self.count("items", "title = 'behind the lock'"), 0)
+        wait_until(lambda: b.create_item("after the lock").status == 201, 5,
+                   "a write on the same connection after the lock")
 
 
 class Migrations(BoardCase):
