@@ -607,11 +607,14 @@ def _resp_read(f):
     raise RuntimeError("bad RESP line %r" % line)
 
 
-class Session(Process):
-    """shoal-session bound to tcp://127.0.0.1:<port> (the port is kept
-    across restarts)."""
+class ZmqService(Process):
+    """A Shoal service binary bound to tcp://127.0.0.1:<port> (the port is
+    kept across restarts), with Redis at redis_port if given. Subclasses
+    name the binary and add their settings in _settings()."""
 
-    def __init__(self, name, redis_port, workdir, port=None, env=None):
+    binary = None
+
+    def __init__(self, name, workdir, redis_port=None, port=None, env=None):
         super().__init__(name, workdir)
         self.redis_port = redis_port
         self.port = port or free_port()
@@ -622,16 +625,18 @@ class Session(Process):
         return "tcp://%s:%d" % (LOOPBACK, self.port)
 
     def argv(self):
-        return [os.path.join(BIN_DIR, "shoal-session")]
+        return [os.path.join(BIN_DIR, self.binary)]
+
+    def _settings(self):
+        return {}
 
     def environment(self):
         env = dict(os.environ)
-        env.update({
-            "SHOAL_BIND": self.endpoint,
-            "SHOAL_REDIS_HOST": LOOPBACK,
-            "SHOAL_REDIS_PORT": str(self.redis_port),
-            "SHOAL_INSTANCE": self.name,
-        })
+        env.update({"SHOAL_BIND": self.endpoint, "SHOAL_INSTANCE": self.name})
+        if self.redis_port:
+            env["SHOAL_REDIS_HOST"] = LOOPBACK
+            env["SHOAL_REDIS_PORT"] = str(self.redis_port)
+        env.update(self._settings())
         env.update(self.extra_env)
         return env
 
@@ -640,6 +645,15 @@ class Session(Process):
             self._check_running()
             return port_open(self.port)
         wait_until(listening, timeout, "%s to listen on %s" % (self.name, self.endpoint))
+
+
+class Session(ZmqService):
+    """shoal-session on its Redis."""
+
+    binary = "shoal-session"
+
+    def __init__(self, name, redis_port, workdir, port=None, env=None):
+        super().__init__(name, workdir, redis_port=redis_port, port=port, env=env)
 
 
 class Health(Process):
@@ -872,45 +886,21 @@ class PostgresReplica(Postgres):
             retry_on=RETRYABLE + (PsqlError,))
 
 
-class Query(Process):
-    """shoal-query bound to tcp://127.0.0.1:<port> (kept across restarts),
-    talking to the Postgres primary (and replica, if any) and Redis."""
+class Query(ZmqService):
+    """shoal-query talking to the Postgres primary (and replica, if any)
+    and Redis."""
+
+    binary = "shoal-query"
 
     def __init__(self, name, workdir, primary, replica=None, redis_port=None, port=None,
                  env=None):
-        super().__init__(name, workdir)
+        super().__init__(name, workdir, redis_port=redis_port, port=port, env=env)
         self.primary = primary
         self.replica = replica
-        self.redis_port = redis_port
-        self.port = port or free_port()
-        self.extra_env = dict(env or {})
 
-    @property
-    def endpoint(self):
-        return "tcp://%s:%d" % (LOOPBACK, self.port)
-
-    def argv(self):
-        return [os.path.join(BIN_DIR, "shoal-query")]
-
-    def environment(self):
-        env = dict(os.environ)
-        env.update({
-            "SHOAL_BIND": self.endpoint,
-            "SHOAL_INSTANCE": self.name,
-            "SHOAL_PG_PRIMARY": self.primary.conninfo(),
-            "SHOAL_PG_REPLICA": self.replica.conninfo() if self.replica else "",
-        })
-        if self.redis_port:
-            env["SHOAL_REDIS_HOST"] = LOOPBACK
-            env["SHOAL_REDIS_PORT"] = str(self.redis_port)
-        env.update(self.extra_env)
-        return env
-
-    def wait_started(self, timeout):
-        def listening():
-            self._check_running()
-            return port_open(self.port)
-        wait_until(listening, timeout, "%s to listen on %s" % (self.name, self.endpoint))
+    def _settings(self):
+        return {"SHOAL_PG_PRIMARY": self.primary.conninfo(),
+                "SHOAL_PG_REPLICA": self.replica.conninfo() if self.replica else ""}
 
     def migrate(self, timeout=60):
         """Run `shoal-query migrate` with this instance's settings; return
