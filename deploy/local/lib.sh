@@ -2,7 +2,7 @@
 # deploy/local/lib.sh — what up, scale, supervise, down and status share (sourced, never run).
 #
 # A "piece" is one process of the local stack: redis, pg-primary, pg-replica,
-# health-N, session-N, query-N, edge-N, haproxy, and the supervisor (supervise).
+# s3 (the S3-compatible test server), health-N, session-N, query-N, edge-N, haproxy, and the supervisor (supervise).
 # For each piece the run dir holds:
 #   pids/<piece>.pid         its PID (one line)
 #   pids/<piece>.start       its start time from /proc/<pid>/stat, so that a reused
@@ -100,7 +100,7 @@ forget_piece() { rm -f "$PID_DIR/$1.pid" "$PID_DIR/$1.start" "$PID_DIR/$1.addr";
 forget_spec() { rm -f "$SPEC_DIR/$1.cmd" "$SPEC_DIR/$1.env" "$SPEC_DIR/$1.restarts"; }
 
 # recorded_pieces: every piece with a pid file or a spec, in start order (Postgres
-# primary and replica, redis, healths, sessions, other services such as query-N,
+# primary and replica, redis, s3, healths, sessions, other services such as query-N,
 # edges, haproxy, haproxy-old-PID, supervise); stop in the reverse order (the
 # replica before the primary, every service before the stores it uses).
 recorded_pieces() {
@@ -110,7 +110,7 @@ recorded_pieces() {
     n=${f##*/}
     n=${n%.*}
     case $n in
-      pg-primary|pg-replica|redis) printf '0 %s\n' "$n" ;;
+      pg-primary|pg-replica|redis|s3) printf '0 %s\n' "$n" ;;
       health-*) printf '1 %s\n' "$n" ;;
       session-*) printf '2 %s\n' "$n" ;;
       edge-*) printf '4 %s\n' "$n" ;;
@@ -181,6 +181,9 @@ SETTINGS=(
   "PG_DB|SHOAL_PG_DB|shoal|name"
   "PG_USER|SHOAL_PG_USER|shoal|name"
   "PG_BIN_DIR|SHOAL_PG_BIN_DIR|$(pg_default_bin_dir)|dir"
+  "S3_PORT|SHOAL_S3_PORT|9300|port"
+  "S3_BUCKET|SHOAL_S3_BUCKET|shoal-uploads|bucket"
+  "S3_ACCESS_KEY|SHOAL_S3_ACCESS_KEY|S3RVER|key"
   "HEARTBEAT_MS|SHOAL_HEARTBEAT_MS|300|ms"
   "STATIC_DISCOVERY|SHOAL_STATIC_DISCOVERY|0|flag"
   "BIN_DIR|SHOAL_BIN_DIR|$SHOAL_REPO/build/bin|dir"
@@ -232,10 +235,17 @@ load_settings() {
       name) [[ $val =~ ^[a-z_][a-z0-9_]{0,62}$ ]] || die "$var must be a lower-case SQL name ([a-z_][a-z0-9_]*), not '$val'" ;;
       flag) [[ $val == [01] ]] || die "$var must be 0 or 1, not '$val'" ;;
       dir) [[ $val != *[=$'\n']* ]] || die "$var must not contain '=' or a newline: $val" ;;
+      bucket) [[ $val =~ ^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$ && $val != *..* ]] \
+                || die "$var must be an S3 bucket name (3-63 of a-z 0-9 . -), not '$val'" ;;
+      key) [[ $val =~ ^[A-Za-z0-9_.+/=-]{1,128}$ ]] || die "$var must be 1-128 of A-Z a-z 0-9 _ . + / = -" ;;
     esac
     [ "$kind" = ms ] && [ "$val" -lt 1 ] && die "$var must be at least 1"
     printf -v "$key" '%s' "$val"
   done
+  # The secret is no setting recorded in stack.conf (which is world-readable); the S3
+  # piece's spec (pieces/s3.env, mode 600) keeps it for the supervisor's restarts.
+  S3_SECRET_KEY=${SHOAL_S3_SECRET_KEY:-S3RVER}
+  [[ $S3_SECRET_KEY =~ ^[A-Za-z0-9_.+/=-]{1,128}$ ]] || die "SHOAL_S3_SECRET_KEY must be 1-128 of A-Z a-z 0-9 _ . + / = -"
   is_uint "$WAIT" || die "SHOAL_WAIT must be a whole number of seconds, not '$WAIT'"
   is_uint "$STOP_TIMEOUT" || die "SHOAL_STOP_TIMEOUT must be a whole number of seconds, not '$STOP_TIMEOUT'"
 }
@@ -284,11 +294,16 @@ query_endpoints() {
   for ((i = 1; i <= QUERIES; i++)); do out+=${out:+,}tcp://$HOST:$(query_port "$i"); done
   printf '%s\n' "$out"
 }
+# s3_endpoint: the URL of the S3 test server (path-style: <endpoint>/<bucket>/<key>).
+s3_endpoint() { printf 'http://%s:%s\n' "$HOST" "$S3_PORT"; }
+# S3_SERVER: the start script of the S3 piece (s3rver, installed by install-deps).
+S3_SERVER=$SHOAL_LOCAL_DIR/s3/s3-server
+
 # pg_conninfo PORT: the libpq conninfo the query instances use for one server.
 pg_conninfo() { printf 'host=%s port=%s dbname=%s user=%s\n' "$HOST" "$1" "$PG_DB" "$PG_USER"; }
 
 # claim_layout: refuse ephemeral, privileged and shared ports among every port
-# the settings describe (Postgres, and all healths, sessions, query instances and
+# the settings describe (Postgres, S3, and all healths, sessions, query instances and
 # edges at the current counts).
 claim_layout() {
   local i p
@@ -300,6 +315,7 @@ claim_layout() {
   claim_port "$REDIS_PORT" "redis (SHOAL_REDIS_PORT)"
   claim_port "$PG_PORT" "pg-primary (SHOAL_PG_PORT)"
   claim_port "$PG_REPLICA_PORT" "pg-replica (SHOAL_PG_REPLICA_PORT)"
+  claim_port "$S3_PORT" "s3 (SHOAL_S3_PORT)"
   for ((i = 1; i <= HEALTHS; i++)); do
     p=$(health_port "$i")
     claim_port "$p" "health-$i"
@@ -329,6 +345,7 @@ PER_PIECE_VARS=(SHOAL_INSTANCE SHOAL_BIND SHOAL_PUB_BIND SHOAL_ADVERTISE SHOAL_H
   SHOAL_REDIS_HOST SHOAL_REDIS_PORT SHOAL_PG_PRIMARY SHOAL_PG_REPLICA SHOAL_TRUSTED_PROXIES
   SHOAL_PORT SHOAL_EDGES SHOAL_EDGE_PORT SHOAL_SESSIONS SHOAL_SESSION_PORT SHOAL_HEALTHS SHOAL_HEALTH_PORT
   SHOAL_QUERIES SHOAL_QUERY_PORT SHOAL_PG_PORT SHOAL_PG_REPLICA_PORT SHOAL_PG_DB SHOAL_PG_USER SHOAL_PG_BIN_DIR SHOAL_PG_OS_USER
+  SHOAL_S3_PORT SHOAL_S3_BUCKET SHOAL_S3_ACCESS_KEY SHOAL_S3_SECRET_KEY
   SHOAL_STATIC_DISCOVERY SHOAL_SUPERVISE SHOAL_SUPERVISE_INTERVAL_MS SHOAL_RUN_DIR SHOAL_BIN_DIR SHOAL_WAIT
   SHOAL_STOP_TIMEOUT SHOAL_BUILD_TYPE SHOAL_BUILD_JOBS)
 
@@ -355,6 +372,14 @@ define_piece() {
       # The replica's upstream is given here rather than read from postgresql.auto.conf
       # (which pg_basebackup -R wrote), so a changed SHOAL_PG_PORT is followed.
       [ "$name" = pg-replica ] && PIECE_CMD+=(-c "primary_conninfo=host=$HOST port=$PG_PORT user=postgres application_name=shoal-replica") ;;
+    s3)
+      # s3rver behind deploy/local/s3/s3-server: path-style, data in data/s3/<bucket>/.
+      # node is named here (not left to the script's #! line) so that the recorded
+      # command needs no PATH; --openssl-legacy-provider: see the script.
+      PIECE_PORTS=("$S3_PORT") PIECE_ADDR=$(s3_endpoint)/$S3_BUCKET
+      PIECE_SET=(SHOAL_S3_ACCESS_KEY="$S3_ACCESS_KEY" SHOAL_S3_SECRET_KEY="$S3_SECRET_KEY")
+      PIECE_CMD=("$(command -v node)" --openssl-legacy-provider "$S3_SERVER" --address "$HOST"
+                 --port "$S3_PORT" --dir "$DATA_DIR/s3" --bucket "$S3_BUCKET") ;;
     health-*)
       p=$(health_port "$k")
       PIECE_PORTS=("$p" $((p + 1))) PIECE_ADDR=tcp://$HOST:$p,tcp://$HOST:$((p + 1))
@@ -522,6 +547,7 @@ piece_ready() {
     pg-primary) pg_accepting "$PG_PORT" ;;
     pg-replica) pg_accepting "$PG_REPLICA_PORT" && [ "$(pg_sql "$PG_REPLICA_PORT" postgres \
                   'select status from pg_stat_wal_receiver' 2>/dev/null)" = streaming ] ;;
+    s3) http_ok "$PIECE_ADDR?location" ;;
     edge-*) http_ok "$PIECE_ADDR/health/live" ;;
     haproxy) http_ok "$PIECE_ADDR/health/ready" ;;
     *) for p in "${PIECE_PORTS[@]}"; do tcp_open "$p" || return 1; done ;;
@@ -532,6 +558,7 @@ piece_ready_what() {
     redis) echo PONG ;;
     pg-primary) echo "accepting connections" ;;
     pg-replica) echo "streaming from pg-primary" ;;
+    s3) echo "bucket $S3_BUCKET answers" ;;
     edge-*) echo "/health/live 200" ;;
     haproxy) echo "/health/ready 200" ;;
     *) [ ${#PIECE_PORTS[@]} -gt 1 ] && echo "ports ${PIECE_PORTS[*]} open" || echo "port ${PIECE_PORTS[0]} open" ;;

@@ -2,21 +2,24 @@
 
 A Stack is one redis-server (AOF on, in a temp dir), N shoal-session
 instances and M shoal-edge instances, optionally with shoal-health
-registry instances, a Postgres primary + streaming replica and K
-shoal-query instances. Each is a child process whose PID is recorded when
+registry instances, a Postgres primary + streaming replica, K
+shoal-query instances and the S3 test server (S3Server). Each is a child process whose PID is recorded when
 it is started and which is stopped by that PID only. Every process writes
 stdout+stderr to <tmpdir>/<name>.log; `Stack.log_tails()` returns the end
 of every log for failure reports.
 
-Standard library only. Binaries come from $SHOAL_BIN_DIR, default
-<repo>/build/bin; Postgres from $SHOAL_PG_BIN_DIR (default: Debian's
-/usr/lib/postgresql/<newest>/bin, else PATH).
+Standard library only (and curl, which signs the S3 requests). Binaries come
+from $SHOAL_BIN_DIR, default <repo>/build/bin; Postgres from
+$SHOAL_PG_BIN_DIR (default: Debian's /usr/lib/postgresql/<newest>/bin, else
+PATH); the S3 test server from deploy/local/s3 run by $SHOAL_NODE (default:
+node on PATH).
 """
 
 import collections
 import errno
 import glob
 import http.client as httplib
+import io as _io
 import json
 import os
 import random
@@ -27,10 +30,14 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+import xml.etree.ElementTree as _ET
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN_DIR = os.path.abspath(os.environ.get("SHOAL_BIN_DIR") or os.path.join(REPO_ROOT, "build", "bin"))
 REDIS_SERVER = os.environ.get("SHOAL_REDIS_SERVER", "redis-server")
+# The S3 test server (s3rver, installed by deploy/local/install-deps) and its Node.js.
+S3_SERVER = os.path.join(REPO_ROOT, "deploy", "local", "s3", "s3-server")
+NODE = os.environ.get("SHOAL_NODE") or shutil.which("node") or "node"
 
 
 def _pg_bin_dir():
@@ -607,6 +614,248 @@ def _resp_read(f):
     raise RuntimeError("bad RESP line %r" % line)
 
 
+def check_s3_server():
+    """Raise AssertionError unless the S3 test server can run here."""
+    if not shutil.which(NODE):
+        raise AssertionError("node not found (run deploy/local/install-deps, or set SHOAL_NODE)")
+    if not os.path.isdir(os.path.join(os.path.dirname(S3_SERVER), "node_modules", "s3rver")):
+        raise AssertionError("s3rver is not installed in deploy/local/s3 (run "
+                             "deploy/local/install-deps)")
+
+
+class S3Error(RuntimeError):
+    """An S3 request got an answer other than the one the helper expects."""
+
+    def __init__(self, what, reply):
+        super().__init__("%s: HTTP %s %s" % (what, reply.status, reply.body[:400]))
+        self.reply = reply
+
+
+def _xml_strip_ns(root):
+    """Drop the namespaces of every tag (s3rver answers in a misspelt one)."""
+    for el in root.iter():
+        el.tag = el.tag.rsplit("}", 1)[-1]
+    return root
+
+
+class S3Server(Process):
+    """The S3-compatible test server of deploy/local (deploy/local/s3/s3-server:
+    s3rver 3.7.1 plus AbortMultipartUpload, ListMultipartUploads, ListParts,
+    checksum, part and key checks; see deploy/local/s3/README.md) on
+    http://127.0.0.1:<port>, path-style, data in <workdir>/<name>-data. Port and
+    data are kept across stop()/kill() and start(), so a restart finds every
+    object and every unfinished multipart upload again. Requests are signed
+    (SigV4) by curl --aws-sigv4 with the server's key pair."""
+
+    def __init__(self, workdir, port=None, name="s3", bucket="shoal-uploads",
+                 access_key="S3RVER", secret_key="S3RVER", region="us-east-1",
+                 min_part_size=None):
+        super().__init__(name, workdir)
+        self.port = port or free_port()
+        self.data_dir = os.path.join(workdir, name + "-data")
+        self.bucket = bucket
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.region = region
+        self.min_part_size = min_part_size
+
+    @property
+    def endpoint(self):
+        return "http://%s:%d" % (LOOPBACK, self.port)
+
+    def service_env(self):
+        """The SHOAL_S3_* settings a client of this server needs."""
+        return {"SHOAL_S3_ENDPOINT": self.endpoint, "SHOAL_S3_REGION": self.region,
+                "SHOAL_S3_BUCKET": self.bucket, "SHOAL_S3_ACCESS_KEY": self.access_key,
+                "SHOAL_S3_SECRET_KEY": self.secret_key, "SHOAL_S3_PATH_STYLE": "true"}
+
+    def argv(self):
+        cmd = [NODE, "--openssl-legacy-provider", S3_SERVER, "--address", LOOPBACK,
+               "--port", str(self.port), "--dir", self.data_dir, "--bucket", self.bucket]
+        if self.min_part_size is not None:
+            cmd += ["--min-part-size", str(self.min_part_size)]
+        return cmd
+
+    def environment(self):
+        env = dict(os.environ)
+        env.update({"SHOAL_S3_ACCESS_KEY": self.access_key,
+                    "SHOAL_S3_SECRET_KEY": self.secret_key})
+        return env
+
+    def wait_started(self, timeout):
+        def ready():
+            self._check_running()
+            return http(self.port, "GET", "/%s?location" % self.bucket, timeout=1.0).status == 200
+        wait_until(ready, timeout, "%s bucket %s to answer on port %d"
+                   % (self.name, self.bucket, self.port))
+
+    # --- requests
+
+    def path(self, key=None, query=""):
+        """/<bucket>[/<percent-encoded key>][?query]"""
+        p = "/" + self.bucket
+        if key is not None:
+            p += "/" + urllib.parse.quote(key, safe="/-_.~")
+        return p + ("?" + query if query else "")
+
+    def request(self, method, key=None, query="", body=None, headers=None, timeout=10.0,
+                sign=True):
+        """One request to /<bucket>[/<key>][?query], signed by curl --aws-sigv4
+        unless sign=False; `body` is bytes or None; a header given as None is
+        not sent (x-amz-content-sha256 and an empty Expect: are by default).
+        The path goes out as it is (no "/../" folding). Returns a Reply.
+        Raises ConnectionError when nothing answers within `timeout` seconds
+        (server stopped, paused or killed)."""
+        h = {"x-amz-content-sha256": "UNSIGNED-PAYLOAD", "Expect": "", "Content-Type": ""}
+        h.update(headers or {})
+        cmd = ["curl", "-sS", "--path-as-is", "--max-time", "%g" % timeout]
+        if method == "HEAD":
+            cmd += ["-I"]  # headers on stdout, no body awaited
+        else:
+            cmd += ["-X", method, "-D", "-", "-o", "-"]  # headers, then the body
+        if sign:
+            cmd += ["--aws-sigv4", "aws:amz:%s:s3" % self.region,
+                    "--user", "%s:%s" % (self.access_key, self.secret_key)]
+        for k, v in h.items():
+            if v is not None:  # "Name:" with no value: curl sends none of its own
+                cmd += ["-H", "%s:" % k if v == "" else "%s: %s" % (k, v)]
+        if body is not None:
+            cmd += ["--data-binary", "@-"]
+        cmd.append(self.endpoint + self.path(key, query))
+        t0 = time.monotonic()
+        res = subprocess.run(cmd, input=body if body is not None else b"",
+                             capture_output=True, timeout=timeout + 5)
+        if res.returncode in (7, 28, 52, 55, 56):  # connect, timeout, empty, send, recv
+            raise ConnectionError("curl %s %s: exit %d: %s" % (
+                method, self.path(key, query), res.returncode,
+                res.stderr.decode("utf-8", "replace").strip()))
+        if res.returncode != 0:
+            raise RuntimeError("curl %s %s: exit %d: %s" % (
+                method, self.path(key, query), res.returncode,
+                res.stderr.decode("utf-8", "replace").strip()))
+        head, sep, rest = res.stdout.partition(b"\r\n\r\n")
+        status_line, _, header_block = head.partition(b"\r\n")
+        headers_msg = httplib.parse_headers(_io.BytesIO(header_block + b"\r\n\r\n"))
+        reply = Reply(int(status_line.split()[1]), headers_msg, rest if sep else b"")
+        reply.elapsed = time.monotonic() - t0
+        return reply
+
+    def _expect(self, reply, status, what):
+        if reply.status not in ((status,) if isinstance(status, int) else status):
+            raise S3Error(what, reply)
+        return reply
+
+    def _xml(self, reply):
+        return _xml_strip_ns(_ET.fromstring(reply.body))
+
+    # --- objects
+
+    def put_object(self, key, data, headers=None, **kw):
+        """PutObject; returns the Reply (200, ETag) or raises S3Error."""
+        return self._expect(self.request("PUT", key, body=data, headers=headers, **kw), 200,
+                            "PUT %s" % key)
+
+    def get_object(self, key, range=None, headers=None, **kw):
+        """GetObject (with a Range header if given); returns the Reply, whatever its status."""
+        h = dict(headers or {})
+        if range is not None:
+            h["Range"] = range
+        return self.request("GET", key, headers=h, **kw)
+
+    def head_object(self, key, **kw):
+        return self.request("HEAD", key, **kw)
+
+    def delete_object(self, key, **kw):
+        return self._expect(self.request("DELETE", key, **kw), 204, "DELETE %s" % key)
+
+    def list_objects(self, prefix="", page_size=1000):
+        """ListObjectsV2, every page: [{"key", "size", "etag"}] in key order."""
+        out, token = [], None
+        while True:
+            q = [("list-type", "2"), ("prefix", prefix), ("max-keys", str(page_size))]
+            if token:
+                q.append(("continuation-token", token))
+            r = self._expect(self.request("GET", query=urllib.parse.urlencode(
+                q, quote_via=urllib.parse.quote)), 200, "ListObjectsV2")
+            root = self._xml(r)
+            for c in root.findall("Contents"):
+                out.append({"key": c.findtext("Key"), "size": int(c.findtext("Size")),
+                            "etag": c.findtext("ETag").strip('"')})
+            token = root.findtext("NextContinuationToken")
+            if root.findtext("IsTruncated") != "true" or not token:
+                return out
+
+    def keys(self, prefix=""):
+        return [o["key"] for o in self.list_objects(prefix)]
+
+    # --- multipart uploads
+
+    def create_multipart(self, key, headers=None):
+        """CreateMultipartUpload; returns the upload id."""
+        r = self._expect(self.request("POST", key, query="uploads=", headers=headers), 200,
+                         "CreateMultipartUpload %s" % key)
+        return self._xml(r).findtext("UploadId")
+
+    def upload_part(self, key, upload_id, number, data, headers=None):
+        """UploadPart; returns the part's ETag (without quotes)."""
+        r = self._expect(self.request("PUT", key, query="partNumber=%d&uploadId=%s"
+                                      % (number, upload_id), body=data, headers=headers),
+                         200, "UploadPart %s #%d" % (key, number))
+        return r.header("ETag").strip('"')
+
+    @staticmethod
+    def complete_xml(parts):
+        """The CompleteMultipartUpload body for [(number, etag)]."""
+        return ("<CompleteMultipartUpload>%s</CompleteMultipartUpload>" % "".join(
+            "<Part><PartNumber>%d</PartNumber><ETag>\"%s\"</ETag></Part>" % (n, e)
+            for n, e in parts)).encode()
+
+    def complete_multipart(self, key, upload_id, parts):
+        """CompleteMultipartUpload with [(number, etag)]; returns the Reply
+        (200 or an S3 error such as 400 InvalidPart, 404 NoSuchUpload)."""
+        return self.request("POST", key, query="uploadId=" + upload_id,
+                            body=self.complete_xml(parts))
+
+    def abort_multipart(self, key, upload_id):
+        """AbortMultipartUpload; returns the Reply (204, or 404 NoSuchUpload)."""
+        return self.request("DELETE", key, query="uploadId=" + upload_id)
+
+    def list_parts(self, key, upload_id):
+        """ListParts: [{"number", "etag", "size"}]."""
+        r = self._expect(self.request("GET", key, query="uploadId=" + upload_id), 200,
+                         "ListParts %s" % key)
+        return [{"number": int(p.findtext("PartNumber")), "etag": p.findtext("ETag").strip('"'),
+                 "size": int(p.findtext("Size"))} for p in self._xml(r).findall("Part")]
+
+    def list_multipart_uploads(self, prefix=""):
+        """ListMultipartUploads: [{"key", "upload_id", "initiated"}] of every
+        upload neither completed nor aborted, by key."""
+        out, key_marker, id_marker = [], "", ""
+        while True:
+            q = [("uploads", ""), ("prefix", prefix)]
+            if key_marker:
+                q += [("key-marker", key_marker), ("upload-id-marker", id_marker)]
+            r = self._expect(self.request("GET", query=urllib.parse.urlencode(
+                q, quote_via=urllib.parse.quote)), 200, "ListMultipartUploads")
+            root = self._xml(r)
+            for u in root.findall("Upload"):
+                out.append({"key": u.findtext("Key"), "upload_id": u.findtext("UploadId"),
+                            "initiated": u.findtext("Initiated")})
+            if root.findtext("IsTruncated") != "true":
+                return out
+            key_marker = root.findtext("NextKeyMarker")
+            id_marker = root.findtext("NextUploadIdMarker")
+
+    def uploads_on_disk(self):
+        """Upload ids whose parts are in the data dir (read from the files, so
+        it works while the server is stopped)."""
+        d = os.path.join(self.data_dir, self.bucket, "._S3rver_uploads")
+        try:
+            return sorted(os.listdir(d))
+        except FileNotFoundError:
+            return []
+
+
 class ZmqService(Process):
     """A Shoal service binary bound to tcp://127.0.0.1:<port> (the port is
     kept across restarts), with Redis at redis_port if given. Subclasses
@@ -982,20 +1231,23 @@ class Stack:
     (every process then gets SHOAL_HEALTH_ENDPOINTS), a Postgres primary
     (`postgres=True`) with a streaming hot-standby replica (`replica=True`)
     and `queries` shoal-query instances (started at the same moment; edges
-    get their endpoints in SHOAL_QUERY_ENDPOINTS). Use as a context manager;
+    get their endpoints in SHOAL_QUERY_ENDPOINTS) and the S3 test server
+    (`s3=True`: `stack.s3`, an S3Server; its settings for a client are
+    `stack.s3.service_env()`). Use as a context manager;
     close() stops every process by PID (also when the body raised, in which
     case it prints every log tail first). The temp dir is removed by
     cleanup() (called by __exit__), unless SHOAL_TEST_KEEP=1."""
 
     def __init__(self, sessions=2, edges=2, static_dir=None, session_env=None,
                  edge_env=None, wait_ready=True, queries=0, postgres=False, replica=True,
-                 query_env=None, healths=0, pg_settings=None):
+                 query_env=None, healths=0, pg_settings=None, s3=False):
         self.n_sessions = sessions
         self.n_edges = edges
         self.n_queries = queries
         self.n_healths = healths
         self.want_postgres = postgres or queries > 0
         self.want_replica = replica
+        self.want_s3 = s3
         self.static_dir = static_dir
         self.session_env = dict(session_env or {})
         self.edge_env = dict(edge_env or {})
@@ -1006,6 +1258,7 @@ class Stack:
         self.redis = None
         self.pg_primary = None
         self.pg_replica = None
+        self.s3 = None
         self.sessions = []
         self.edges = []
         self.queries = []
@@ -1038,6 +1291,8 @@ class Stack:
         if self.want_postgres and not os.access(_pg_tool("postgres"), os.X_OK):
             raise AssertionError("postgres not found (install postgresql, or set "
                                  "SHOAL_PG_BIN_DIR)")
+        if self.want_s3:
+            check_s3_server()
         self.tmp = tempfile.mkdtemp(prefix="shoal-it-")
         if self.want_postgres:
             os.chmod(self.tmp, 0o711)  # the postgres OS user must reach its data dir
@@ -1055,6 +1310,9 @@ class Stack:
                 if self.want_replica:
                     self.pg_replica = PostgresReplica(self.tmp, self.pg_primary)
                     self.pg_replica.start()
+            if self.want_s3:
+                self.s3 = S3Server(self.tmp)
+                self.s3.start()
             for i in range(self.n_queries):
                 self.add_query(start=False)
             self.start_queries_together(self.queries)
@@ -1134,12 +1392,12 @@ class Stack:
     def processes(self):
         """Every process, in teardown order (callers first, stores last)."""
         procs = list(self.edges) + list(self.queries) + list(self.sessions)
-        procs += [p for p in (self.redis, self.pg_replica, self.pg_primary) if p]
+        procs += [p for p in (self.s3, self.redis, self.pg_replica, self.pg_primary) if p]
         return procs + list(self.healths)
 
     def close(self):
-        """Stop edges, query and session instances, then Redis, Postgres and
-        the registry, each by PID."""
+        """Stop edges, query and session instances, then S3, Redis, Postgres
+        and the registry, each by PID."""
         for p in self.processes():
             try:
                 p.stop()
