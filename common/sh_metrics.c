@@ -282,3 +282,35 @@ int sh_metrics_merge(const char *const *texts, int count, sh_buf_t *out)
     free(families);
     return rc;
 }
+
+void sh_backend_metrics_init(sh_backend_metrics_t *self, sh_metrics_t *metrics, const char *labels)
+{
+    static const struct {
+        const char *name, *help;
+    } series[] = {
+        {"shoal_backend_calls_total", "Calls made to a backing store"},
+        {"shoal_backend_errors_total", "Backing store calls that failed"},
+        {"shoal_backend_timeouts_total", "Backing store calls that passed their deadline"},
+        {"shoal_backend_late_replies_total", "Replies that arrived after their deadline"},
+        {"shoal_backend_connects_total", "Connection attempts to a backing store"},
+        {"shoal_backend_refused_total",
+         "Calls refused because the store was unreachable or too busy"},
+        {"shoal_backend_retries_total",
+         "Backing store calls tried again after a transient failure"},
+    };
+    uint64_t **slots[] = {&self->calls,    &self->errors,  &self->timeouts, &self->late,
+                          &self->connects, &self->refused, &self->retries};
+    _Static_assert(SH_ARRAY_SIZE(series) == SH_ARRAY_SIZE(slots), "one slot per series");
+    _Static_assert(SH_ARRAY_SIZE(slots) == SH_ARRAY_SIZE(self->own), "own storage per slot");
+    for (size_t i = 0; i < SH_ARRAY_SIZE(slots); i++) {
+        *slots[i] =
+            metrics ? sh_metrics_counter(metrics, series[i].name, series[i].help, labels) : NULL;
+        if (!*slots[i])
+            *slots[i] = &self->own[i];
+    }
+    self->latency = metrics ? sh_metrics_histogram(metrics, "shoal_backend_seconds",
+                                                   "Backing store call latency", labels)
+                            : NULL;
+    if (!self->latency)
+        self->latency = &self->own_latency;
+}

@@ -40,6 +40,21 @@ int64_t *sh_metrics_gauge(sh_metrics_t *self, const char *name, const char *help
 sh_histogram_t *sh_metrics_histogram(sh_metrics_t *self, const char *name, const char *help,
                                      const char *labels);
 
+/*  The series of one backing store, shoal_backend_*{<labels>}: every
+    adapter (Redis, Postgres, S3) counts the same things under the same
+    names. Without a registry (metrics NULL) they count into the struct's
+    own storage, so callers never check for NULL; the struct must not move
+    after sh_backend_metrics_init.  */
+typedef struct {
+    uint64_t *calls, *errors, *timeouts, *late, *connects, *refused, *retries;
+    sh_histogram_t *latency;
+    uint64_t own[7];
+    sh_histogram_t own_latency;
+} sh_backend_metrics_t;
+
+/*  Register (or find) the series under labels, e.g. backend="redis".  */
+void sh_backend_metrics_init(sh_backend_metrics_t *self, sh_metrics_t *metrics, const char *labels);
+
 /*  Record one observation (seconds).  */
 void sh_histogram_observe(sh_histogram_t *hist, double seconds);
 /*  Estimate the q-quantile (0..1) from the buckets; 0 when empty.  */

@@ -86,10 +86,7 @@ struct sh_redis_t {
     s_call_t *tail;
     int64_t pending;
 
-    uint64_t *calls, *errors, *timeouts, *late, *connects, *refused;
-    sh_histogram_t *latency;
-    uint64_t own_counters[6]; /* when created without a metrics registry */
-    sh_histogram_t own_latency;
+    sh_backend_metrics_t m;
 };
 
 /*  --- pending calls ---------------------------------------------------------  */
@@ -151,7 +148,7 @@ static void s_submit(sh_redis_t *self, s_call_t *p, int argc, const char **argv,
     if (self->ac && redisAsyncCommandArgv(self->ac, s_on_reply, p, argc, argv, argvlen) == REDIS_OK)
         return;
     if (p->kind == S_USER)
-        (*self->errors)++;
+        (*self->m.errors)++;
     else if (p->kind == S_LOAD)
         self->scripts[p->script].loading = false;
     s_unlink(self, p);
@@ -223,13 +220,14 @@ static void s_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         }
         if (p->done) {
             if (r)
-                (*self->late)++;
+                (*self->m.late)++;
             break;
         }
         if (!r || r->type == REDIS_REPLY_ERROR)
-            (*self->errors)++;
+            (*self->m.errors)++;
         if (r)
-            sh_histogram_observe(self->latency, (double)(sh_clock_mono_ms() - p->started_ms) / 1e3);
+            sh_histogram_observe(self->m.latency,
+                                 (double)(sh_clock_mono_ms() - p->started_ms) / 1e3);
         s_unlink(self, p);
         s_answer(p, r ? SH_STATUS_OK : SH_STATUS_UNAVAILABLE, r);
         free(p);
@@ -355,7 +353,7 @@ static void s_setup(sh_redis_t *self, const char *what, int argc, const char **a
 
 static void s_connect(sh_redis_t *self)
 {
-    (*self->connects)++;
+    (*self->m.connects)++;
     redisAsyncContext *ac = redisAsyncConnect(self->config.host, self->config.port);
     if (!ac || ac->err) {
         sh_warn("redis %s:%d: %s", self->config.host, self->config.port,
@@ -425,7 +423,7 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
     self->last_tick_ms = now;
     for (s_call_t *p = self->head; p; p = p->next)
         if (p->fn && !p->done && p->deadline_ms <= now) {
-            (*self->timeouts)++;
+            (*self->m.timeouts)++;
             s_answer(p, SH_STATUS_UNAVAILABLE, NULL);
         }
     if (self->ac && !self->connected && now - self->connect_started_ms > self->config.timeout_ms)
@@ -457,33 +455,9 @@ sh_redis_t *sh_redis_new(sh_loop_t *loop, const sh_redis_config_t *config, sh_me
     self->backoff_ms = S_RECONNECT_MIN_MS;
     /*  a pause before the first tick is a pause too  */
     self->last_tick_ms = sh_clock_mono_ms();
-    if (metrics) {
-        char labels[S_LABELS_MAX];
-        snprintf(labels, sizeof labels, "backend=\"%s\"", self->config.label);
-        self->calls = sh_metrics_counter(metrics, "shoal_backend_calls_total",
-                                         "Calls made to a backing store", labels);
-        self->errors = sh_metrics_counter(metrics, "shoal_backend_errors_total",
-                                          "Backing store calls that failed", labels);
-        self->timeouts =
-            sh_metrics_counter(metrics, "shoal_backend_timeouts_total",
-                               "Backing store calls that passed their deadline", labels);
-        self->late = sh_metrics_counter(metrics, "shoal_backend_late_replies_total",
-                                        "Replies that arrived after their deadline", labels);
-        self->connects = sh_metrics_counter(metrics, "shoal_backend_connects_total",
-                                            "Connection attempts to a backing store", labels);
-        self->refused = sh_metrics_counter(
-            metrics, "shoal_backend_refused_total",
-            "Calls refused because the store was unreachable or too busy", labels);
-        self->latency = sh_metrics_histogram(metrics, "shoal_backend_seconds",
-                                             "Backing store call latency", labels);
-    }
-    uint64_t **counters[] = {&self->calls, &self->errors,   &self->timeouts,
-                             &self->late,  &self->connects, &self->refused};
-    for (size_t i = 0; i < SH_ARRAY_SIZE(counters); i++)
-        if (!*counters[i])
-            *counters[i] = &self->own_counters[i];
-    if (!self->latency)
-        self->latency = &self->own_latency;
+    char labels[S_LABELS_MAX];
+    snprintf(labels, sizeof labels, "backend=\"%s\"", self->config.label);
+    sh_backend_metrics_init(&self->m, metrics, labels);
     self->timer = sh_loop_timer(loop, S_TICK_MS, true, s_on_tick, self);
     if (self->timer < 0) {
         sh_error("redis %s:%d: no timer left in the event loop", config->host, config->port);
@@ -524,9 +498,9 @@ void sh_redis_destroy(sh_redis_t **self_p)
 /*  Count the call, and answer it at once when it cannot be sent.  */
 static bool s_admit(sh_redis_t *self, sh_redis_fn *fn, void *arg)
 {
-    (*self->calls)++;
+    (*self->m.calls)++;
     if (!self->ac || !self->connected || self->pending >= self->config.max_pending) {
-        (*self->refused)++;
+        (*self->m.refused)++;
         fn(arg, SH_STATUS_UNAVAILABLE, NULL);
         return false;
     }
@@ -541,7 +515,7 @@ void sh_redis_command(sh_redis_t *self, int64_t timeout_ms, sh_redis_fn *fn, voi
         return;
     s_call_t *p = s_call_new(self, S_USER, timeout_ms, fn, arg, 0);
     if (!p) {
-        (*self->errors)++;
+        (*self->m.errors)++;
         fn(arg, SH_STATUS_UNAVAILABLE, NULL);
         return;
     }
@@ -576,7 +550,7 @@ void sh_redis_eval(sh_redis_t *self, int id, int64_t timeout_ms, sh_redis_fn *fn
     s_call_t *p = s_call_new(self, S_USER, timeout_ms, fn, arg,
                              (size_t)total * (sizeof(char *) + sizeof(size_t)) + bytes);
     if (!p) {
-        (*self->errors)++;
+        (*self->m.errors)++;
         fn(arg, SH_STATUS_UNAVAILABLE, NULL);
         return;
     }

@@ -124,8 +124,7 @@ typedef struct {
     bool recovery; /* the server says it is a standby */
     int64_t *up_gauge;
     int64_t *lag_gauge;
-    uint64_t *calls, *errors, *timeouts, *connects;
-    sh_histogram_t *latency;
+    sh_backend_metrics_t m;
 } s_server_t;
 
 struct query_db_t {
@@ -315,7 +314,7 @@ static void s_connect(s_conn_t *conn)
 {
     query_db_t *self = conn->db;
     s_server_t *server = &self->servers[conn->role];
-    (*server->connects)++;
+    (*server->m.connects)++;
     conn->pg = PQconnectStart(server->conninfo);
     if (!conn->pg || PQstatus(conn->pg) == CONNECTION_BAD) {
         s_set_state(conn, S_CONNECTING);
@@ -441,9 +440,9 @@ static void s_complete(s_conn_t *conn)
         }
         s_call_free(call);
     } else if (call) {
-        sh_histogram_observe(server->latency, (double)(now - call->started_ms) / 1e3);
+        sh_histogram_observe(server->m.latency, (double)(now - call->started_ms) / 1e3);
         if (conn->failed) {
-            (*server->errors)++;
+            (*server->m.errors)++;
             s_fail_or_reroute(self, conn->role, call, conn->status,
                               conn->error[0] ? conn->error : s_status_text(conn->status));
         } else {
@@ -665,7 +664,7 @@ static void s_submit(query_db_t *self, s_role_t role, s_call_t *call)
     s_server_t *server = &self->servers[role];
     if (role == S_REPLICA)
         call->seen_lsn = server->lsn;
-    (*server->calls)++;
+    (*server->m.calls)++;
     if (!s_ready_any(server, self->config.pool)) {
         s_fail_or_reroute(self, role, call, SH_STATUS_UNAVAILABLE, "database unavailable");
         return;
@@ -762,7 +761,7 @@ void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int np
             role = S_REPLICA;
         else if (min_lsn && self->has_replica &&
                  s_ready_any(&self->servers[S_REPLICA], self->config.pool)) {
-            (*self->servers[S_PRIMARY].calls)++;
+            (*self->servers[S_PRIMARY].m.calls)++;
             s_answer(call, SH_STATUS_UNAVAILABLE,
                      "primary unavailable and the replica has not caught up with your last write",
                      NULL, 0, S_REPLICA);
@@ -855,7 +854,7 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
         /*  answer calls whose deadline passed while they waited  */
         for (s_call_t *c = server->queue_head; c; c = c->next)
             if (!c->answered && c->kind == S_CALL_USER && c->deadline_ms <= now) {
-                (*server->timeouts)++;
+                (*server->m.timeouts)++;
                 s_answer(c, SH_STATUS_TIMEOUT, "database call timed out", NULL, 0, (s_role_t)r);
             }
         for (int i = 0; i < self->config.pool; i++) {
@@ -873,7 +872,7 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
             case S_BUSY:
                 if (conn->call && conn->call->kind == S_CALL_USER && !conn->call->answered &&
                     conn->call->deadline_ms <= now) {
-                    (*server->timeouts)++;
+                    (*server->m.timeouts)++;
                     s_answer(conn->call, SH_STATUS_TIMEOUT, "database call timed out", NULL, 0,
                              (s_role_t)r);
                 }
@@ -908,16 +907,7 @@ static void s_server_init(query_db_t *self, s_role_t role, const char *conninfo,
     server->conninfo = conninfo;
     char labels[64];
     snprintf(labels, sizeof labels, "backend=\"postgres\",server=\"%s\"", s_role_names[role]);
-    server->calls = sh_metrics_counter(metrics, "shoal_backend_calls_total",
-                                       "Calls made to a backing store", labels);
-    server->errors = sh_metrics_counter(metrics, "shoal_backend_errors_total",
-                                        "Backing store calls that failed", labels);
-    server->timeouts = sh_metrics_counter(metrics, "shoal_backend_timeouts_total",
-                                          "Backing store calls that passed their deadline", labels);
-    server->connects = sh_metrics_counter(metrics, "shoal_backend_connects_total",
-                                          "Connection attempts to a backing store", labels);
-    server->latency = sh_metrics_histogram(metrics, "shoal_backend_seconds",
-                                           "Backing store call latency", labels);
+    sh_backend_metrics_init(&server->m, metrics, labels);
     server->up_gauge = sh_metrics_gauge(metrics, "shoal_backend_connections",
                                         "Live connections to a backing store", labels);
     server->lag_gauge = sh_metrics_gauge(metrics, "shoal_replica_lag_ms",

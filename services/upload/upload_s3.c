@@ -139,10 +139,7 @@ struct upload_s3_t {
     upload_s3_call_t *head, *tail;
     s_sock_t *socks; /* the sockets libcurl has us watch */
 
-    uint64_t *calls, *errors, *timeouts, *retries;
-    sh_histogram_t *latency;
-    uint64_t own_counters[4];
-    sh_histogram_t own_latency;
+    sh_backend_metrics_t m;
 };
 
 static void s_drive(upload_s3_t *self);
@@ -375,10 +372,10 @@ static void s_answer(upload_s3_call_t *c, uint64_t status, const upload_s3_resul
         r.etag = c->etag;
     }
     if (status == SH_STATUS_TIMEOUT)
-        (*self->timeouts)++;
+        (*self->m.timeouts)++;
     else if (status == SH_STATUS_UNAVAILABLE || status == SH_STATUS_INTERNAL)
-        (*self->errors)++;
-    sh_histogram_observe(self->latency, (double)(sh_clock_mono_ms() - c->started_ms) / 1e3);
+        (*self->m.errors)++;
+    sh_histogram_observe(self->m.latency, (double)(sh_clock_mono_ms() - c->started_ms) / 1e3);
     s_unlink(self, c);
     /*  out of libcurl's hands before the callback: the caller may free
         what the call borrowed (the body) as soon as it is answered  */
@@ -401,9 +398,9 @@ static void s_refuse(upload_s3_t *self, uint64_t status, upload_s3_fn *fn, void 
                             .content_type = "",
                             .next_marker = "",
                             .next_upload_id_marker = ""};
-    (*self->calls)++;
+    (*self->m.calls)++;
     if (status != SH_STATUS_INVALID)
-        (*self->errors)++;
+        (*self->m.errors)++;
     fn(arg, status, &r);
 }
 
@@ -648,7 +645,7 @@ static bool s_schedule_retry(upload_s3_call_t *c)
     int64_t now = sh_clock_mono_ms();
     if (now + wait + S_MIN_TRY_MS > c->deadline_ms)
         return false;
-    (*self->retries)++;
+    (*self->m.retries)++;
     c->waiting = true;
     c->retry_at_ms = now + wait;
     s_arm_retry_timer(self);
@@ -959,7 +956,7 @@ static upload_s3_call_t *s_call_new(upload_s3_t *self, s_op_t op, const char *me
     else
         self->head = c;
     self->tail = c;
-    (*self->calls)++;
+    (*self->m.calls)++;
     return c;
 }
 
@@ -1356,28 +1353,9 @@ upload_s3_t *upload_s3_new(sh_loop_t *loop, const upload_s3_config_t *config, sh
     curl_multi_setopt(self->multi, CURLMOPT_SOCKETDATA, self);
     curl_multi_setopt(self->multi, CURLMOPT_TIMERFUNCTION, s_on_timer_set);
     curl_multi_setopt(self->multi, CURLMOPT_TIMERDATA, self);
-    if (metrics) {
-        char labels[S_LABELS_MAX];
-        snprintf(labels, sizeof labels, "backend=\"%s\"", self->config.label);
-        self->calls = sh_metrics_counter(metrics, "shoal_backend_calls_total",
-                                         "Calls made to a backing store", labels);
-        self->errors = sh_metrics_counter(metrics, "shoal_backend_errors_total",
-                                          "Backing store calls that failed", labels);
-        self->timeouts =
-            sh_metrics_counter(metrics, "shoal_backend_timeouts_total",
-                               "Backing store calls that passed their deadline", labels);
-        self->retries =
-            sh_metrics_counter(metrics, "shoal_backend_retries_total",
-                               "Backing store calls tried again after a transient failure", labels);
-        self->latency = sh_metrics_histogram(metrics, "shoal_backend_seconds",
-                                             "Backing store call latency", labels);
-    }
-    uint64_t **counters[] = {&self->calls, &self->errors, &self->timeouts, &self->retries};
-    for (size_t i = 0; i < SH_ARRAY_SIZE(counters); i++)
-        if (!*counters[i])
-            *counters[i] = &self->own_counters[i];
-    if (!self->latency)
-        self->latency = &self->own_latency;
+    char labels[S_LABELS_MAX];
+    snprintf(labels, sizeof labels, "backend=\"%s\"", self->config.label);
+    sh_backend_metrics_init(&self->m, metrics, labels);
     return self;
 }
 
