@@ -873,6 +873,12 @@ static upload_s3_call_t *s_call_new(upload_s3_t *self, s_op_t op, const char *me
                                     const char *key, const char *query, const char *payload_sha,
                                     int64_t timeout_ms, upload_s3_fn *fn, void *arg)
 {
+    /*  every operation but the listings is about one object  */
+    bool bucket_op = op == S_LIST_UPLOADS || op == S_LIST_OBJECTS;
+    if (!bucket_op && !s_key_ok(key)) {
+        s_refuse(self, SH_STATUS_INVALID, fn, arg);
+        return NULL;
+    }
     if (self->closing) {
         s_refuse(self, SH_STATUS_UNAVAILABLE, fn, arg);
         return NULL;
@@ -999,10 +1005,6 @@ void upload_s3_put_object(upload_s3_t *self, const char *key, const void *body, 
                           const char *content_type, int64_t timeout_ms, upload_s3_fn *fn, void *arg)
 {
     assert(fn && (body || len == 0));
-    if (!s_key_ok(key)) {
-        s_refuse(self, SH_STATUS_INVALID, fn, arg);
-        return;
-    }
     uint8_t digest[UPLOAD_S3_SHA256];
     char hex[2 * UPLOAD_S3_SHA256 + 1];
     crypto_hash_sha256(digest, body, len);
@@ -1019,10 +1021,6 @@ void upload_s3_create_multipart(upload_s3_t *self, const char *key, const char *
                                 bool checksums, int64_t timeout_ms, upload_s3_fn *fn, void *arg)
 {
     assert(fn);
-    if (!s_key_ok(key)) {
-        s_refuse(self, SH_STATUS_INVALID, fn, arg);
-        return;
-    }
     upload_s3_call_t *c =
         s_call_new(self, S_CREATE, "POST", key, "uploads=", S_EMPTY_SHA256, timeout_ms, fn, arg);
     if (!c)
@@ -1041,9 +1039,8 @@ void upload_s3_upload_part(upload_s3_t *self, const char *key, const char *uploa
     char query[S_QUERY_MAX] = "";
     char num[16];
     snprintf(num, sizeof num, "%d", number);
-    if (!s_key_ok(key) || !upload_id || !upload_id[0] || number < 1 ||
-        number > UPLOAD_S3_MAX_PARTS || (checksum && !sha256) ||
-        s_query_add(query, sizeof query, "partNumber", num) != 0 ||
+    if (!upload_id || !upload_id[0] || number < 1 || number > UPLOAD_S3_MAX_PARTS ||
+        (checksum && !sha256) || s_query_add(query, sizeof query, "partNumber", num) != 0 ||
         s_query_add(query, sizeof query, "uploadId", upload_id) != 0) {
         s_refuse(self, SH_STATUS_INVALID, fn, arg);
         return;
@@ -1102,8 +1099,7 @@ void upload_s3_complete_multipart(upload_s3_t *self, const char *key, const char
 {
     assert(fn && (parts || count == 0));
     char query[S_QUERY_MAX] = "";
-    bool valid = s_key_ok(key) && upload_id && upload_id[0] && count > 0 &&
-                 count <= UPLOAD_S3_MAX_PARTS &&
+    bool valid = upload_id && upload_id[0] && count > 0 && count <= UPLOAD_S3_MAX_PARTS &&
                  s_query_add(query, sizeof query, "uploadId", upload_id) == 0;
     sh_buf_t xml = {0};
     int rc = sh_buf_printf(&xml, "<CompleteMultipartUpload xmlns=\"%s\">", S_XMLNS);
@@ -1153,7 +1149,7 @@ void upload_s3_abort_multipart(upload_s3_t *self, const char *key, const char *u
 {
     assert(fn);
     char query[S_QUERY_MAX] = "";
-    if (!s_key_ok(key) || !upload_id || !upload_id[0] ||
+    if (!upload_id || !upload_id[0] ||
         s_query_add(query, sizeof query, "uploadId", upload_id) != 0) {
         s_refuse(self, SH_STATUS_INVALID, fn, arg);
         return;
@@ -1169,7 +1165,7 @@ upload_s3_call_t *upload_s3_get_object(upload_s3_t *self, const char *key, const
                                        upload_s3_fn *fn, void *arg)
 {
     assert(fn && chunk);
-    if (!s_key_ok(key) || (range && !s_range_ok(range))) {
+    if (range && !s_range_ok(range)) {
         s_refuse(self, SH_STATUS_INVALID, fn, arg);
         return NULL;
     }
@@ -1192,10 +1188,6 @@ void upload_s3_head_object(upload_s3_t *self, const char *key, int64_t timeout_m
                            void *arg)
 {
     assert(fn);
-    if (!s_key_ok(key)) {
-        s_refuse(self, SH_STATUS_INVALID, fn, arg);
-        return;
-    }
     upload_s3_call_t *c =
         s_call_new(self, S_HEAD, "HEAD", key, "", S_EMPTY_SHA256, timeout_ms, fn, arg);
     if (c)
@@ -1206,10 +1198,6 @@ void upload_s3_delete_object(upload_s3_t *self, const char *key, int64_t timeout
                              upload_s3_fn *fn, void *arg)
 {
     assert(fn);
-    if (!s_key_ok(key)) {
-        s_refuse(self, SH_STATUS_INVALID, fn, arg);
-        return;
-    }
     upload_s3_call_t *c =
         s_call_new(self, S_DELETE, "DELETE", key, "", S_EMPTY_SHA256, timeout_ms, fn, arg);
     if (c)
