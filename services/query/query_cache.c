@@ -19,21 +19,17 @@
 #define S_NUM_MAX       24
 #define S_ILSN_EXTRA_MS 10000 /* beyond twice the TTL: outlives every entry it judges */
 
-/*  KEYS: entry, item invalidation LSN (or "-"), view counter (or "-").
-    ARGV: min_lsn. Returns {blob or "", views, need}.  */
+/*  KEYS: the item's entry, its invalidation LSN, its view counter.
+    ARGV: min_lsn. Returns {blob or "", views, need}; a hit counts a view.  */
 static const char *s_get_script =
     "local need = tonumber(ARGV[1]) "
-    "if KEYS[2] ~= '-' then "
-    "  local il = tonumber(redis.call('GET', KEYS[2]) or '0') or 0 "
-    "  if il > need then need = il end "
-    "end "
+    "local il = tonumber(redis.call('GET', KEYS[2]) or '0') or 0 "
+    "if il > need then need = il end "
     "local v = redis.call('GET', KEYS[1]) "
     "if v then "
     "  local nl = string.find(v, '\\n', 1, true) "
     "  if nl and (tonumber(string.sub(v, 1, nl - 1)) or -1) >= need then "
-    "    local views = 0 "
-    "    if KEYS[3] ~= '-' then views = redis.call('INCR', KEYS[3]) end "
-    "    return {string.sub(v, nl + 1), views, tostring(need)} "
+    "    return {string.sub(v, nl + 1), redis.call('INCR', KEYS[3]), tostring(need)} "
     "  end "
     "end "
     "return {'', 0, tostring(need)}";
@@ -105,43 +101,38 @@ static void s_on_get(void *arg, uint64_t status, const sh_redis_reply_t *reply)
     free(call);
 }
 
-static s_call_t *s_call_new(query_cache_t *self, uint64_t min_lsn)
+/*  A lookup in flight, or NULL when out of memory (fn has then been
+    answered with a miss).  */
+static s_call_t *s_lookup_new(query_cache_t *self, uint64_t min_lsn, query_cache_fn *fn, void *arg)
 {
     s_call_t *call = calloc(1, sizeof *call);
-    if (call) {
-        call->cache = self;
-        call->min_lsn = min_lsn;
-    }
-    return call;
-}
-
-static void s_get(query_cache_t *self, const char *entry, const char *ilsn, const char *views,
-                  uint64_t min_lsn, query_cache_fn *fn, void *arg)
-{
-    s_call_t *call = s_call_new(self, min_lsn);
     if (!call) {
         query_cache_hit_t miss = {false, NULL, 0, 0, min_lsn};
         fn(arg, &miss);
-        return;
+        return NULL;
     }
+    call->cache = self;
+    call->min_lsn = min_lsn;
     call->fn = fn;
     call->arg = arg;
-    char lsn[S_NUM_MAX];
-    snprintf(lsn, sizeof lsn, "%llu", (unsigned long long)min_lsn);
-    const char *argv[4] = {entry, ilsn, views, lsn};
-    size_t lens[4] = {strlen(entry), strlen(ilsn), strlen(views), strlen(lsn)};
-    sh_redis_eval(self->redis, self->get_script, self->config.timeout_ms, s_on_get, call, 3, 4,
-                  argv, lens);
+    return call;
 }
 
 void query_cache_item_get(query_cache_t *self, uint64_t id, uint64_t min_lsn, query_cache_fn *fn,
                           void *arg)
 {
-    char entry[S_KEY_MAX], ilsn[S_KEY_MAX], views[S_KEY_MAX];
+    s_call_t *call = s_lookup_new(self, min_lsn, fn, arg);
+    if (!call)
+        return;
+    char entry[S_KEY_MAX], ilsn[S_KEY_MAX], views[S_KEY_MAX], lsn[S_NUM_MAX];
     s_key(self, entry, "c:item", id);
     s_key(self, ilsn, "c:ilsn", id);
     s_key(self, views, "v:item", id);
-    s_get(self, entry, ilsn, views, min_lsn, fn, arg);
+    snprintf(lsn, sizeof lsn, "%llu", (unsigned long long)min_lsn);
+    const char *argv[4] = {entry, ilsn, views, lsn};
+    size_t lens[4] = {strlen(entry), strlen(ilsn), strlen(views), strlen(lsn)};
+    sh_redis_eval(self->redis, self->get_script, self->config.timeout_ms, s_on_get, call, 3, 4,
+                  argv, lens);
 }
 
 /*  A list lookup counts no view, so it needs no script: MGET entry and the
@@ -184,14 +175,9 @@ void query_cache_list_get(query_cache_t *self, uint64_t limit, uint64_t min_lsn,
     char entry[S_KEY_MAX], wlsn[S_KEY_MAX];
     s_key(self, entry, "c:list", limit);
     snprintf(wlsn, sizeof wlsn, "%sc:wlsn", self->config.prefix);
-    s_call_t *call = s_call_new(self, min_lsn);
-    if (!call) {
-        query_cache_hit_t miss = {false, NULL, 0, 0, min_lsn};
-        fn(arg, &miss);
+    s_call_t *call = s_lookup_new(self, min_lsn, fn, arg);
+    if (!call)
         return;
-    }
-    call->fn = fn;
-    call->arg = arg;
     const char *argv[3] = {"MGET", entry, wlsn};
     size_t lens[3] = {4, strlen(entry), strlen(wlsn)};
     sh_redis_command(self->redis, self->config.timeout_ms, s_on_mget, call, 3, argv, lens);
@@ -235,11 +221,12 @@ void query_cache_item_put(query_cache_t *self, uint64_t id, uint64_t tag, const 
     char entry[S_KEY_MAX], views[S_KEY_MAX];
     s_key(self, entry, "c:item", id);
     s_key(self, views, "v:item", id);
-    s_call_t *call = s_call_new(self, 0);
+    s_call_t *call = calloc(1, sizeof *call);
     if (!call) {
         fn(arg, 0);
         return;
     }
+    call->cache = self;
     call->views_fn = fn;
     call->arg = arg;
     const char *argv[2] = {"INCR", views};

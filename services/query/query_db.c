@@ -57,7 +57,7 @@ static const char *const s_names[] = {QUERY_STATEMENTS(QUERY_STMT_NAME)};
     "SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint, pg_is_in_recovery()"
 
 typedef enum { S_PRIMARY, S_REPLICA, S_ROLES } s_role_t;
-static const char *const s_role_names[] = {"primary", "replica"};
+static const char *const s_role_names[] = {QUERY_SOURCE_PRIMARY, QUERY_SOURCE_REPLICA};
 
 typedef enum { S_DOWN, S_CONNECTING, S_PREPARING, S_READY, S_BUSY } s_state_t;
 
@@ -701,13 +701,19 @@ static void s_fail_or_reroute(query_db_t *self, s_role_t role, s_call_t *call, u
     s_call_free(call);
 }
 
+/*  A call with its parameters copied, or NULL when out of memory (fn has
+    then been answered).  */
 static s_call_t *s_call_new(query_stmt_t stmt, int nparams, const char *const *params,
                             int64_t timeout_ms, query_db_fn *fn, void *arg)
 {
     assert(nparams <= QUERY_MAX_PARAMS);
     s_call_t *call = calloc(1, sizeof *call);
-    if (!call)
+    if (!call) {
+        query_outcome_t out = {
+            SH_STATUS_INTERNAL, "out of memory", NULL, 0, QUERY_SOURCE_PRIMARY, 0};
+        fn(arg, &out);
         return NULL;
+    }
     call->kind = S_CALL_USER;
     call->stmt = stmt;
     call->fn = fn;
@@ -718,6 +724,7 @@ static s_call_t *s_call_new(query_stmt_t stmt, int nparams, const char *const *p
         call->params[i] = strdup(params[i] ? params[i] : "");
         call->nparams = i + 1;
         if (!call->params[i]) {
+            s_answer(call, SH_STATUS_INTERNAL, "out of memory", NULL, 0, S_PRIMARY);
             s_call_free(call);
             return NULL;
         }
@@ -730,11 +737,8 @@ void query_db_write(query_db_t *self, query_stmt_t stmt, int nparams, const char
 {
     assert(s_writes[stmt]);
     s_call_t *call = s_call_new(stmt, nparams, params, timeout_ms, fn, arg);
-    if (!call) {
-        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary", 0};
-        fn(arg, &out);
+    if (!call)
         return;
-    }
     call->write = true;
     s_submit(self, S_PRIMARY, call);
 }
@@ -744,11 +748,8 @@ void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int np
 {
     assert(!s_writes[stmt]);
     s_call_t *call = s_call_new(stmt, nparams, params, timeout_ms, fn, arg);
-    if (!call) {
-        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary", 0};
-        fn(arg, &out);
+    if (!call)
         return;
-    }
     call->read = true;
     call->min_lsn = min_lsn;
     s_role_t role = S_PRIMARY;
@@ -777,11 +778,8 @@ void query_db_read_primary(query_db_t *self, query_stmt_t stmt, int nparams,
                            void *arg)
 {
     s_call_t *call = s_call_new(stmt, nparams, params, timeout_ms, fn, arg);
-    if (!call) {
-        query_outcome_t out = {SH_STATUS_INTERNAL, "out of memory", NULL, 0, "primary", 0};
-        fn(arg, &out);
+    if (!call)
         return;
-    }
     call->primary_only = true;
     s_submit(self, S_PRIMARY, call);
 }

@@ -67,6 +67,7 @@ typedef enum { QUERY_STATEMENTS(QUERY_STMT_ENUM) QUERY_STMT_COUNT } query_stmt_t
 /*  Where a read was served.  */
 #define QUERY_SOURCE_PRIMARY "primary"
 #define QUERY_SOURCE_REPLICA "replica"
+#define QUERY_SOURCE_CACHE   "cache"
 
 typedef struct query_db_t query_db_t;
 typedef struct query_rows_t query_rows_t;

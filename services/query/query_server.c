@@ -133,6 +133,12 @@ bool query_username_valid(const char *text, size_t len)
     return true;
 }
 
+/*  True for an id Postgres could have given (a bigserial).  */
+static bool s_db_id(uint64_t id)
+{
+    return id > 0 && id <= INT64_MAX;
+}
+
 static bool s_blank(sh_str_t s)
 {
     for (uint32_t i = 0; i < s.len; i++)
@@ -423,7 +429,7 @@ static void s_on_item_cached(void *arg, const query_cache_hit_t *hit)
     if (hit->hit) {
         sh_item_get_rep_t rep;
         if (sh_codec_decode(&sh_item_get_rep_codec, &rep, hit->blob, hit->len) == 0) {
-            s_get_reply(call, &rep, hit->views, "cache");
+            s_get_reply(call, &rep, hit->views, QUERY_SOURCE_CACHE);
             return;
         }
     }
@@ -438,7 +444,7 @@ static void s_on_item_get(sh_service_t *service, sh_request_t *request, void *ar
 {
     query_server_t *self = arg;
     sh_item_get_req_t *req = request->body;
-    if (req->id == 0 || req->id > INT64_MAX) {
+    if (!s_db_id(req->id)) {
         sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such item", NULL);
         return;
     }
@@ -465,7 +471,7 @@ static void s_on_list_read(void *arg, const query_outcome_t *out)
         rep.next_cursor = rep.items.items[rep.items.count - 1].id;
     if (call->cacheable && out->seen_lsn) {
         /*  stored as the reply a hit sends as it is  */
-        rep.source = sh_str("cache");
+        rep.source = sh_str(QUERY_SOURCE_CACHE);
         msgpack_sbuffer *buf = &call->server->scratch;
         buf->size = 0;
         if (sh_codec_encode(&sh_item_list_rep_codec, &rep, buf) == 0)
@@ -557,11 +563,11 @@ static void s_on_item_delete(sh_service_t *service, sh_request_t *request, void 
 {
     query_server_t *self = arg;
     sh_item_delete_req_t *req = request->body;
-    if (req->user_id == 0 || req->user_id > INT64_MAX) {
+    if (!s_db_id(req->user_id)) {
         sh_service_reply(service, &request, SH_STATUS_INVALID, "user_id: required", NULL);
         return;
     }
-    if (req->id == 0 || req->id > INT64_MAX) {
+    if (!s_db_id(req->id)) {
         sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such item", NULL);
         return;
     }
