@@ -56,6 +56,8 @@ typedef struct s_pending_t {
     char idem_key[SH_ID_MAX + 1];
     char target[SH_ID_MAX + 1]; /* "" or the one instance allowed */
     int64_t attempt_ms;         /* per-attempt timeout */
+    const void *raw;            /* raw frame: borrowed for the first attempt only */
+    size_t raw_len;
 
     sh_reply_fn *fn; /* NULL when cancelled */
 
@@ -140,7 +142,7 @@ static void s_answer(sh_reply_fn *fn, void *arg, uint64_t status, const char *er
 {
     if (!fn)
         return;
-    sh_reply_t reply = {status, error, NULL, NULL, attempts};
+    sh_reply_t reply = {status, error, NULL, NULL, attempts, NULL, 0};
     fn(arg, &reply);
 }
 
@@ -291,7 +293,7 @@ static int s_attempt(sh_pool_t *self, s_pending_t *p, int avoid)
     for (int k = 0; k < n; k++) {
         s_instance_t *inst = &self->instances[order[k]];
         if (sh_transport_send_encoded(self->socket, inst->peer_id, strlen(inst->peer_id), &env,
-                                      p->body, p->body_len) == 0) {
+                                      p->body, p->body_len, p->raw, p->raw_len) == 0) {
             p->instance = order[k];
             inst->in_flight++;
             int64_t now = sh_clock_mono_ms();
@@ -395,7 +397,9 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
     s_copy(p->target, sizeof p->target, opts->instance);
     p->attempt_ms = opts->attempt_ms > 0 ? opts->attempt_ms : self->attempt_timeout_ms;
 
-    p->retry_safe = (op->idempotent || p->idem_key[0]) && !p->target[0];
+    p->retry_safe = (op->idempotent || p->idem_key[0]) && !p->target[0] && !opts->raw;
+    p->raw = opts->raw;
+    p->raw_len = opts->raw_len;
 
     if (self->budget < SH_POOL_BUDGET_MAX)
         self->budget += SH_POOL_BUDGET_RATIO;
@@ -407,6 +411,7 @@ static uint64_t s_send(sh_pool_t *self, uint64_t type, const void *body, const s
         s_answer(fn, arg, SH_STATUS_UNAVAILABLE, "no instance available", 1);
         return 0;
     }
+    p->raw = NULL;
     s_link(self, p);
     return p->handle;
 }
@@ -439,7 +444,7 @@ static void s_send_to(sh_pool_t *self, int index, uint64_t type, const void *bod
     env.deadline_ms = (uint64_t)opts->deadline_ms;
     /*  the envelope has its own scratch buffer: the body's stays valid  */
     sh_transport_send_encoded(self->socket, inst->peer_id, strlen(inst->peer_id), &env, encoded,
-                              len);
+                              len, NULL, 0);
 }
 
 void sh_pool_broadcast(sh_pool_t *self, uint64_t type, const void *body, const sh_call_opts_t *opts)
@@ -520,7 +525,11 @@ static void s_on_frames(sh_pool_t *self, sh_frames_t *frames)
     void *body = op->reply->size <= sizeof stack ? stack : malloc(op->reply->size);
     char error[SH_ERROR_MAX + 1];
     sh_str_copy(env.error, error, sizeof error);
-    sh_reply_t reply = {env.status, error, &env, NULL, p->attempts};
+    sh_reply_t reply = {env.status, error, &env, NULL, p->attempts, NULL, 0};
+    if (frames->count > 3) {
+        reply.raw = zmq_msg_data(&frames->frames[3]);
+        reply.raw_len = zmq_msg_size(&frames->frames[3]);
+    }
     if (env.status == SH_STATUS_OK) {
         if (body && sh_codec_decode(op->reply, body, zmq_msg_data(&frames->frames[2]),
                                     zmq_msg_size(&frames->frames[2])) == 0)
@@ -783,6 +792,11 @@ bool sh_pool_ready(const sh_pool_t *self)
             now - self->instances[i].last_ok_ms < SH_POOL_ALIVE_MS)
             return true;
     return false;
+}
+
+const char *sh_pool_service(const sh_pool_t *self)
+{
+    return self->service;
 }
 
 int64_t sh_pool_in_flight(const sh_pool_t *self)

@@ -40,7 +40,9 @@ typedef struct {
     const char *error;        /* text, never NULL */
     const sh_envelope_t *env; /* NULL when the pool answered itself */
     const void *body;
-    int attempts; /* instances tried */
+    int attempts;    /* instances tried */
+    const void *raw; /* the reply's raw frame (NULL: none), during the callback */
+    size_t raw_len;
 } sh_reply_t;
 
 typedef void(sh_reply_fn)(void *arg, const sh_reply_t *reply);
@@ -53,6 +55,8 @@ typedef struct {
     const char *idem_key; /* makes a write safe to repeat */
     const char *instance; /* only this instance (by name), never another */
     int64_t attempt_ms;   /* per-attempt timeout if the work itself takes long (0: default) */
+    const void *raw;      /* one raw frame after the body (copied by the send, never re-sent: */
+    size_t raw_len;       /* a request carrying one is not retried elsewhere) */
 } sh_call_opts_t;
 
 /*  A pool for calls to `service`. metrics is borrowed (may be NULL).  */
@@ -92,6 +96,8 @@ void sh_pool_tick(sh_pool_t *self);
 int sh_pool_sockets(sh_pool_t *self, void **sockets, int max);
 /*  True when some usable instance answered within SH_POOL_ALIVE_MS.  */
 bool sh_pool_ready(const sh_pool_t *self);
+/*  The service this pool calls.  */
+const char *sh_pool_service(const sh_pool_t *self);
 /*  Requests in flight.  */
 int64_t sh_pool_in_flight(const sh_pool_t *self);
 /*  Instances that are neither draining nor dead.  */

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "sh_log.h"
+#include "sh_pool.h"
 #include "sh_registry.h"
 #include "sh_service.h"
 #include "sh_workers.h"
@@ -51,6 +52,9 @@ struct sh_service_t {
     int64_t *rss_gauge;
     sh_registry_t *registry; /* NULL without health endpoints */
     char advertised[SH_ENDPOINT_MAX];
+    sh_pool_t *pools[SH_SERVICE_POOLS]; /* calls to other services */
+    int pool_count;
+    sh_registry_t *watcher; /* membership for the pools; NULL without them */
 };
 
 /*  A job on the worker threads: work runs there, done back on the loop.  */
@@ -157,8 +161,39 @@ void sh_service_reply_encoded(sh_service_t *self, sh_request_t **request_p, cons
     s_reply_env(self, request, SH_STATUS_OK, NULL, &env);
     zmq_msg_t *identity = &request->frames.frames[0];
     int rc = sh_transport_send_encoded(self->router, zmq_msg_data(identity), zmq_msg_size(identity),
-                                       &env, body, len);
+                                       &env, body, len, NULL, 0);
     s_replied(self, request_p, SH_STATUS_OK, rc);
+}
+
+void sh_service_reply_raw(sh_service_t *self, sh_request_t **request_p, const void *body,
+                          const void *raw, size_t len)
+{
+    sh_request_t *request = *request_p;
+    if (!request)
+        return;
+    size_t body_len = 0;
+    const void *encoded = sh_transport_encode_scratch(request->op->reply, body, &body_len);
+    if (!encoded) {
+        sh_service_reply(self, request_p, SH_STATUS_INTERNAL, "reply exceeds the limits", NULL);
+        return;
+    }
+    sh_envelope_t env;
+    s_reply_env(self, request, SH_STATUS_OK, NULL, &env);
+    zmq_msg_t *identity = &request->frames.frames[0];
+    int rc = sh_transport_send_encoded(self->router, zmq_msg_data(identity), zmq_msg_size(identity),
+                                       &env, encoded, body_len, raw ? raw : "", len);
+    s_replied(self, request_p, SH_STATUS_OK, rc);
+}
+
+const void *sh_request_raw(const sh_request_t *request, size_t *len)
+{
+    if (request->frames.count < 4) {
+        *len = 0;
+        return NULL;
+    }
+    zmq_msg_t *frame = (zmq_msg_t *)&request->frames.frames[3];
+    *len = zmq_msg_size(frame);
+    return zmq_msg_data(frame);
 }
 
 int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback)
@@ -559,6 +594,9 @@ void sh_service_destroy(sh_service_t **self_p)
     sh_service_t *self = *self_p;
     if (!self)
         return;
+    sh_registry_destroy(&self->watcher);
+    for (int i = 0; i < self->pool_count; i++)
+        sh_pool_destroy(&self->pools[i]);
     sh_workers_destroy(&self->workers);
     sh_registry_destroy(&self->registry);
     sh_transport_close(&self->router);
@@ -579,6 +617,83 @@ int sh_service_handle(sh_service_t *self, uint64_t type, sh_handler_fn *fn, void
     self->routes[index].fn = fn;
     self->routes[index].arg = arg;
     return 0;
+}
+
+/*  --- pools to other services ---------------------------------------------  */
+
+static void s_on_member(void *arg, const sh_member_t *member)
+{
+    sh_service_t *self = arg;
+    char service[SH_NAME_MAX + 1];
+    sh_str_copy(member->service, service, sizeof service);
+    for (int i = 0; i < self->pool_count; i++)
+        if (strcmp(sh_pool_service(self->pools[i]), service) == 0)
+            sh_pool_update(self->pools[i], member);
+}
+
+static int s_on_pool(sh_loop_t *loop, short revents, void *arg)
+{
+    (void)loop;
+    (void)revents;
+    sh_pool_drain(arg);
+    return 0;
+}
+
+static int s_on_watcher(sh_loop_t *loop, short revents, void *arg)
+{
+    (void)loop;
+    (void)revents;
+    sh_registry_drain(arg);
+    return 0;
+}
+
+static int s_on_pools_tick(sh_loop_t *loop, void *arg)
+{
+    (void)loop;
+    sh_service_t *self = arg;
+    if (self->watcher)
+        sh_registry_tick(self->watcher);
+    for (int i = 0; i < self->pool_count; i++) {
+        sh_pool_tick(self->pools[i]);
+        sh_pool_drain(self->pools[i]);
+    }
+    return 0;
+}
+
+sh_pool_t *sh_service_pool(sh_service_t *self, const char *service, const char *endpoints)
+{
+    if (self->pool_count == SH_SERVICE_POOLS)
+        return NULL;
+    sh_pool_t *pool = sh_pool_new(service, self->metrics);
+    if (!pool)
+        return NULL;
+    char list[4096];
+    snprintf(list, sizeof list, "%s", endpoints ? endpoints : "");
+    char *save = NULL;
+    for (char *ep = strtok_r(list, ", ", &save); ep; ep = strtok_r(NULL, ", ", &save))
+        if (sh_pool_add(pool, ep)) {
+            sh_error("invalid %s endpoint \"%s\"", service, ep);
+            sh_pool_destroy(&pool);
+            return NULL;
+        }
+    void *sockets[SH_POOL_SOCKETS];
+    int n = sh_pool_sockets(pool, sockets, SH_POOL_SOCKETS);
+    for (int i = 0; i < n; i++)
+        sh_loop_add_socket(self->loop, sockets[i], ZMQ_POLLIN, s_on_pool, pool);
+    if (self->pool_count == 0)
+        sh_loop_timer(self->loop, SH_SERVICE_REGISTRY_MS, true, s_on_pools_tick, self);
+    self->pools[self->pool_count++] = pool;
+    const char *health = self->base->health_endpoints;
+    if (!self->watcher && health && health[0]) {
+        self->watcher = sh_registry_new(health, s_on_member, self, NULL);
+        if (self->watcher) {
+            void *watched[SH_REGISTRY_SOCKETS];
+            int k = sh_registry_sockets(self->watcher, watched, SH_REGISTRY_SOCKETS);
+            for (int i = 0; i < k; i++)
+                sh_loop_add_socket(self->loop, watched[i], ZMQ_POLLIN, s_on_watcher, self->watcher);
+        }
+    }
+    return pool;
 }
 
 sh_loop_t *sh_service_loop(sh_service_t *self)

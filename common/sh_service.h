@@ -65,6 +65,13 @@ void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t sta
 void sh_service_reply_encoded(sh_service_t *self, sh_request_t **request_p, const void *body,
                               size_t len);
 
+/*  Send an OK reply with body (the op's reply struct) and one raw frame
+    of len bytes after it; free the request (*request_p nulled).  */
+void sh_service_reply_raw(sh_service_t *self, sh_request_t **request_p, const void *body,
+                          const void *raw, size_t len);
+/*  The request's first raw frame (after the body) and its length, or NULL
+    when it has none.  */
+const void *sh_request_raw(const sh_request_t *request, size_t *len);
 /*  Milliseconds until the request's deadline (at least 1; a request with
     no deadline gets `fallback`).  */
 int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback);
@@ -74,6 +81,12 @@ int64_t sh_request_remaining_ms(const sh_request_t *request, int64_t fallback);
     worker until done runs. Returns 0, or -1 when the queue is full.  */
 int sh_service_offload(sh_service_t *self, sh_job_fn *work, sh_service_done_fn *done, void *arg);
 
+/*  A pool for calls to another service, owned by this one: fed by the
+    registry (when health endpoints are set) and by `endpoints` (comma-
+    separated, may be empty), watched and ticked on the service loop.
+    Returns NULL on a bad endpoint (logged) or when SH_SERVICE_POOLS exist.  */
+#define SH_SERVICE_POOLS 4
+struct sh_pool_t *sh_service_pool(sh_service_t *self, const char *service, const char *endpoints);
 sh_loop_t *sh_service_loop(sh_service_t *self);
 sh_metrics_t *sh_service_metrics(sh_service_t *self);
 const char *sh_service_instance(const sh_service_t *self);

@@ -155,7 +155,7 @@ const void *sh_transport_encode_scratch(const sh_codec_t *codec, const void *msg
 }
 
 int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const sh_envelope_t *env,
-                              const void *body, size_t body_len)
+                              const void *body, size_t body_len, const void *raw, size_t raw_len)
 {
     msgpack_sbuffer_clear(&s_env_buf);
     if (sh_codec_encode(&sh_envelope_codec, env, &s_env_buf) ||
@@ -167,7 +167,9 @@ int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const
         return -1;
     if (zmq_send(socket, s_env_buf.data, s_env_buf.size, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0)
         return -1;
-    return zmq_send(socket, body, body_len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
+    if (zmq_send(socket, body, body_len, raw ? ZMQ_SNDMORE | ZMQ_DONTWAIT : ZMQ_DONTWAIT) < 0)
+        return -1;
+    return raw && zmq_send(socket, raw, raw_len, ZMQ_DONTWAIT) < 0 ? -1 : 0;
 }
 
 void sh_transport_close(void **socket_p)

@@ -79,10 +79,11 @@ void *sh_transport_caller(const char *own_id);
 /*  Connect the caller socket to endpoint and address it as peer_id.  */
 int sh_transport_connect_peer(void *socket, const char *endpoint, const char *peer_id);
 
-/*  Send [identity][envelope][body] where body is already encoded.
-    identity (id/id_len) may be NULL. Returns 0 or -1 with errno.  */
+/*  Send [identity][envelope][body][raw] where body is already encoded.
+    identity (id/id_len) may be NULL; raw (raw_len bytes) is one extra
+    frame, none when NULL. Returns 0 or -1 with errno.  */
 int sh_transport_send_encoded(void *socket, const void *id, size_t id_len, const sh_envelope_t *env,
-                              const void *body, size_t body_len);
+                              const void *body, size_t body_len, const void *raw, size_t raw_len);
 
 /*  Encode msg into this thread's scratch buffer; the result lives until
     the thread's next encode. Returns the bytes (and *len) or NULL.  */

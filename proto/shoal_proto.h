@@ -48,6 +48,14 @@
 #define SH_SOURCE_MAX   16    /* where a read was served from */
 #define SH_PAGE_MAX     100   /* items in one page */
 
+/*  Uploads and attachments.  */
+#define SH_FILENAME_MAX 1024    /* original file names: UTF-8 data, never a path */
+#define SH_MIME_MAX     128     /* content types */
+#define SH_OBJKEY_MAX   128     /* S3 object keys (made by the upload service) */
+#define SH_SHA256_HEX   64      /* a SHA-256 in lowercase hex */
+#define SH_CHUNK_MAX    1048576 /* bytes in the raw frame of one upload or read chunk */
+#define SH_ATTACH_MAX   100     /* attachments of one item */
+
 /*  Envelope kinds.  */
 #define SH_KIND_REQUEST 0
 #define SH_KIND_REPLY   1
@@ -55,21 +63,22 @@
 
 /*  Reply statuses: S(NAME, value, HTTP status, code word for JSON errors).
     The edge maps them to HTTP; the code word is what browsers see.  */
-#define SH_STATUS_LIST(S)                   \
-    S(OK, 0, 200, "ok")                     \
-    S(INVALID, 1, 400, "invalid")           \
-    S(MALFORMED, 2, 400, "malformed")       \
-    S(UNAUTHORIZED, 3, 401, "unauthorized") \
-    S(FORBIDDEN, 4, 403, "forbidden")       \
-    S(NOT_FOUND, 5, 404, "not_found")       \
-    S(CONFLICT, 6, 409, "conflict")         \
-    S(TOO_LARGE, 7, 413, "too_large")       \
-    S(RATE_LIMITED, 8, 429, "rate_limited") \
-    S(INTERNAL, 9, 500, "internal")         \
-    S(UNSUPPORTED, 10, 501, "unsupported")  \
-    S(UNAVAILABLE, 11, 503, "unavailable")  \
-    S(TIMEOUT, 12, 504, "timeout")          \
-    S(DRAINING, 13, 503, "draining") /* refused unapplied: the caller may go elsewhere */
+#define SH_STATUS_LIST(S)                                                                 \
+    S(OK, 0, 200, "ok")                                                                   \
+    S(INVALID, 1, 400, "invalid")                                                         \
+    S(MALFORMED, 2, 400, "malformed")                                                     \
+    S(UNAUTHORIZED, 3, 401, "unauthorized")                                               \
+    S(FORBIDDEN, 4, 403, "forbidden")                                                     \
+    S(NOT_FOUND, 5, 404, "not_found")                                                     \
+    S(CONFLICT, 6, 409, "conflict")                                                       \
+    S(TOO_LARGE, 7, 413, "too_large")                                                     \
+    S(RATE_LIMITED, 8, 429, "rate_limited")                                               \
+    S(INTERNAL, 9, 500, "internal")                                                       \
+    S(UNSUPPORTED, 10, 501, "unsupported")                                                \
+    S(UNAVAILABLE, 11, 503, "unavailable")                                                \
+    S(TIMEOUT, 12, 504, "timeout")                                                        \
+    S(DRAINING, 13, 503, "draining") /* refused unapplied: the caller may go elsewhere */ \
+    S(UNSUPPORTED_TYPE, 14, 415, "unsupported_media_type")
 
 /*  Field kinds: U64 (unsigned), I64 (signed), BOOL, STR (UTF-8 text,
     max bytes), BIN (bytes, max bytes), LIST_<record> (an array of records,
@@ -205,6 +214,99 @@
     F(U64, user_id, 0)
 #define SH_FIELDS_item_delete_rep(F) F(U64, lsn, 0)
 
+/*  Attachments: a file on an item. The row is written only after the
+    object is complete in S3; key is the S3 object key, name the client's
+    file name (data only), content_type what the bytes were sniffed as.  */
+#define SH_FIELDS_attachment(F)       \
+    F(U64, id, 0)                     \
+    F(U64, item_id, 0)                \
+    F(U64, owner_id, 0)               \
+    F(STR, owner, SH_USERNAME_MAX)    \
+    F(STR, name, SH_FILENAME_MAX)     \
+    F(STR, content_type, SH_MIME_MAX) \
+    F(U64, size, 0)                   \
+    F(STR, sha256, SH_SHA256_HEX)     \
+    F(STR, key, SH_OBJKEY_MAX)        \
+    F(I64, created_at, 0) /* ms since the epoch */
+#define SH_FIELDS_objkey(F) F(STR, key, SH_OBJKEY_MAX)
+
+/*  attachment_create: only the item's author may attach (FORBIDDEN);
+    NOT_FOUND without the item; TOO_LARGE when the owner's attachments would
+    pass quota bytes (0: no quota) or the item has SH_ATTACH_MAX already.  */
+#define SH_FIELDS_attachment_create_req(F) \
+    F(U64, user_id, 0)                     \
+    F(U64, item_id, 0)                     \
+    F(STR, key, SH_OBJKEY_MAX)             \
+    F(U64, size, 0)                        \
+    F(STR, sha256, SH_SHA256_HEX)          \
+    F(STR, content_type, SH_MIME_MAX)      \
+    F(STR, name, SH_FILENAME_MAX)          \
+    F(U64, quota, 0)
+#define SH_FIELDS_attachment_write_rep(F) SH_FIELDS_attachment(F) F(U64, lsn, 0)
+#define SH_FIELDS_attachment_get_req(F) \
+    F(U64, id, 0)                       \
+    F(U64, min_lsn, 0)
+#define SH_FIELDS_attachment_get_rep(F) SH_FIELDS_attachment(F) F(STR, source, SH_SOURCE_MAX)
+#define SH_FIELDS_attachment_list_req(F) \
+    F(U64, item_id, 0)                   \
+    F(U64, min_lsn, 0)
+#define SH_FIELDS_attachment_list_rep(F) \
+    F(LIST_attachment, attachments, 0)   \
+    F(STR, source, SH_SOURCE_MAX)
+/*  attachment_usage: what a new upload is checked against before its
+    bytes move: the user's stored bytes, and who wrote the item.  */
+#define SH_FIELDS_attachment_usage_req(F) \
+    F(U64, user_id, 0)                    \
+    F(U64, item_id, 0)
+#define SH_FIELDS_attachment_usage_rep(F) \
+    F(U64, used_bytes, 0)                 \
+    F(U64, count, 0)                      \
+    F(BOOL, item_exists, 0)               \
+    F(U64, item_author_id, 0)             \
+    F(U64, item_attachments, 0)
+/*  attachment_keys: which of these object keys have a row (the sweeper
+    deletes objects that have none). Read on the primary.  */
+#define SH_FIELDS_attachment_keys_req(F) F(LIST_objkey, keys, 0)
+#define SH_FIELDS_attachment_keys_rep(F) F(LIST_objkey, keys, 0)
+
+/*  Upload service. An upload is a stream pinned to one instance: begin
+    (the declared size and type) gives a stream id, a chunk size and a
+    window; the caller sends upload_chunk requests (offset + one raw frame
+    of at most chunk_max bytes, in order) and keeps at most `window` of
+    them unanswered: each reply is one credit back. finish completes the
+    object; abort (or silence longer than the idle timeout) throws it away.
+    Chunks are sniffed: bytes that contradict an allowed declared type get
+    UNSUPPORTED_TYPE.  */
+#define SH_FIELDS_upload_begin_req(F) \
+    F(U64, size, 0)                   \
+    F(STR, declared_type, SH_MIME_MAX)
+#define SH_FIELDS_upload_begin_rep(F) \
+    F(STR, stream, SH_ID_MAX)         \
+    F(STR, key, SH_OBJKEY_MAX)        \
+    F(U64, chunk_max, 0)              \
+    F(U64, window, 0)
+#define SH_FIELDS_upload_chunk_req(F) \
+    F(STR, stream, SH_ID_MAX)         \
+    F(U64, offset, 0)                                      /* of this chunk's first byte */
+#define SH_FIELDS_upload_chunk_rep(F)  F(U64, received, 0) /* bytes taken so far */
+#define SH_FIELDS_upload_stream_req(F) F(STR, stream, SH_ID_MAX)
+#define SH_FIELDS_upload_finish_rep(F) \
+    F(STR, key, SH_OBJKEY_MAX)         \
+    F(U64, size, 0)                    \
+    F(STR, sha256, SH_SHA256_HEX)      \
+    F(STR, content_type, SH_MIME_MAX)
+#define SH_FIELDS_upload_abort_rep(F) F(BOOL, known, 0)
+/*  upload_read: length bytes (at most SH_CHUNK_MAX) of object key from
+    offset, in the reply's raw frame; size is the object's whole size.  */
+#define SH_FIELDS_upload_read_req(F) \
+    F(STR, key, SH_OBJKEY_MAX)       \
+    F(U64, offset, 0)                \
+    F(U64, length, 0)
+#define SH_FIELDS_upload_read_rep(F) \
+    F(U64, size, 0)                  \
+    F(U64, length, 0)
+#define SH_FIELDS_upload_delete_req(F) F(STR, key, SH_OBJKEY_MAX)
+
 /*  Instance states in the registry: S(NAME, value, word).  */
 #define SH_MEMBER_STATES(S)                                       \
     S(UP, 0, "up")             /* serving */                      \
@@ -240,11 +342,15 @@
 
 /*  Records that appear in lists: R(name, fields, max count). Each needs
     its C type named for the LIST_ field kind.  */
-#define SH_RECORD_LIST(R)                       \
-    R(member, SH_FIELDS_member, SH_MEMBERS_MAX) \
-    R(item, SH_FIELDS_item, SH_PAGE_MAX)
-#define SH_CTYPE_LIST_member sh_member_list_t
-#define SH_CTYPE_LIST_item   sh_item_list_t
+#define SH_RECORD_LIST(R)                              \
+    R(member, SH_FIELDS_member, SH_MEMBERS_MAX)        \
+    R(item, SH_FIELDS_item, SH_PAGE_MAX)               \
+    R(attachment, SH_FIELDS_attachment, SH_ATTACH_MAX) \
+    R(objkey, SH_FIELDS_objkey, SH_PAGE_MAX)
+#define SH_CTYPE_LIST_member     sh_member_list_t
+#define SH_CTYPE_LIST_item       sh_item_list_t
+#define SH_CTYPE_LIST_attachment sh_attachment_list_t
+#define SH_CTYPE_LIST_objkey     sh_objkey_list_t
 
 /*  Health service (registry).  heartbeat registers or refreshes one
     instance with its load; the reply says where membership is published.  */
@@ -280,25 +386,36 @@
 /*  Operations: OP(number, name, request fields, reply fields, idempotent).
     Numbers are never reused. "idempotent" says a caller may re-send the
     request to another instance without an idempotency key.  */
-#define SH_OP_LIST(OP)                                                                       \
-    OP(1, ping, SH_FIELDS_ping_req, SH_FIELDS_ping_rep, 1)                                   \
-    OP(2, info, SH_FIELDS_info_req, SH_FIELDS_info_rep, 1)                                   \
-    OP(3, load, SH_FIELDS_load_req, SH_FIELDS_load_rep, 1)                                   \
-    OP(4, metrics, SH_FIELDS_empty, SH_FIELDS_metrics_rep, 1)                                \
-    OP(10, session_touch, SH_FIELDS_session_touch_req, SH_FIELDS_session_rep, 0)             \
-    OP(11, session_get, SH_FIELDS_session_get_req, SH_FIELDS_session_rep, 1)                 \
-    OP(12, session_destroy, SH_FIELDS_session_destroy_req, SH_FIELDS_session_destroy_rep, 1) \
-    OP(13, session_login, SH_FIELDS_session_login_req, SH_FIELDS_session_rep, 0)             \
-    OP(14, ratelimit_hit, SH_FIELDS_ratelimit_hit_req, SH_FIELDS_ratelimit_hit_rep, 1)       \
-    OP(20, heartbeat, SH_FIELDS_heartbeat_req, SH_FIELDS_heartbeat_rep, 1)                   \
-    OP(21, leave, SH_FIELDS_leave_req, SH_FIELDS_leave_rep, 1)                               \
-    OP(22, members, SH_FIELDS_members_req, SH_FIELDS_members_rep, 1)                         \
-    OP(23, member_event, SH_FIELDS_member_event, SH_FIELDS_empty, 1)                         \
-    OP(40, user_create, SH_FIELDS_user_create_req, SH_FIELDS_user_rep, 0)                    \
-    OP(41, user_login, SH_FIELDS_user_login_req, SH_FIELDS_user_rep, 1)                      \
-    OP(42, item_create, SH_FIELDS_item_create_req, SH_FIELDS_item_write_rep, 0)              \
-    OP(43, item_get, SH_FIELDS_item_get_req, SH_FIELDS_item_get_rep, 1)                      \
-    OP(44, item_list, SH_FIELDS_item_list_req, SH_FIELDS_item_list_rep, 1)                   \
-    OP(45, item_delete, SH_FIELDS_item_delete_req, SH_FIELDS_item_delete_rep, 1)
+#define SH_OP_LIST(OP)                                                                            \
+    OP(1, ping, SH_FIELDS_ping_req, SH_FIELDS_ping_rep, 1)                                        \
+    OP(2, info, SH_FIELDS_info_req, SH_FIELDS_info_rep, 1)                                        \
+    OP(3, load, SH_FIELDS_load_req, SH_FIELDS_load_rep, 1)                                        \
+    OP(4, metrics, SH_FIELDS_empty, SH_FIELDS_metrics_rep, 1)                                     \
+    OP(10, session_touch, SH_FIELDS_session_touch_req, SH_FIELDS_session_rep, 0)                  \
+    OP(11, session_get, SH_FIELDS_session_get_req, SH_FIELDS_session_rep, 1)                      \
+    OP(12, session_destroy, SH_FIELDS_session_destroy_req, SH_FIELDS_session_destroy_rep, 1)      \
+    OP(13, session_login, SH_FIELDS_session_login_req, SH_FIELDS_session_rep, 0)                  \
+    OP(14, ratelimit_hit, SH_FIELDS_ratelimit_hit_req, SH_FIELDS_ratelimit_hit_rep, 1)            \
+    OP(20, heartbeat, SH_FIELDS_heartbeat_req, SH_FIELDS_heartbeat_rep, 1)                        \
+    OP(21, leave, SH_FIELDS_leave_req, SH_FIELDS_leave_rep, 1)                                    \
+    OP(22, members, SH_FIELDS_members_req, SH_FIELDS_members_rep, 1)                              \
+    OP(23, member_event, SH_FIELDS_member_event, SH_FIELDS_empty, 1)                              \
+    OP(40, user_create, SH_FIELDS_user_create_req, SH_FIELDS_user_rep, 0)                         \
+    OP(41, user_login, SH_FIELDS_user_login_req, SH_FIELDS_user_rep, 1)                           \
+    OP(42, item_create, SH_FIELDS_item_create_req, SH_FIELDS_item_write_rep, 0)                   \
+    OP(43, item_get, SH_FIELDS_item_get_req, SH_FIELDS_item_get_rep, 1)                           \
+    OP(44, item_list, SH_FIELDS_item_list_req, SH_FIELDS_item_list_rep, 1)                        \
+    OP(45, item_delete, SH_FIELDS_item_delete_req, SH_FIELDS_item_delete_rep, 1)                  \
+    OP(46, attachment_create, SH_FIELDS_attachment_create_req, SH_FIELDS_attachment_write_rep, 0) \
+    OP(47, attachment_get, SH_FIELDS_attachment_get_req, SH_FIELDS_attachment_get_rep, 1)         \
+    OP(48, attachment_list, SH_FIELDS_attachment_list_req, SH_FIELDS_attachment_list_rep, 1)      \
+    OP(49, attachment_usage, SH_FIELDS_attachment_usage_req, SH_FIELDS_attachment_usage_rep, 1)   \
+    OP(50, attachment_keys, SH_FIELDS_attachment_keys_req, SH_FIELDS_attachment_keys_rep, 1)      \
+    OP(60, upload_begin, SH_FIELDS_upload_begin_req, SH_FIELDS_upload_begin_rep, 0)               \
+    OP(61, upload_chunk, SH_FIELDS_upload_chunk_req, SH_FIELDS_upload_chunk_rep, 0)               \
+    OP(62, upload_finish, SH_FIELDS_upload_stream_req, SH_FIELDS_upload_finish_rep, 0)            \
+    OP(63, upload_abort, SH_FIELDS_upload_stream_req, SH_FIELDS_upload_abort_rep, 1)              \
+    OP(64, upload_read, SH_FIELDS_upload_read_req, SH_FIELDS_upload_read_rep, 1)                  \
+    OP(65, upload_delete, SH_FIELDS_upload_delete_req, SH_FIELDS_empty, 1)
 
 #endif

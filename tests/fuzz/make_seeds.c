@@ -34,6 +34,20 @@ static char s_text[256];
         f.items[1].id = 1;                                    \
         f.items[1].title = f.items[1].body = sh_str("first"); \
     } while (0)
+#define S_FILL_LIST_attachment(f)                   \
+    do {                                            \
+        f.count = 1;                                \
+        f.items[0].id = 7;                          \
+        f.items[0].name = sh_str("report (1).pdf"); \
+        f.items[0].key = sh_str("uploads/0a1b");    \
+        f.items[0].size = 5242881;                  \
+    } while (0)
+#define S_FILL_LIST_objkey(f)                 \
+    do {                                      \
+        f.count = 2;                          \
+        f.items[0].key = sh_str("uploads/a"); \
+        f.items[1].key = sh_str("uploads/b"); \
+    } while (0)
 #define S_FILL(kind, name, max) S_FILL_##kind(msg->name);
 
 #define S_FILLER(tname, FIELDS)           \
