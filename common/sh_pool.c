@@ -498,6 +498,10 @@ static void s_on_frames(sh_pool_t *self, sh_frames_t *frames)
         /*  an answering static instance is up; the registry's word rules the rest  */
         if (!inst->from_registry && inst->state != SH_MEMBER_DRAINING)
             inst->state = SH_MEMBER_UP;
+        /*  a static instance is known by name once it answered, so a caller
+            can pin later requests to it (opts.instance)  */
+        if (!inst->instance[0])
+            sh_str_copy(env.instance, inst->instance, sizeof inst->instance);
     }
     char rid[SH_ID_MAX + 1];
     sh_str_copy(env.request_id, rid, sizeof rid);

@@ -28,7 +28,7 @@
 #define EDGE_COOKIE_MAX    128
 #define EDGE_HEADER_SMALL  256
 #define EDGE_IP_MAX        46 /* INET6_ADDRSTRLEN */
-#define EDGE_RESP_HEADERS  6
+#define EDGE_RESP_HEADERS  8
 #define EDGE_RETRY_AFTER_S 1
 
 typedef struct {
@@ -52,6 +52,11 @@ typedef struct {
     int64_t login_window_s;
     int64_t signup_ip_limit;
     int64_t signup_window_s;
+    char *upload_endpoints;
+    int64_t upload_max_bytes;
+    int64_t upload_quota_bytes;
+    int64_t upload_timeout_ms;
+    int64_t upload_finish_timeout_ms;
 } edge_config_t;
 
 typedef enum {
@@ -92,6 +97,11 @@ typedef struct {
     const char *body; /* the request body, NUL-terminated ("" without one) */
     size_t body_len;
     int64_t content_length; /* -1 when absent */
+    bool streamed;          /* the body is not read: the route takes it (edge_http_body_sink) */
+    char content_type[SH_MIME_MAX + 1]; /* "" if absent or too long */
+    char range[EDGE_HEADER_SMALL];      /* Range */
+    char if_none_match[EDGE_HEADER_SMALL];
+    const char *file_name; /* X-File-Name as sent (percent-encoded), "" if absent */
     edge_conn_t *conn;
     int64_t started_us;
 } edge_req_t;
@@ -106,11 +116,33 @@ typedef struct {
     const char *header_values[EDGE_RESP_HEADERS];
 } edge_resp_t;
 
+/*  Where a streamed request body goes (edge_http_body_sink). data gets
+    each piece as it arrives (returns 0, or -1 to stop reading); done runs
+    once the whole body arrived; closed when the client went away before
+    the reply (the sink is dropped after it).  */
+typedef struct {
+    int (*data)(void *arg, const void *bytes, size_t len);
+    void (*done)(void *arg);
+    void (*closed)(void *arg);
+    void *arg;
+} edge_body_sink_t;
+
+/*  Where a streamed response body comes from (edge_http_stream_begin).
+    more runs when the connection has room for more bytes (push them with
+    edge_http_stream_push, now or later); ended once, when the last byte
+    was written or the client went away (not after edge_http_stream_abort).  */
+typedef struct {
+    void (*more)(void *arg);
+    void (*ended)(void *arg);
+    void *arg;
+} edge_body_source_t;
+
 struct edge_t {
     edge_config_t *config;
     sh_metrics_t *metrics;
     sh_pool_t *sessions;
     sh_pool_t *queries;
+    sh_pool_t *uploads;
     bool queries_known; /* query instances are configured or the registry named one */
     sh_pool_t *scrape;  /* every non-edge instance, for /metrics/cluster */
 
@@ -141,6 +173,28 @@ void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp);
 void edge_http_await(edge_conn_t *conn, sh_pool_t *pool, uint64_t handle);
 /*  Remember the worker job a connection waits for (detached if it closes).  */
 void edge_http_await_job(edge_conn_t *conn, edge_job_t *job);
+/*  True for the requests whose body the route streams instead of the edge
+    reading it first (POST /api/uploads).  */
+bool edge_http_streams_body(edge_method_t method, const char *path);
+/*  Take the body of a streamed request piece by piece. Reading starts
+    paused: call edge_http_body_pause(conn, false) when ready.  */
+void edge_http_body_sink(edge_conn_t *conn, const edge_body_sink_t *sink);
+/*  Stop (true) or go on (false) reading the request body: back-pressure.  */
+void edge_http_body_pause(edge_conn_t *conn, bool pause);
+/*  Start a response whose body of length bytes is streamed from source
+    (resp's body is ignored; HEAD sends the headers only). Returns 0 or -1
+    (answered 500).  */
+int edge_http_stream_begin(edge_conn_t *conn, const edge_resp_t *resp, uint64_t length,
+                           const edge_body_source_t *source);
+/*  Queue len bytes of the body (copied). Returns 0, or -1 when memory ran
+    out or more than the announced length was pushed (the connection is
+    closed).  */
+int edge_http_stream_push(edge_conn_t *conn, const void *bytes, size_t len);
+/*  Bytes queued and not yet written.  */
+size_t edge_http_stream_queued(const edge_conn_t *conn);
+/*  The body cannot be completed: close the connection (the client sees a
+    short body against its Content-Length).  */
+void edge_http_stream_abort(edge_conn_t *conn);
 
 /*  --- edge_json.c ---  */
 /*  Append text (len bytes of UTF-8) as a quoted, escaped JSON string.
@@ -150,6 +204,10 @@ int edge_json_str(sh_buf_t *buf, const char *text, size_t len);
     "excerpt"), author, author_id, created_at, and views when whole.
     Returns 0 or -1.  */
 int edge_json_item(sh_buf_t *buf, const sh_item_t *item, bool whole);
+/*  Append an attachment as a JSON object (id, item_id, owner_id, owner,
+    name, content_type, size, sha256, created_at, url); the object key
+    stays inside. Returns 0 or -1.  */
+int edge_json_attachment(sh_buf_t *buf, const sh_attachment_t *file);
 
 /*  --- edge_api.c ---  */
 struct json_t; /* jansson's; only edge_api.c and edge_board.c see inside */
@@ -198,6 +256,19 @@ int64_t edge_api_in_flight(const edge_t *edge);
     the request, 0 when the path is not one of the board's.  */
 int edge_board_handle(edge_t *edge, edge_req_t *req);
 
+/*  --- edge_upload.c ---  */
+/*  Route POST /api/uploads, GET|HEAD /api/uploads/<id> and GET
+    /api/items/<id>/attachments: 1 when taken, else 0.  */
+int edge_upload_handle(edge_t *edge, edge_req_t *req);
+
+/*  Check the caller is logged in (and, with need_csrf, sent the session's
+    CSRF token), then call fn exactly once: with the user, or with user_id
+    0 when the check failed (401/403/503 already answered here) or the
+    client left meanwhile - then fn only cleans up.  */
+typedef void(edge_user_fn)(void *arg, uint64_t user_id, const char *username);
+void edge_board_with_user(edge_t *edge, edge_req_t *req, bool need_csrf, edge_user_fn *fn,
+                          void *arg);
+
 /*  --- edge_req.c (pure: no connection, no library) ---  */
 /*  Value of cookie `name` in a Cookie header into out (size bytes).
     Names compare whole. Returns 0, or -1 when absent or too long.  */
@@ -221,4 +292,17 @@ const char *edge_client_ip(const char *peer, const char *forwarded, const char *
                            size_t size);
 /*  ASCII-lowercase len bytes of in into out (size bytes, NUL-ended).  */
 void edge_lowercase(const char *in, size_t len, char *out, size_t size);
+/*  Decode a percent-encoded file name into out (size bytes). The result
+    must be 1..SH_FILENAME_MAX bytes of strict UTF-8 without control
+    characters. Returns its length, or -1 with the reason in *why.  */
+int edge_file_name_decode(const char *in, char *out, size_t size, const char **why);
+/*  Content-Disposition: attachment with an ASCII fallback filename and the
+    exact name as filename* (RFC 6266, RFC 8187). Returns 0, or -1 when it
+    does not fit in size bytes.  */
+int edge_content_disposition(const char *name, char *out, size_t size);
+/*  One byte range of a Range header against an object of size bytes:
+    1 and [*first, *last] for a satisfiable single range, 0 when the whole
+    object should be sent (no header, several ranges, not bytes, bad
+    syntax), -1 when unsatisfiable (416).  */
+int edge_range_parse(const char *header, uint64_t size, uint64_t *first, uint64_t *last);
 #endif

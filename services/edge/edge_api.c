@@ -649,7 +649,7 @@ int edge_api_handle(edge_t *edge, edge_req_t *req)
         s_load(edge, req);
     else if (strcmp(path, "/api/cluster") == 0)
         s_cluster(edge, req);
-    else if (edge_board_handle(edge, req))
+    else if (edge_upload_handle(edge, req) || edge_board_handle(edge, req))
         ;
     else if (strncmp(path, "/api/", 5) == 0 || strcmp(path, "/api") == 0)
         edge_api_error(edge, req, 404, "not_found", "no such API path");

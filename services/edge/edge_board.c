@@ -63,6 +63,10 @@ struct s_flow_t {
     const char *bad_code; /* a 400 held until the caller is known to be logged in */
     char why[S_WHY_MAX];
 
+    /*  edge_board_with_user: who gets the user  */
+    edge_user_fn *user_fn;
+    void *user_arg;
+
     /*  learned on the way  */
     uint64_t user_id;
     char user_name[SH_USERNAME_MAX + 1];
@@ -74,6 +78,9 @@ struct s_flow_t {
 /*  The one place a flow ends.  */
 static void s_end(s_flow_t *flow)
 {
+    if (flow->user_fn)
+        /*  edge_board_with_user's caller learns the check ended without a user  */
+        flow->user_fn(flow->user_arg, 0, NULL);
     json_decref(flow->json);
     free(flow);
 }
@@ -366,6 +373,27 @@ static void s_need_user(s_flow_t *flow, bool need_csrf, s_then_fn *then)
     flow->then = then;
     sh_session_get_req_t body = {.id = sh_str(flow->sid)};
     s_send(flow, flow->edge->sessions, SH_OP_session_get, &body, NULL, s_on_session);
+}
+
+static void s_hand_user(s_flow_t *flow)
+{
+    /*  the connection is the caller's again  */
+    edge_http_await_job(flow->link.conn, NULL);
+    edge_user_fn *fn = flow->user_fn;
+    flow->user_fn = NULL;
+    fn(flow->user_arg, flow->user_id, flow->user_name);
+    s_end(flow);
+}
+
+void edge_board_with_user(edge_t *edge, edge_req_t *req, bool need_csrf, edge_user_fn *fn,
+                          void *arg)
+{
+    s_flow_t *flow = s_flow_new(edge, req);
+    if (!flow)
+        return;
+    flow->user_fn = fn;
+    flow->user_arg = arg;
+    s_need_user(flow, need_csrf, s_hand_user);
 }
 
 /*  A POST-only path: true when the request may go on, else answered.  */

@@ -47,10 +47,25 @@ struct edge_conn_t {
     bool body_done;    /* BODY_COMPLETION was seen for this request */
     int body_repeats;  /* BODY_COMPLETION calls after the first */
     int64_t started_us;
-    edge_req_t req; /* the current request, copied out of lws */
-    char *path;     /* storage of req.path */
-    sh_buf_t args;  /* storage of req.args */
-    sh_buf_t body;  /* storage of req.body */
+    edge_req_t req;  /* the current request, copied out of lws */
+    char *path;      /* storage of req.path */
+    char *file_name; /* storage of req.file_name */
+    sh_buf_t args;   /* storage of req.args */
+    sh_buf_t body;   /* storage of req.body */
+
+    /*  a streamed request body (req.streamed)  */
+    edge_body_sink_t sink;
+    bool rx_paused;
+
+    /*  a streamed response: headers in out, then the body from source  */
+    bool streaming;
+    bool headers_sent;
+    bool head_only;
+    edge_body_source_t source;
+    uint64_t stream_length;                 /* body bytes announced */
+    uint64_t stream_sent;                   /* body bytes written */
+    unsigned char *queue;                   /* LWS_PRE bytes, then queued body bytes */
+    size_t queue_cap, queue_off, queue_len; /* queued bytes are [off, len) after LWS_PRE */
 };
 
 static struct {
@@ -75,28 +90,47 @@ static int s_add_header(struct lws *wsi, const char *name, const char *value, un
                                        (const unsigned char *)value, (int)strlen(value), p, end);
 }
 
-void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp)
+/*  Stop taking a streamed request body: the reply is decided, whatever
+    of the body is left is read and dropped, and the connection closes.  */
+static void s_sink_drop(edge_conn_t *conn)
+{
+    if (!conn->req.streamed)
+        return;
+    memset(&conn->sink, 0, sizeof conn->sink);
+    if (!conn->body_done)
+        conn->close_after = true;
+    if (conn->rx_paused) {
+        /*  lws gives no POLLOUT to a connection with rx flow stopped  */
+        conn->rx_paused = false;
+        lws_rx_flow_control(conn->wsi, 1);
+    }
+}
+
+/*  Write the status line and headers into conn->out (room for extra body
+    bytes after them). Returns the header length, or -1 (out of memory or
+    headers that do not fit: a bug in a route, never client input).  */
+static int s_build_headers(edge_conn_t *conn, const edge_resp_t *resp, uint64_t content_length,
+                           size_t extra)
 {
     struct lws *wsi = conn->wsi;
-    conn->pool = NULL;
-    conn->handle = 0;
-    conn->job = NULL;
     free(conn->out);
-    size_t cap = LWS_PRE + EDGE_HEADERS_RESERVE + resp->body_len;
+    size_t cap = LWS_PRE + EDGE_HEADERS_RESERVE + extra;
     conn->out = malloc(cap);
-    if (!conn->out) {
-        conn->close_after = true;
-        lws_callback_on_writable(wsi);
-        return;
-    }
+    conn->out_len = 0;
+    if (!conn->out)
+        return -1;
     unsigned char *start = conn->out + LWS_PRE, *p = start, *end = conn->out + cap;
+    bool own_cache = false;
+    for (int i = 0; i < EDGE_RESP_HEADERS && resp->header_names[i]; i++)
+        own_cache |= strcmp(resp->header_names[i], "cache-control:") == 0;
     int rc = lws_add_http_header_status(wsi, (unsigned int)resp->status, &p, end);
     rc |= s_add_header(wsi, "content-type:",
                        resp->content_type ? resp->content_type : "application/json", &p, end);
-    rc |= lws_add_http_header_content_length(wsi, resp->body_len, &p, end);
+    rc |= lws_add_http_header_content_length(wsi, content_length, &p, end);
     for (size_t i = 0; i < SH_ARRAY_SIZE(s_default_header_names); i++)
         rc |= s_add_header(wsi, s_default_header_names[i], s_default_header_values[i], &p, end);
-    rc |= s_add_header(wsi, "cache-control:", "no-store", &p, end);
+    if (!own_cache)
+        rc |= s_add_header(wsi, "cache-control:", "no-store", &p, end);
     for (int i = 0; i < EDGE_RESP_HEADERS && resp->header_names[i]; i++)
         rc |= s_add_header(wsi, resp->header_names[i], resp->header_values[i], &p, end);
     if (conn->close_after || s_http.edge->draining) {
@@ -105,17 +139,125 @@ void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp)
     }
     rc |= lws_finalize_http_header(wsi, &p, end);
     if (rc) {
-        /*  headers did not fit: a bug in a route, never client input  */
         sh_error("response headers too large for status %d", resp->status);
+        return -1;
+    }
+    return (int)(p - start);
+}
+
+void edge_http_respond(edge_conn_t *conn, const edge_resp_t *resp)
+{
+    struct lws *wsi = conn->wsi;
+    conn->pool = NULL;
+    conn->handle = 0;
+    conn->job = NULL;
+    s_sink_drop(conn);
+    int n = s_build_headers(conn, resp, resp->body_len, resp->body_len);
+    if (n < 0) {
         conn->close_after = true;
         conn->out_len = 0;
     } else {
         if (resp->body_len)
-            memcpy(p, resp->body, resp->body_len);
-        conn->out_len = (size_t)(p - start) + resp->body_len;
+            memcpy(conn->out + LWS_PRE + n, resp->body, resp->body_len);
+        conn->out_len = (size_t)n + resp->body_len;
     }
     edge_api_count(s_http.edge, resp->status, conn->started_us);
     lws_callback_on_writable(wsi);
+}
+
+int edge_http_stream_begin(edge_conn_t *conn, const edge_resp_t *resp, uint64_t length,
+                           const edge_body_source_t *source)
+{
+    conn->pool = NULL;
+    conn->handle = 0;
+    conn->job = NULL;
+    s_sink_drop(conn);
+    int n = s_build_headers(conn, resp, length, 0);
+    if (n < 0) {
+        edge_resp_t fail = {500, NULL, NULL, 0, {NULL}, {NULL}};
+        edge_http_respond(conn, &fail);
+        return -1;
+    }
+    conn->out_len = (size_t)n;
+    conn->streaming = true;
+    conn->headers_sent = false;
+    conn->head_only = conn->req.method == EDGE_HEAD;
+    conn->source = *source;
+    conn->stream_length = conn->head_only ? 0 : length;
+    conn->stream_sent = 0;
+    edge_api_count(s_http.edge, resp->status, conn->started_us);
+    lws_callback_on_writable(conn->wsi);
+    return 0;
+}
+
+int edge_http_stream_push(edge_conn_t *conn, const void *bytes, size_t len)
+{
+    uint64_t queued = conn->queue_len - conn->queue_off;
+    if (!conn->streaming || conn->stream_sent + queued + len > conn->stream_length) {
+        edge_http_stream_abort(conn);
+        return -1;
+    }
+    if (conn->queue_off && conn->queue_off == conn->queue_len)
+        conn->queue_off = conn->queue_len = 0;
+    if (LWS_PRE + conn->queue_len + len > conn->queue_cap) {
+        /*  move what is left to the front first: the queue stays small  */
+        if (conn->queue_off) {
+            memmove(conn->queue + LWS_PRE, conn->queue + LWS_PRE + conn->queue_off, queued);
+            conn->queue_off = 0;
+            conn->queue_len = queued;
+        }
+        if (LWS_PRE + conn->queue_len + len > conn->queue_cap) {
+            size_t cap = LWS_PRE + conn->queue_len + len;
+            unsigned char *grown = realloc(conn->queue, cap);
+            if (!grown) {
+                edge_http_stream_abort(conn);
+                return -1;
+            }
+            conn->queue = grown;
+            conn->queue_cap = cap;
+        }
+    }
+    memcpy(conn->queue + LWS_PRE + conn->queue_len, bytes, len);
+    conn->queue_len += len;
+    lws_callback_on_writable(conn->wsi);
+    return 0;
+}
+
+size_t edge_http_stream_queued(const edge_conn_t *conn)
+{
+    return conn->queue_len - conn->queue_off;
+}
+
+void edge_http_stream_abort(edge_conn_t *conn)
+{
+    /*  the source called this: it knows  */
+    memset(&conn->source, 0, sizeof conn->source);
+    conn->close_after = true;
+    conn->streaming = false;
+    free(conn->out);
+    conn->out = NULL;
+    /*  an empty out with close_after closes at the next writeable  */
+    conn->out = malloc(LWS_PRE);
+    conn->out_len = 0;
+    lws_callback_on_writable(conn->wsi);
+}
+
+bool edge_http_streams_body(edge_method_t method, const char *path)
+{
+    return method == EDGE_POST && strcmp(path, "/api/uploads") == 0;
+}
+
+void edge_http_body_sink(edge_conn_t *conn, const edge_body_sink_t *sink)
+{
+    conn->sink = *sink;
+}
+
+void edge_http_body_pause(edge_conn_t *conn, bool pause)
+{
+    if (conn->rx_paused == pause || !conn->req.streamed || !conn->sink.data)
+        return;
+    conn->rx_paused = pause;
+    lws_rx_flow_control(conn->wsi, pause ? 0 : 1);
 }
 
 void edge_http_await(edge_conn_t *conn, sh_pool_t *pool, uint64_t handle)
@@ -346,6 +488,8 @@ static void s_conn_reset(edge_conn_t *conn)
 {
     free(conn->out);
     free(conn->path);
+    free(conn->file_name);
+    free(conn->queue);
     sh_buf_free(&conn->args);
     sh_buf_free(&conn->body);
     memset(conn, 0, sizeof *conn);
@@ -398,18 +542,36 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
         /*  lws cannot stream chunked request bodies: ask for a length  */
         return s_reject(conn, 411, "length_required",
                         "chunked request bodies are not accepted; send Content-Length");
-    if (req->content_length > edge->config->max_body_bytes)
+    req->streamed = edge_http_streams_body(req->method, req->path);
+    if (req->content_length > edge->config->max_body_bytes && !req->streamed)
         return s_reject(conn, 413, "too_large", "request body exceeds the size limit");
     s_copy_header(wsi, WSI_TOKEN_ORIGIN, req->origin, sizeof req->origin);
     s_copy_header(wsi, WSI_TOKEN_HOST, req->host, sizeof req->host);
     s_custom_header(wsi, "sec-fetch-site:", req->fetch_site, sizeof req->fetch_site);
     s_custom_header(wsi, "x-csrf-token:", req->csrf, sizeof req->csrf);
+    s_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, req->content_type, sizeof req->content_type);
+    s_copy_header(wsi, WSI_TOKEN_HTTP_RANGE, req->range, sizeof req->range);
+    s_copy_header(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, req->if_none_match, sizeof req->if_none_match);
+    int name_len = lws_hdr_custom_length(wsi, "x-file-name:", 12);
+    if (name_len > 0) {
+        conn->file_name = malloc((size_t)name_len + 1);
+        if (!conn->file_name)
+            return s_reject(conn, 500, "internal", "out of memory");
+        lws_hdr_custom_copy(wsi, conn->file_name, name_len + 1, "x-file-name:", 12);
+    }
+    req->file_name = conn->file_name ? conn->file_name : "";
     s_cookies(wsi, req);
     s_client_ip(wsi, req);
     if (s_args(wsi, conn))
         return s_reject(conn, 500, "internal", "out of memory");
     req->args = conn->args.data;
     req->args_len = conn->args.len;
+    if (req->streamed && req->content_length > 0) {
+        /*  the route takes the body as it comes, once it is ready for it  */
+        conn->rx_paused = true;
+        lws_rx_flow_control(wsi, 0);
+        return s_route(conn);
+    }
     if (req->content_length > 0) {
         /*  lws delivers the body next; the route runs when it is complete  */
         conn->reading_body = true;
@@ -420,6 +582,12 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
 
 static int s_on_body(edge_conn_t *conn, const void *in, size_t len)
 {
+    if (conn->req.streamed) {
+        /*  after the reply was decided the rest is dropped  */
+        if (!conn->sink.data)
+            return 0;
+        return conn->sink.data(conn->sink.arg, in, len) ? -1 : 0;
+    }
     if (!conn->reading_body)
         return 0; /* a rejected request's rest: the connection closes */
     if ((int64_t)(conn->body.len + len) > conn->req.content_length) {
@@ -448,6 +616,11 @@ static int s_on_body_complete(edge_conn_t *conn)
         return ++conn->body_repeats > EDGE_BODY_REPEATS_MAX ? -1 : 0;
     }
     conn->body_done = true;
+    if (conn->req.streamed) {
+        if (conn->sink.done)
+            conn->sink.done(conn->sink.arg);
+        return 0;
+    }
     if (!conn->reading_body)
         return 0; /* lws completes the empty body of a POST too; routed already */
     conn->reading_body = false;
@@ -456,8 +629,66 @@ static int s_on_body_complete(edge_conn_t *conn)
     return s_route(conn);
 }
 
+#define EDGE_STREAM_SLICE 65536 /* body bytes per write of a streamed response */
+
+/*  Tell the source its stream is over (once).  */
+static void s_source_ended(edge_conn_t *conn)
+{
+    edge_body_source_t source = conn->source;
+    memset(&conn->source, 0, sizeof conn->source);
+    if (source.ended)
+        source.ended(source.arg);
+}
+
+/*  One write of a streamed response: the headers, then slices of the
+    queue; asks the source for more when the queue runs low.  */
+static int s_stream_writeable(struct lws *wsi, edge_conn_t *conn)
+{
+    if (!conn->headers_sent) {
+        bool final = conn->stream_length == 0;
+        int n = lws_write(wsi, conn->out + LWS_PRE, conn->out_len,
+                          final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP_HEADERS);
+        free(conn->out);
+        conn->out = NULL;
+        conn->headers_sent = true;
+        if (n < 0)
+            return -1;
+        if (final) {
+            conn->streaming = false;
+            s_source_ended(conn);
+            if (conn->close_after)
+                return -1;
+            return lws_http_transaction_completed(wsi) ? -1 : 0;
+        }
+    } else if (conn->queue_len > conn->queue_off) {
+        size_t len = conn->queue_len - conn->queue_off;
+        if (len > EDGE_STREAM_SLICE)
+            len = EDGE_STREAM_SLICE;
+        bool final = conn->stream_sent + len == conn->stream_length;
+        if (lws_write(wsi, conn->queue + LWS_PRE + conn->queue_off, len,
+                      final ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) < 0)
+            return -1;
+        conn->queue_off += len;
+        conn->stream_sent += len;
+        if (final) {
+            conn->streaming = false;
+            s_source_ended(conn);
+            if (conn->close_after)
+                return -1;
+            return lws_http_transaction_completed(wsi) ? -1 : 0;
+        }
+    }
+    if (conn->queue_len > conn->queue_off)
+        lws_callback_on_writable(wsi);
+    else if (conn->source.more)
+        conn->source.more(conn->source.arg);
+    return 0;
+}
+
 static int s_on_writeable(struct lws *wsi, edge_conn_t *conn)
 {
+    if (conn->streaming)
+        return s_stream_writeable(wsi, conn);
     if (!conn->out)
         return conn->close_after ? -1 : 0;
     int n = conn->out_len ? lws_write(wsi, conn->out + LWS_PRE, conn->out_len, LWS_WRITE_HTTP_FINAL)
@@ -471,6 +702,13 @@ static int s_on_writeable(struct lws *wsi, edge_conn_t *conn)
 
 static void s_on_closed(edge_conn_t *conn)
 {
+    /*  a streamed body or response in progress learns its client left  */
+    if (conn->sink.closed) {
+        edge_body_sink_t sink = conn->sink;
+        memset(&conn->sink, 0, sizeof conn->sink);
+        sink.closed(sink.arg);
+    }
+    s_source_ended(conn);
     if (conn->pool && conn->handle) {
         sh_pool_cancel(conn->pool, conn->handle);
         (*s_http.edge->late_replies)++;
@@ -538,6 +776,7 @@ static void s_drain_all(edge_t *edge)
 {
     sh_pool_drain(edge->sessions);
     sh_pool_drain(edge->queries);
+    sh_pool_drain(edge->uploads);
     sh_pool_drain(edge->scrape);
     if (edge->registry)
         sh_registry_drain(edge->registry);
@@ -583,6 +822,7 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
     edge_t *edge = s_http.edge;
     sh_pool_tick(edge->sessions);
     sh_pool_tick(edge->queries);
+    sh_pool_tick(edge->uploads);
     sh_pool_tick(edge->scrape);
     if (edge->registry) {
         sh_registry_tick(edge->registry);
@@ -660,9 +900,10 @@ int edge_http_start(edge_t *edge)
     s_http.signal_fd = edge->signal_fd;
     if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
         return -1;
-    void *sockets[SH_REGISTRY_SOCKETS + 3 * SH_POOL_SOCKETS + 1];
+    void *sockets[SH_REGISTRY_SOCKETS + 4 * SH_POOL_SOCKETS + 1];
     int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_SOCKETS);
     n += sh_pool_sockets(edge->queries, sockets + n, SH_POOL_SOCKETS);
+    n += sh_pool_sockets(edge->uploads, sockets + n, SH_POOL_SOCKETS);
     n += sh_pool_sockets(edge->scrape, sockets + n, SH_POOL_SOCKETS);
 
     sockets[n++] = sh_workers_socket(edge->workers);

@@ -87,3 +87,25 @@ int edge_json_item(sh_buf_t *buf, const sh_item_t *item, bool whole)
     rc |= sh_buf_append(buf, "}", 1);
     return rc ? -1 : 0;
 }
+
+int edge_json_attachment(sh_buf_t *buf, const sh_attachment_t *file)
+{
+    int rc = sh_buf_printf(buf,
+                           "{\"id\":%" PRIu64 ",\"item_id\":%" PRIu64 ",\"owner_id\":%" PRIu64
+                           ",\"owner\":",
+                           file->id, file->item_id, file->owner_id) < 0
+                 ? -1
+                 : 0;
+    rc |= edge_json_str(buf, file->owner.ptr, file->owner.len);
+    rc |= sh_buf_append(buf, ",\"name\":", 8);
+    rc |= edge_json_str(buf, file->name.ptr, file->name.len);
+    rc |= sh_buf_append(buf, ",\"content_type\":", 16);
+    rc |= edge_json_str(buf, file->content_type.ptr, file->content_type.len);
+    rc |= sh_buf_printf(buf, ",\"size\":%" PRIu64 ",\"sha256\":", file->size) < 0 ? -1 : 0;
+    rc |= edge_json_str(buf, file->sha256.ptr, file->sha256.len);
+    rc |= sh_buf_printf(buf, ",\"created_at\":%" PRId64 ",\"url\":\"/api/uploads/%" PRIu64 "\"}",
+                        file->created_at, file->id) < 0
+              ? -1
+              : 0;
+    return rc ? -1 : 0;
+}

@@ -247,3 +247,137 @@ void edge_lowercase(const char *in, size_t len, char *out, size_t size)
         out[i] = (char)tolower((unsigned char)in[i]);
     out[n] = 0;
 }
+
+static int s_hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int edge_file_name_decode(const char *in, char *out, size_t size, const char **why)
+{
+    size_t n = 0;
+    for (const char *p = in; *p; p++) {
+        int byte = (unsigned char)*p;
+        if (*p == '%') {
+            int hi = s_hex_value(p[1]), lo = hi < 0 ? -1 : s_hex_value(p[2]);
+            if (lo < 0) {
+                *why = "X-File-Name has a bad percent-escape";
+                return -1;
+            }
+            byte = hi * 16 + lo;
+            p += 2;
+        }
+        if (n + 1 >= size || n >= SH_FILENAME_MAX) {
+            *why = "file name longer than 1024 bytes";
+            return -1;
+        }
+        out[n++] = (char)byte;
+    }
+    out[n] = 0;
+    if (n == 0) {
+        *why = "X-File-Name (the file name, percent-encoded) is required";
+        return -1;
+    }
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t used = sh_utf8_decode((const unsigned char *)out + i, n - i, &cp);
+        if (used == 0) {
+            *why = "file name is not valid UTF-8";
+            return -1;
+        }
+        if (cp < 0x20 || cp == 0x7f) {
+            *why = "file name contains a control character";
+            return -1;
+        }
+        i += used;
+    }
+    return (int)n;
+}
+
+/*  RFC 8187 attr-char: ALPHA / DIGIT / "!#$&+-.^_`|~"  */
+static bool s_attr_char(unsigned char c)
+{
+    return isalnum(c) || (c && strchr("!#$&+-.^_`|~", c));
+}
+
+int edge_content_disposition(const char *name, char *out, size_t size)
+{
+    sh_buf_t buf = {0};
+    int rc = sh_buf_append(&buf, "attachment; filename=\"", 22);
+    /*  the fallback: printable ASCII without quote, backslash or slash
+        (some clients take it as a path), every other byte '_'  */
+    for (const unsigned char *p = (const unsigned char *)name; *p && rc == 0; p++) {
+        char c = (*p >= 0x20 && *p < 0x7f && !strchr("\"\\/%", *p)) ? (char)*p : '_';
+        rc = sh_buf_append(&buf, &c, 1);
+    }
+    rc |= sh_buf_append(&buf, "\"; filename*=UTF-8''", 20);
+    for (const unsigned char *p = (const unsigned char *)name; *p && rc == 0; p++) {
+        char esc[4];
+        if (s_attr_char(*p))
+            rc = sh_buf_append(&buf, p, 1);
+        else {
+            snprintf(esc, sizeof esc, "%%%02X", *p);
+            rc = sh_buf_append(&buf, esc, 3);
+        }
+    }
+    if (rc == 0 && buf.len < size) {
+        memcpy(out, buf.data, buf.len);
+        out[buf.len] = 0;
+    } else
+        rc = -1;
+    sh_buf_free(&buf);
+    return rc;
+}
+
+/*  Digits at *p as a number (at most 19); advances *p. -1 when none.  */
+static int s_range_number(const char **p, uint64_t *out)
+{
+    const char *start = *p;
+    uint64_t value = 0;
+    while (isdigit((unsigned char)**p) && *p - start < 19)
+        value = value * 10 + (uint64_t)(*(*p)++ - '0');
+    if (*p == start || isdigit((unsigned char)**p))
+        return -1;
+    *out = value;
+    return 0;
+}
+
+int edge_range_parse(const char *header, uint64_t size, uint64_t *first, uint64_t *last)
+{
+    if (!header || strncmp(header, "bytes=", 6) != 0)
+        return 0;
+    const char *p = header + 6;
+    while (*p == ' ')
+        p++;
+    uint64_t a = 0, b = 0;
+    bool has_first = isdigit((unsigned char)*p);
+    if (has_first && s_range_number(&p, &a))
+        return 0;
+    if (*p++ != '-')
+        return 0;
+    bool has_last = isdigit((unsigned char)*p);
+    if (has_last && s_range_number(&p, &b))
+        return 0;
+    while (*p == ' ')
+        p++;
+    if (*p || (!has_first && !has_last))
+        return 0; /* several ranges, or junk: send the whole object */
+    if (!has_first) {
+        /*  the last b bytes  */
+        if (b == 0 || size == 0)
+            return -1;
+        *first = b >= size ? 0 : size - b;
+        *last = size - 1;
+        return 1;
+    }
+    if (has_last && b < a)
+        return 0; /* invalid: ignored, as RFC 9110 14.2 allows */
+    if (a >= size)
+        return -1;
+    *first = a;
+    *last = has_last && b < size ? b : size - 1;
+    return 1;
+}

@@ -57,6 +57,17 @@ static const sh_setting_t s_settings[] = {
                "signups per client address per signup window"),
     SH_SETTING(INT, "signup_window_s", signup_window_s, "3600", 1, 86400,
                "length of a signup rate-limit window, seconds"),
+    SH_SETTING(STR, "upload_endpoints", upload_endpoints, "", 0, 4095,
+               "comma-separated ZeroMQ endpoints of upload instances outside the registry "
+               "(static discovery; with health_endpoints set the registry finds them)"),
+    SH_SETTING(INT, "upload_max_bytes", upload_max_bytes, "1073741824", 0, 1099511627776,
+               "largest file accepted by POST /api/uploads (413 before the body is read)"),
+    SH_SETTING(INT, "upload_quota_bytes", upload_quota_bytes, "10737418240", 0, 1125899906842624,
+               "bytes of attachments one user may store (0: no quota)"),
+    SH_SETTING(INT, "upload_timeout_ms", upload_timeout_ms, "30000", 100, 600000,
+               "longest wait for the upload service to take one chunk of a file"),
+    SH_SETTING(INT, "upload_finish_timeout_ms", upload_finish_timeout_ms, "120000", 100, 3600000,
+               "longest wait for an upload to be completed in storage after its last byte"),
 };
 #undef SH_CONFIG_T
 
@@ -72,6 +83,8 @@ static void s_on_member(void *arg, const sh_member_t *member)
         edge->queries_known = true;
         sh_pool_update(edge->queries, member);
     }
+    if (sh_str_eq(member->service, "upload"))
+        sh_pool_update(edge->uploads, member);
     /*  stay connected to every service instance for /metrics/cluster  */
     if (!sh_str_eq(member->service, "edge"))
         sh_pool_update(edge->scrape, member);
@@ -118,6 +131,7 @@ int main(int argc, char **argv)
     edge.metrics = sh_metrics_new("edge", config.base.instance);
     edge.sessions = sh_pool_new("session", edge.metrics);
     edge.queries = sh_pool_new("query", edge.metrics);
+    edge.uploads = sh_pool_new("upload", edge.metrics);
     edge.scrape = sh_pool_new("scrape", NULL);
 
     edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
@@ -136,7 +150,9 @@ int main(int argc, char **argv)
     if (!edge.metrics || !edge.sessions || !edge.queries || !edge.scrape || !edge.workers ||
         (with_registry && !edge.registry) ||
         s_add_endpoints(edge.sessions, "session", config.session_endpoints, !with_registry) < 0 ||
-        (queries = s_add_endpoints(edge.queries, "query", config.query_endpoints, false)) < 0) {
+        (queries = s_add_endpoints(edge.queries, "query", config.query_endpoints, false)) < 0 ||
+        !edge.uploads ||
+        s_add_endpoints(edge.uploads, "upload", config.upload_endpoints, false) < 0) {
         if (with_registry && !edge.registry)
             fprintf(stderr, "invalid health_endpoints \"%s\"\n", config.base.health_endpoints);
         rc = 2;
@@ -171,6 +187,7 @@ done:
     sh_registry_destroy(&edge.registry);
     sh_pool_destroy(&edge.sessions);
     sh_pool_destroy(&edge.queries);
+    sh_pool_destroy(&edge.uploads);
     sh_pool_destroy(&edge.scrape);
     sh_workers_destroy(&edge.workers);
     sh_metrics_destroy(&edge.metrics);

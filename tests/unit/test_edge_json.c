@@ -91,6 +91,38 @@ static void test_edge_json_item_whole_and_excerpt(void **state)
     }
 }
 
+static void test_edge_json_attachment_fields(void **state)
+{
+    (void)state;
+    sh_attachment_t file = {.id = 12,
+                            .item_id = 3,
+                            .owner_id = 1,
+                            .owner = sh_str("alice"),
+                            .name = sh_str("a \"q\"\\..\\/\xe2\x82\xac.pdf"),
+                            .content_type = sh_str("application/pdf"),
+                            .size = 5242881,
+                            .sha256 = sh_str("ab12"),
+                            .key = sh_str("uploads/secret"),
+                            .created_at = 1763800000000};
+    sh_buf_t buf = {0};
+    assert_int_equal(edge_json_attachment(&buf, &file), 0);
+    json_error_t error;
+    json_t *back = json_loadb(buf.data, buf.len, 0, &error);
+    assert_non_null(back);
+    assert_int_equal(json_integer_value(json_object_get(back, "id")), 12);
+    assert_int_equal(json_integer_value(json_object_get(back, "item_id")), 3);
+    assert_int_equal(json_integer_value(json_object_get(back, "size")), 5242881);
+    assert_string_equal(json_string_value(json_object_get(back, "name")),
+                        "a \"q\"\\..\\/\xe2\x82\xac.pdf");
+    assert_string_equal(json_string_value(json_object_get(back, "url")), "/api/uploads/12");
+    assert_string_equal(json_string_value(json_object_get(back, "owner")), "alice");
+    /*  the storage key stays inside  */
+    assert_null(json_object_get(back, "key"));
+    assert_null(strstr(buf.data, "secret"));
+    json_decref(back);
+    sh_buf_free(&buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -98,6 +130,7 @@ int main(void)
         cmocka_unit_test(test_edge_json_utf8_of_every_length),
         cmocka_unit_test(test_edge_json_refuses_bad_utf8),
         cmocka_unit_test(test_edge_json_item_whole_and_excerpt),
+        cmocka_unit_test(test_edge_json_attachment_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

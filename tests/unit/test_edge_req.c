@@ -177,6 +177,81 @@ static void test_edge_req_lowercase_ascii(void **state)
     assert_string_equal(tiny, "ab");
 }
 
+static void test_edge_req_file_names_decoded_strictly(void **state)
+{
+    (void)state;
+    char out[SH_FILENAME_MAX + 1];
+    const char *why = NULL;
+    assert_int_equal(edge_file_name_decode("report%20(1).pdf", out, sizeof out, &why), 14);
+    assert_string_equal(out, "report (1).pdf");
+    /*  a traversal is data: decoded as written, never a path  */
+    assert_int_equal(edge_file_name_decode("..%2F..%2Fetc%2Fpasswd", out, sizeof out, &why), 16);
+    assert_string_equal(out, "../../etc/passwd");
+    assert_int_equal(edge_file_name_decode("%E2%82%AC.txt", out, sizeof out, &why), 7);
+    /*  NUL, CR/LF, DEL, overlong '.', a lone surrogate, bad escapes, empty  */
+    const char *bad[] = {"a%00b", "a%0D%0Ab", "a%7F", "%C0%AE%C0%AE", "%ED%A0%80", "50%",
+                         "%4",    "%G0",      ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        why = NULL;
+        assert_int_equal(edge_file_name_decode(bad[i], out, sizeof out, &why), -1);
+        assert_non_null(why);
+    }
+    /*  1024 bytes pass, 1025 do not  */
+    char name[SH_FILENAME_MAX + 2];
+    memset(name, 'a', sizeof name - 1);
+    name[SH_FILENAME_MAX] = 0;
+    assert_int_equal(edge_file_name_decode(name, out, sizeof out, &why), SH_FILENAME_MAX);
+    name[SH_FILENAME_MAX] = 'a';
+    name[SH_FILENAME_MAX + 1] = 0;
+    assert_int_equal(edge_file_name_decode(name, out, sizeof out, &why), -1);
+}
+
+static void test_edge_req_content_disposition_is_safe(void **state)
+{
+    (void)state;
+    char out[64 + SH_FILENAME_MAX * 4];
+    assert_int_equal(edge_content_disposition("report.pdf", out, sizeof out), 0);
+    assert_string_equal(out, "attachment; filename=\"report.pdf\"; filename*=UTF-8''report.pdf");
+    assert_int_equal(edge_content_disposition("a \"b\"\\c/d;e%f.txt", out, sizeof out), 0);
+    assert_string_equal(out, "attachment; filename=\"a _b__c_d;e_f.txt\"; "
+                             "filename*=UTF-8''a%20%22b%22%5Cc%2Fd%3Be%25f.txt");
+    assert_int_equal(edge_content_disposition("\xe2\x82\xac", out, sizeof out), 0);
+    assert_string_equal(out, "attachment; filename=\"___\"; filename*=UTF-8''%E2%82%AC");
+    /*  does not fit  */
+    assert_int_equal(edge_content_disposition("report.pdf", out, 20), -1);
+}
+
+static void test_edge_req_ranges(void **state)
+{
+    (void)state;
+    uint64_t a = 0, b = 0;
+    assert_int_equal(edge_range_parse("bytes=0-9", 100, &a, &b), 1);
+    assert_true(a == 0 && b == 9);
+    assert_int_equal(edge_range_parse("bytes=90-", 100, &a, &b), 1);
+    assert_true(a == 90 && b == 99);
+    assert_int_equal(edge_range_parse("bytes=-10", 100, &a, &b), 1);
+    assert_true(a == 90 && b == 99);
+    assert_int_equal(edge_range_parse("bytes=-1000", 100, &a, &b), 1);
+    assert_true(a == 0 && b == 99);
+    assert_int_equal(edge_range_parse("bytes=50-1000", 100, &a, &b), 1);
+    assert_true(a == 50 && b == 99);
+    /*  unsatisfiable  */
+    assert_int_equal(edge_range_parse("bytes=100-", 100, &a, &b), -1);
+    assert_int_equal(edge_range_parse("bytes=-0", 100, &a, &b), -1);
+    assert_int_equal(edge_range_parse("bytes=0-", 0, &a, &b), -1);
+    /*  the whole object: none, several, other units, junk, reversed  */
+    const char *whole[] = {"",
+                           "bytes=0-1,5-6",
+                           "items=0-1",
+                           "bytes=a-b",
+                           "bytes=-",
+                           "bytes=9-1",
+                           "bytes=99999999999999999999-"};
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++)
+        assert_int_equal(edge_range_parse(whole[i], 100, &a, &b), 0);
+    assert_int_equal(edge_range_parse(NULL, 100, &a, &b), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -189,6 +264,9 @@ int main(void)
         cmocka_unit_test(test_edge_req_cidr_match),
         cmocka_unit_test(test_edge_req_client_ip_behind_trusted_proxy),
         cmocka_unit_test(test_edge_req_lowercase_ascii),
+        cmocka_unit_test(test_edge_req_file_names_decoded_strictly),
+        cmocka_unit_test(test_edge_req_content_disposition_is_safe),
+        cmocka_unit_test(test_edge_req_ranges),
     };
     return cmocka_run_group_tests_name("edge_req", tests, NULL, NULL);
 }
