@@ -288,7 +288,7 @@ int edge_file_name_decode(const char *in, char *out, size_t size, const char **w
             *why = "file name is not valid UTF-8";
             return -1;
         }
-        if (cp < 0x20 || cp == 0x7f) {
+        if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f)) { /* C0, DEL and C1 */
             *why = "file name contains a control character";
             return -1;
         }

@@ -1,4 +1,4 @@
-/*  shoal-query - the board's durable data (accounts, items) in Postgres:
+/*  shoal-query - the board's durable data (accounts, items, attachments) in Postgres:
     writes on the primary, reads on the read replica, hot reads cached in
     Redis. Holds no state of its own: any instance serves any request.
 
@@ -115,10 +115,11 @@ int main(int argc, char **argv)
         argv++;
     }
     query_config_t config = {0};
-    int rc = sh_config_start(s_settings, SH_ARRAY_SIZE(s_settings), &config, &config.base, "query",
-                             "The Shoal query service: accounts and items in Postgres. "
-                             "Run `shoal-query migrate` to apply the schema migrations and exit.",
-                             argc, argv);
+    int rc =
+        sh_config_start(s_settings, SH_ARRAY_SIZE(s_settings), &config, &config.base, "query",
+                        "The Shoal query service: accounts, items and attachments in Postgres. "
+                        "Run `shoal-query migrate` to apply the schema migrations and exit.",
+                        argc, argv);
     if (rc >= 0)
         return rc;
     rc = 0;

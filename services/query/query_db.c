@@ -35,7 +35,7 @@
 #define QUERY_WAL_PAGE         8192 /* XLOG_BLCKSZ */
 #define QUERY_WAL_PAGE_HEADER  40   /* SizeOfXLogLongPHD: the most a page header adds */
 #define QUERY_MAX_POOL         32
-#define QUERY_MAX_PARAMS       8
+#define QUERY_MAX_PARAMS       9
 #define QUERY_PARAM_MAX        (SH_TEXT_MAX + 1)
 #define QUERY_MIGRATE_LOCK     "7431001" /* pg_advisory_lock key of the migrations */
 #define QUERY_MIGRATE_RETRY_MS 250

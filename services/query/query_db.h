@@ -25,6 +25,11 @@
 /*  The statements, S(NAME, writes, SQL). Parameters are $1..$n; results are
     read by column index. Nothing here is ever built from input.  */
 #define QUERY_MS(col) "(extract(epoch from " col ") * 1000)::bigint"
+/*  Column order of every attachment row: id, item_id, owner_id, owner,
+    name, content_type, size, sha256, key, created_at.  */
+#define QUERY_ATTACHMENT_COLUMNS                                                          \
+    "a.id, a.item_id, a.owner_id, u.username, a.name, a.content_type, a.size, a.sha256, " \
+    "a.object_key, " QUERY_MS("a.created_at")
 #define QUERY_STATEMENTS(S)                                                                        \
     S(USER_CREATE, true,                                                                           \
       "INSERT INTO users (username, pw_hash) VALUES ($1, $2) ON CONFLICT DO NOTHING "              \
@@ -58,7 +63,25 @@
     S(ITEM_DELETE, true,                                                                           \
       "WITH target AS (SELECT id, author_id FROM items WHERE id = $1::bigint), "                   \
       "del AS (DELETE FROM items i USING target t WHERE i.id = t.id AND t.author_id = $2::bigint " \
-      "RETURNING i.id) SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM del)")
+      "RETURNING i.id) SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM del)")          \
+    S(ATTACHMENT_CREATE, true,                                                                     \
+      "SELECT r_id, r_item, r_owner, r_username, r_name, r_type, r_size, r_sha256, r_key, "        \
+      "r_created_ms, r_outcome FROM attachment_create($1::bigint, $2::bigint, $3, $4::bigint, "    \
+      "$5, $6, $7, $8::bigint, $9::bigint)")                                                       \
+    S(ATTACHMENT_GET, false,                                                                       \
+      "SELECT " QUERY_ATTACHMENT_COLUMNS " FROM attachments a JOIN users u ON u.id = a.owner_id "  \
+      "WHERE a.id = $1::bigint")                                                                   \
+    S(ATTACHMENT_LIST, false,                                                                      \
+      "SELECT " QUERY_ATTACHMENT_COLUMNS " FROM attachments a JOIN users u ON u.id = a.owner_id "  \
+      "WHERE a.item_id = $1::bigint ORDER BY a.id LIMIT $2::bigint")                               \
+    S(ATTACHMENT_USAGE, false,                                                                     \
+      "SELECT (SELECT coalesce(sum(size), 0) FROM attachments WHERE owner_id = $1::bigint), "      \
+      "(SELECT count(*) FROM attachments WHERE owner_id = $1::bigint), i.id IS NOT NULL, "         \
+      "coalesce(i.author_id, 0), (SELECT count(*) FROM attachments WHERE item_id = $2::bigint) "   \
+      "FROM (SELECT 1) one LEFT JOIN items i ON i.id = $2::bigint")                                \
+    S(ATTACHMENT_KEYS, false,                                                                      \
+      "SELECT object_key FROM attachments WHERE object_key = ANY ($1::text[]) ORDER BY "           \
+      "object_key")
 
 #define QUERY_STMT_ENUM(name, writes, sql) QUERY_##name,
 typedef enum { QUERY_STATEMENTS(QUERY_STMT_ENUM) QUERY_STMT_COUNT } query_stmt_t;

@@ -1,5 +1,5 @@
-/*  query_server.c - accounts and items: validate, call the database (and
-    the cache), reply.
+/*  query_server.c - accounts, items and attachments: validate, call the
+    database (and the cache), reply.
 
     Passwords are hashed and verified with Argon2id on the worker threads,
     never on the loop. A login for an unknown name verifies against a dummy
@@ -17,6 +17,9 @@
 #define S_FALLBACK_TIMEOUT_MS 2000
 #define S_BAD_LOGIN           "wrong username or password"
 #define S_NUM_MAX             24
+#define S_STR(x)              #x
+#define S_XSTR(x)             S_STR(x)
+#define S_NO_ATTACHMENT       "no such attachment"
 
 struct query_server_t {
     sh_service_t *service;
@@ -145,6 +148,73 @@ static bool s_blank(sh_str_t s)
         if (s.ptr[i] != ' ')
             return false;
     return true;
+}
+
+bool query_sha256_valid(const char *text, size_t len)
+{
+    if (len != SH_SHA256_HEX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!((text[i] >= '0' && text[i] <= '9') || (text[i] >= 'a' && text[i] <= 'f')))
+            return false;
+    return true;
+}
+
+bool query_objkey_valid(const char *text, size_t len)
+{
+    return len >= 1 && len <= SH_OBJKEY_MAX &&
+           !query_text_problem(text, len, 1, SH_OBJKEY_MAX, false);
+}
+
+const char *query_attachment_problem(const sh_attachment_create_req_t *req, char *why, size_t size)
+{
+    const char *text;
+    if (!s_db_id(req->user_id))
+        snprintf(why, size, "user_id: required");
+    else if (!query_objkey_valid(req->key.ptr, req->key.len))
+        snprintf(why, size, "key: 1 to %d bytes of UTF-8 without control characters",
+                 SH_OBJKEY_MAX);
+    else if (req->size > INT64_MAX)
+        snprintf(why, size, "size: too large");
+    else if (!query_sha256_valid(req->sha256.ptr, req->sha256.len))
+        snprintf(why, size, "sha256: %d lowercase hex digits", SH_SHA256_HEX);
+    else if ((text = query_text_problem(req->content_type.ptr, req->content_type.len, 1,
+                                        SH_MIME_MAX, false)) ||
+             req->content_type.len > SH_MIME_MAX)
+        snprintf(why, size, "content_type %s (1 to %d bytes)", text ? text : "is too long",
+                 SH_MIME_MAX);
+    else if ((text = query_text_problem(req->name.ptr, req->name.len, 1, SH_FILENAME_MAX, false)) ||
+             req->name.len > SH_FILENAME_MAX)
+        snprintf(why, size, "name %s (1 to %d bytes)", text ? text : "is too long",
+                 SH_FILENAME_MAX);
+    else if (req->quota > INT64_MAX)
+        snprintf(why, size, "quota: too large");
+    else
+        return NULL;
+    return why;
+}
+
+int query_keys_array(const sh_objkey_list_t *keys, sh_buf_t *out)
+{
+    /*  every element quoted: only '"' and '\' need escaping inside quotes  */
+    int taken = 0;
+    int rc = sh_buf_append(out, "{", 1);
+    for (uint32_t i = 0; rc == 0 && i < keys->count; i++) {
+        sh_str_t key = keys->items[i].key;
+        if (!query_objkey_valid(key.ptr, key.len))
+            continue;
+        if (taken++)
+            rc |= sh_buf_append(out, ",", 1);
+        rc |= sh_buf_append(out, "\"", 1);
+        for (uint32_t j = 0; rc == 0 && j < key.len; j++) {
+            if (key.ptr[j] == '"' || key.ptr[j] == '\\')
+                rc |= sh_buf_append(out, "\\", 1);
+            rc |= sh_buf_append(out, &key.ptr[j], 1);
+        }
+        rc |= sh_buf_append(out, "\"", 1);
+    }
+    rc |= sh_buf_append(out, "}", 1);
+    return rc ? -1 : taken;
 }
 
 /*  --- accounts ---------------------------------------------------------------  */
@@ -583,6 +653,244 @@ static void s_on_item_delete(sh_service_t *service, sh_request_t *request, void 
                    call);
 }
 
+/*  --- attachments ---------------------------------------------------------------  */
+
+/*  Column order of every attachment statement: QUERY_ATTACHMENT_COLUMNS.  */
+static void s_attachment_of(const query_rows_t *rows, int row, sh_attachment_t *a)
+{
+    memset(a, 0, sizeof *a);
+    a->id = (uint64_t)query_rows_int(rows, row, 0);
+    a->item_id = (uint64_t)query_rows_int(rows, row, 1);
+    a->owner_id = (uint64_t)query_rows_int(rows, row, 2);
+    a->owner = sh_str(query_rows_text(rows, row, 3));
+    a->name = sh_str(query_rows_text(rows, row, 4));
+    a->content_type = sh_str(query_rows_text(rows, row, 5));
+    a->size = (uint64_t)query_rows_int(rows, row, 6);
+    a->sha256 = sh_str(query_rows_text(rows, row, 7));
+    a->key = sh_str(query_rows_text(rows, row, 8));
+    a->created_at = query_rows_int(rows, row, 9);
+}
+
+/*  What attachment_create() in migration 002 answers besides 'ok'.  */
+static const struct {
+    const char *outcome;
+    uint64_t status;
+    const char *error;
+} s_create_refusals[] = {
+    {"no_item", SH_STATUS_NOT_FOUND, "no such item"},
+    {"forbidden", SH_STATUS_FORBIDDEN, "only the item's author may attach files"},
+    {"full", SH_STATUS_TOO_LARGE, "the item has " S_XSTR(SH_ATTACH_MAX) " attachments"},
+    /*  the edge maps exactly this text to quota_exceeded  */
+    {"quota", SH_STATUS_TOO_LARGE, "upload quota exceeded"},
+    {"key_taken", SH_STATUS_CONFLICT, "the object key belongs to another attachment"},
+};
+
+static void s_on_attachment_created(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (!s_one_row(call, out, SH_STATUS_INTERNAL, "attachment_create gave no outcome"))
+        return;
+    const char *outcome = query_rows_text(out->rows, 0, 10);
+    if (strcmp(outcome, "ok") == 0) {
+        sh_attachment_t a;
+        s_attachment_of(out->rows, 0, &a);
+        sh_attachment_create_rep_t rep;
+        memset(&rep, 0, sizeof rep);
+        SH_RECORD_COPY(SH_FIELDS_attachment, &rep, &a);
+        rep.lsn = out->lsn;
+        s_reply(call, SH_STATUS_OK, NULL, &rep);
+        return;
+    }
+    for (size_t i = 0; i < SH_ARRAY_SIZE(s_create_refusals); i++)
+        if (strcmp(outcome, s_create_refusals[i].outcome) == 0) {
+            s_reply(call, s_create_refusals[i].status, s_create_refusals[i].error, NULL);
+            return;
+        }
+    sh_warn("attachment_create: unknown outcome '%.32s'", outcome);
+    s_reply(call, SH_STATUS_INTERNAL, "attachment_create gave an unknown outcome", NULL);
+}
+
+static void s_on_attachment_create(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_attachment_create_req_t *req = request->body;
+    char why[128];
+    if (query_attachment_problem(req, why, sizeof why)) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, why, NULL);
+        return;
+    }
+    if (!s_db_id(req->item_id)) {
+        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such item", NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    /*  strings in the request are not NUL-terminated: copy them for libpq  */
+    char user[S_NUM_MAX], item[S_NUM_MAX], size[S_NUM_MAX], quota[S_NUM_MAX], max[S_NUM_MAX];
+    char key[SH_OBJKEY_MAX + 1], sha256[SH_SHA256_HEX + 1], type[SH_MIME_MAX + 1],
+        name[SH_FILENAME_MAX + 1];
+    s_num(user, req->user_id);
+    s_num(item, req->item_id);
+    s_num(size, req->size);
+    s_num(quota, req->quota);
+    s_num(max, SH_ATTACH_MAX);
+    sh_str_copy(req->key, key, sizeof key);
+    sh_str_copy(req->sha256, sha256, sizeof sha256);
+    sh_str_copy(req->content_type, type, sizeof type);
+    sh_str_copy(req->name, name, sizeof name);
+    const char *params[9] = {user, item, key, size, sha256, type, name, quota, max};
+    query_db_write(self->db, QUERY_ATTACHMENT_CREATE, 9, params, s_timeout(call),
+                   s_on_attachment_created, call);
+}
+
+static void s_on_attachment_read(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (!s_one_row(call, out, SH_STATUS_NOT_FOUND, S_NO_ATTACHMENT))
+        return;
+    sh_attachment_t a;
+    s_attachment_of(out->rows, 0, &a);
+    sh_attachment_get_rep_t rep;
+    memset(&rep, 0, sizeof rep);
+    SH_RECORD_COPY(SH_FIELDS_attachment, &rep, &a);
+    rep.source = sh_str(out->source);
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_attachment_get(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_attachment_get_req_t *req = request->body;
+    if (!s_db_id(req->id)) {
+        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, S_NO_ATTACHMENT, NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    char id[S_NUM_MAX];
+    s_num(id, req->id);
+    const char *params[1] = {id};
+    query_db_read(self->db, QUERY_ATTACHMENT_GET, req->min_lsn, 1, params, s_timeout(call),
+                  s_on_attachment_read, call);
+}
+
+static void s_on_attachments_listed(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    static sh_attachment_list_rep_t rep; /* large; the loop is single-threaded */
+    memset(&rep, 0, sizeof rep);
+    int rows = query_rows_count(out->rows);
+    for (int i = 0; i < rows && rep.attachments.count < SH_ATTACH_MAX; i++)
+        s_attachment_of(out->rows, i, &rep.attachments.items[rep.attachments.count++]);
+    rep.source = sh_str(out->source);
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_attachment_list(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_attachment_list_req_t *req = request->body;
+    if (!s_db_id(req->item_id)) {
+        /*  no item can have this id: nothing to read  */
+        sh_attachment_list_rep_t empty;
+        memset(&empty, 0, sizeof empty);
+        sh_service_reply(service, &request, SH_STATUS_OK, NULL, &empty);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    char item[S_NUM_MAX], limit[S_NUM_MAX];
+    s_num(item, req->item_id);
+    s_num(limit, SH_ATTACH_MAX);
+    const char *params[2] = {item, limit};
+    query_db_read(self->db, QUERY_ATTACHMENT_LIST, req->min_lsn, 2, params, s_timeout(call),
+                  s_on_attachments_listed, call);
+}
+
+static void s_on_usage_read(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (!s_one_row(call, out, SH_STATUS_INTERNAL, "attachment usage gave no row"))
+        return;
+    sh_attachment_usage_rep_t rep;
+    memset(&rep, 0, sizeof rep);
+    rep.used_bytes = (uint64_t)query_rows_int(out->rows, 0, 0);
+    rep.count = (uint64_t)query_rows_int(out->rows, 0, 1);
+    rep.item_exists = strcmp(query_rows_text(out->rows, 0, 2), "t") == 0;
+    rep.item_author_id = (uint64_t)query_rows_int(out->rows, 0, 3);
+    rep.item_attachments = (uint64_t)query_rows_int(out->rows, 0, 4);
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_attachment_usage(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_attachment_usage_req_t *req = request->body;
+    if (!s_db_id(req->user_id)) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, "user_id: required", NULL);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (!call)
+        return;
+    char user[S_NUM_MAX], item[S_NUM_MAX];
+    s_num(user, req->user_id);
+    s_num(item, s_db_id(req->item_id) ? req->item_id : 0); /* 0: an id no item has */
+    const char *params[2] = {user, item};
+    /*  the check before an upload must count the latest writes  */
+    query_db_read_primary(self->db, QUERY_ATTACHMENT_USAGE, 2, params, s_timeout(call),
+                          s_on_usage_read, call);
+}
+
+static void s_on_keys_read(void *arg, const query_outcome_t *out)
+{
+    s_call_t *call = arg;
+    if (out->status != SH_STATUS_OK) {
+        s_reply(call, out->status, out->error, NULL);
+        return;
+    }
+    sh_attachment_keys_rep_t rep;
+    memset(&rep, 0, sizeof rep);
+    int rows = query_rows_count(out->rows);
+    for (int i = 0; i < rows && rep.keys.count < SH_PAGE_MAX; i++)
+        rep.keys.items[rep.keys.count++].key = sh_str(query_rows_text(out->rows, i, 0));
+    s_reply(call, SH_STATUS_OK, NULL, &rep);
+}
+
+static void s_on_attachment_keys(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    query_server_t *self = arg;
+    sh_attachment_keys_req_t *req = request->body;
+    sh_buf_t array = {0};
+    int taken = query_keys_array(&req->keys, &array);
+    if (taken <= 0) {
+        sh_buf_free(&array);
+        if (taken < 0) {
+            sh_service_reply(service, &request, SH_STATUS_INTERNAL, "out of memory", NULL);
+            return;
+        }
+        sh_attachment_keys_rep_t none;
+        memset(&none, 0, sizeof none);
+        sh_service_reply(service, &request, SH_STATUS_OK, NULL, &none);
+        return;
+    }
+    s_call_t *call = s_call_new(self, request);
+    if (call) {
+        const char *params[1] = {array.data};
+        /*  a key whose row was just written must never look unused  */
+        query_db_read_primary(self->db, QUERY_ATTACHMENT_KEYS, 1, params, s_timeout(call),
+                              s_on_keys_read, call);
+    }
+    sh_buf_free(&array);
+}
+
 /*  --- setup ---------------------------------------------------------------------  */
 
 query_server_t *query_server_new(sh_service_t *service, query_db_t *db, query_cache_t *cache,
@@ -618,6 +926,11 @@ query_server_t *query_server_new(sh_service_t *service, query_db_t *db, query_ca
     sh_service_handle(service, SH_OP_item_get, s_on_item_get, self);
     sh_service_handle(service, SH_OP_item_list, s_on_item_list, self);
     sh_service_handle(service, SH_OP_item_delete, s_on_item_delete, self);
+    sh_service_handle(service, SH_OP_attachment_create, s_on_attachment_create, self);
+    sh_service_handle(service, SH_OP_attachment_get, s_on_attachment_get, self);
+    sh_service_handle(service, SH_OP_attachment_list, s_on_attachment_list, self);
+    sh_service_handle(service, SH_OP_attachment_usage, s_on_attachment_usage, self);
+    sh_service_handle(service, SH_OP_attachment_keys, s_on_attachment_keys, self);
     return self;
 }
 

@@ -1,6 +1,7 @@
-/*  query_server.h - the query service's operations: accounts and items.
-    Validates every request, hashes passwords on the worker threads and
-    reads through the cache; query_db and query_cache do the I/O.
+/*  query_server.h - the query service's operations: accounts, items and
+    their attachments. Validates every request, hashes passwords on the
+    worker threads and reads through the cache; query_db and query_cache do
+    the I/O.
 */
 #ifndef QUERY_SERVER_H_INCLUDED
 #define QUERY_SERVER_H_INCLUDED
@@ -12,6 +13,7 @@
 #include "query_cache.h"
 #include "query_db.h"
 #include "sh_service.h"
+#include "sh_util.h"
 
 #define QUERY_USERNAME_MIN 3
 #define QUERY_USERNAME_MAX 32
@@ -44,5 +46,18 @@ const char *query_text_problem(const char *text, size_t len, size_t min, size_t 
                                bool multiline);
 /*  True for 3..32 characters of [A-Za-z0-9_.-].  */
 bool query_username_valid(const char *text, size_t len);
+/*  True for exactly SH_SHA256_HEX lowercase hex digits.  */
+bool query_sha256_valid(const char *text, size_t len);
+/*  True for an object key: 1..SH_OBJKEY_MAX bytes of UTF-8 without
+    control characters (no other key can have a row).  */
+bool query_objkey_valid(const char *text, size_t len);
+/*  Why an attachment_create request is invalid, written into why (size
+    bytes) and returned; NULL when it is valid. The item is not checked
+    here (an unknown one is NOT_FOUND, not INVALID).  */
+const char *query_attachment_problem(const sh_attachment_create_req_t *req, char *why, size_t size);
+/*  Append the valid keys (query_objkey_valid; the others cannot have a
+    row) to out as a Postgres text[] literal, a parameter value. Returns how
+    many it took, or -1 when memory runs out.  */
+int query_keys_array(const sh_objkey_list_t *keys, sh_buf_t *out);
 
 #endif

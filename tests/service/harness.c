@@ -1,12 +1,17 @@
 /*  harness.c - service test helpers.  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -18,6 +23,15 @@
 #define T_PORT_LOW  20000
 #define T_PORT_SPAN 12000
 #define T_POLL_MS   20
+
+#define T_PG_OS_USER   "postgres" /* Postgres refuses to run as root */
+#define T_PG_SUPERUSER "postgres"
+#define T_PG_TOOL_MS   60000 /* initdb, pg_basebackup */
+#define T_PG_START_MS  30000
+#define T_PG_STOP_MS   10000
+#define T_PSQL_MS      10000
+#define T_PG_PATH_MAX  512
+#define T_PG_ARGS_MAX  48
 
 int t_free_port(void)
 {
@@ -128,6 +142,234 @@ void t_tail(const char *log)
         fprintf(stderr, "(no log at %s)\n", log);
 }
 
+/*  --- Postgres ------------------------------------------------------------  */
+
+/*  Settings of every test server (as -c flags): loopback only, no Unix
+    socket, replication on, no fsync (test data).  */
+static const char *const s_pg_settings[] = {
+    "listen_addresses=127.0.0.1",
+    "unix_socket_directories=",
+    "wal_level=replica",
+    "max_wal_senders=10",
+    "wal_keep_size=256MB",
+    "hot_standby=on",
+    "max_connections=100",
+    "shared_buffers=32MB",
+    "fsync=off",
+    "wal_retrieve_retry_interval=200ms",
+    "log_min_messages=warning",
+};
+
+/*  Path of a Postgres program in out (just the name, for PATH, if none
+    of the known directories has it).  */
+static void s_pg_tool(const char *name, char *out, size_t size)
+{
+    const char *dir = getenv("SHOAL_PG_BIN_DIR");
+    char found[T_PG_PATH_MAX] = "";
+    if (dir && *dir)
+        snprintf(found, sizeof found, "%s", dir);
+    else {
+        /*  Debian: /usr/lib/postgresql/<major>/bin, the newest major  */
+        glob_t g;
+        long best = -1;
+        if (glob("/usr/lib/postgresql/*/bin/postgres", 0, NULL, &g) == 0) {
+            for (size_t i = 0; i < g.gl_pathc; i++) {
+                long major = strtol(g.gl_pathv[i] + strlen("/usr/lib/postgresql/"), NULL, 10);
+                if (major > best) {
+                    best = major;
+                    snprintf(found, sizeof found, "%s", g.gl_pathv[i]);
+                    found[strlen(found) - strlen("/postgres")] = 0;
+                }
+            }
+            globfree(&g);
+        }
+    }
+    snprintf(out, size, "%s%s%s", found, found[0] ? "/" : "", name);
+    if (found[0] && access(out, X_OK) != 0)
+        snprintf(out, size, "%s", name);
+}
+
+/*  In a child before exec: the environment Postgres tools expect, and
+    (as root) the postgres OS user. Returns 0 or -1.  */
+static int s_pg_child_setup(bool as_pg_user)
+{
+    extern char **environ;
+    /*  a PGHOST, PGPORT, ... of the caller must not redirect the tools  */
+    for (int i = 0; environ[i];) {
+        if (strncmp(environ[i], "PG", 2) == 0) {
+            char name[128];
+            size_t n = strcspn(environ[i], "=");
+            snprintf(name, sizeof name, "%.*s", (int)n, environ[i]);
+            unsetenv(name);
+            i = 0;
+        } else
+            i++;
+    }
+    setenv("LC_ALL", "C.UTF-8", 1);
+    setenv("PGCONNECT_TIMEOUT", "2", 1);
+    if (!as_pg_user || geteuid() != 0)
+        return 0;
+    struct passwd *pw = getpwnam(T_PG_OS_USER);
+    if (!pw || setgroups(0, NULL) || setgid(pw->pw_gid) || setuid(pw->pw_uid))
+        return -1;
+    /*  a tool may look at its working directory: one it can read  */
+    if ((!pw->pw_dir || chdir(pw->pw_dir) != 0) && chdir("/") != 0)
+        return -1;
+    return 0;
+}
+
+/*  Start argv (argv[0] a full path or a name on PATH) with stdout to
+    out_fd (-1: log) and stderr to log. Returns the pid.  */
+static pid_t s_pg_spawn(char *const argv[], bool as_pg_user, const char *log, int out_fd)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (fd >= 0) {
+        dup2(out_fd >= 0 ? out_fd : fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+    }
+    int null = open("/dev/null", O_RDONLY);
+    if (null >= 0)
+        dup2(null, STDIN_FILENO);
+    if (s_pg_child_setup(as_pg_user))
+        _exit(126);
+    execvp(argv[0], argv);
+    _exit(127);
+}
+
+/*  Run a one-shot tool to its end. Returns its exit status or -1.  */
+static int s_pg_run(char *const argv[], bool as_pg_user, const char *log)
+{
+    pid_t pid = s_pg_spawn(argv, as_pg_user, log, -1);
+    if (pid < 0)
+        return -1;
+    int rc = t_wait_exit(pid, T_PG_TOOL_MS);
+    if (rc == -1)
+        t_kill(pid);
+    return rc;
+}
+
+int t_psql(int port, const char *db, const char *sql, char *out, size_t size)
+{
+    char psql[T_PG_PATH_MAX], port_text[16], path[] = "/tmp/shoal-psql-XXXXXX";
+    s_pg_tool("psql", psql, sizeof psql);
+    snprintf(port_text, sizeof port_text, "%d", port);
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    unlink(path); /* read back through fd */
+    char *argv[] = {
+        psql,       "-X",        "-A",        "-t",      "-q", "-v",           "ON_ERROR_STOP=1",
+        "-h",       "127.0.0.1", "-p",        port_text, "-U", T_PG_SUPERUSER, "-d",
+        (char *)db, "-c",        (char *)sql, NULL};
+    pid_t pid = s_pg_spawn(argv, false, "/dev/null", fd);
+    int rc = pid < 0 ? -1 : t_wait_exit(pid, T_PSQL_MS);
+    if (rc == -1 && pid > 0)
+        t_kill(pid);
+    if (out && size) {
+        ssize_t n = pread(fd, out, size - 1, 0);
+        n = n < 0 ? 0 : n;
+        while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r'))
+            n--;
+        out[n] = 0;
+    }
+    close(fd);
+    return rc;
+}
+
+/*  True while pid has not exited (it is reaped if it has).  */
+static bool s_running(pid_t pid)
+{
+    return waitpid(pid, NULL, WNOHANG) == 0;
+}
+
+/*  Wait until psql on port prints `want` for sql (server alive).  */
+static int s_pg_wait_for(pid_t pid, int port, const char *sql, const char *want)
+{
+    int64_t end = sh_clock_mono_ms() + T_PG_START_MS;
+    while (sh_clock_mono_ms() < end && s_running(pid)) {
+        char out[64];
+        if (t_psql(port, "postgres", sql, out, sizeof out) == 0 && strcmp(out, want) == 0)
+            return 0;
+        zmq_poll(NULL, 0, T_POLL_MS);
+    }
+    return -1;
+}
+
+pid_t t_postgres_start(int port, const char *dir, int primary_port, const char *log)
+{
+    char data[T_PG_PATH_MAX], port_text[16], primary_text[16];
+    snprintf(data, sizeof data, "%s/pg-%d", dir, port);
+    snprintf(port_text, sizeof port_text, "%d", port);
+    snprintf(primary_text, sizeof primary_text, "%d", primary_port);
+    bool root = geteuid() == 0;
+    if (mkdir(data, 0700) && errno != EEXIST)
+        return -1;
+    if (root) {
+        /*  the postgres OS user must reach its data dir and own it  */
+        struct passwd *pw = getpwnam(T_PG_OS_USER);
+        if (!pw || chmod(dir, 0711) || chown(data, pw->pw_uid, pw->pw_gid))
+            return -1;
+    }
+    char tool[T_PG_PATH_MAX];
+    if (primary_port == 0) {
+        s_pg_tool("initdb", tool, sizeof tool);
+        char *argv[] = {tool,           "-D",   data,
+                        "--auth=trust", "-U",   T_PG_SUPERUSER,
+                        "-E",           "UTF8", "--locale=C.UTF-8",
+                        "--no-sync",    NULL};
+        if (s_pg_run(argv, true, log) != 0)
+            return -1;
+    } else {
+        s_pg_tool("pg_basebackup", tool, sizeof tool);
+        char *argv[] = {tool,           "-h",   "127.0.0.1", "-p", primary_text, "-U",
+                        T_PG_SUPERUSER, "-D",   data,        "-R", "-X",         "stream",
+                        "-c",           "fast", "--no-sync", NULL};
+        if (s_pg_run(argv, true, log) != 0)
+            return -1;
+    }
+    char server[T_PG_PATH_MAX];
+    s_pg_tool("postgres", server, sizeof server);
+    char *argv[T_PG_ARGS_MAX] = {server, "-D", data, "-p", port_text};
+    int argc = 5;
+    for (size_t i = 0; i < SH_ARRAY_SIZE(s_pg_settings); i++) {
+        argv[argc++] = "-c";
+        argv[argc++] = (char *)s_pg_settings[i];
+    }
+    argv[argc] = NULL;
+    /*  exec'd directly (no runuser in between): pid is the postmaster  */
+    pid_t pid = s_pg_spawn(argv, true, log, -1);
+    if (pid < 0)
+        return -1;
+    int rc = s_pg_wait_for(pid, port, "SELECT 1", "1");
+    if (rc == 0 && primary_port == 0) {
+        char out[64];
+        rc = t_psql(port, "postgres", "CREATE ROLE " T_PG_ROLE " LOGIN", out, sizeof out) ||
+             t_psql(port, "postgres", "CREATE DATABASE " T_PG_DB " OWNER " T_PG_ROLE, out,
+                    sizeof out);
+    } else if (rc == 0)
+        rc = s_pg_wait_for(pid, port, "SELECT status FROM pg_stat_wal_receiver", "streaming");
+    if (rc) {
+        t_postgres_stop(pid);
+        return -1;
+    }
+    return pid;
+}
+
+void t_postgres_stop(pid_t pid)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, SIGINT);
+    if (t_wait_exit(pid, T_PG_STOP_MS) == -1)
+        t_kill(pid);
+}
+
+/*  --- calls ------------------------------------------------------------------  */
+
 typedef struct {
     t_reply_t *out;
     const sh_codec_t *codec;
@@ -157,31 +399,53 @@ static void s_on_reply(void *arg, const sh_reply_t *reply)
     }
 }
 
-int t_call(sh_pool_t *pool, uint64_t type, const void *body, int64_t deadline_ms, int wait_ms,
-           t_reply_t *out)
+int t_call_all(sh_pool_t *pool, uint64_t type, const void *const *bodies, int n,
+               int64_t deadline_ms, int wait_ms, t_reply_t *out)
 {
-    memset(out, 0, sizeof *out);
+    assert(n >= 0 && n <= T_CALLS_MAX);
     const sh_op_info_t *op = sh_op_find(type);
-    s_capture_t cap = {out, op ? op->reply : NULL, sh_clock_mono_ms()};
+    s_capture_t caps[T_CALLS_MAX];
+    uint64_t handles[T_CALLS_MAX];
     sh_call_opts_t opts = {.deadline_ms = deadline_ms ? sh_clock_wall_ms() + deadline_ms : 0};
-    uint64_t handle = sh_pool_send(pool, type, body, &opts, s_on_reply, &cap);
+    for (int i = 0; i < n; i++) {
+        memset(&out[i], 0, sizeof out[i]);
+        caps[i] = (s_capture_t){&out[i], op ? op->reply : NULL, sh_clock_mono_ms()};
+        handles[i] = sh_pool_send(pool, type, bodies[i], &opts, s_on_reply, &caps[i]);
+    }
     int64_t end = sh_clock_mono_ms() + wait_ms;
-    while (!out->done && sh_clock_mono_ms() < end) {
+    int done = 0;
+    while (sh_clock_mono_ms() < end) {
+        done = 0;
+        for (int i = 0; i < n; i++)
+            done += out[i].done;
+        if (done == n)
+            break;
         void *sockets[SH_POOL_SOCKETS];
         zmq_pollitem_t items[SH_POOL_SOCKETS];
-        int n = sh_pool_sockets(pool, sockets, SH_POOL_SOCKETS);
-        for (int i = 0; i < n; i++)
+        int count = sh_pool_sockets(pool, sockets, SH_POOL_SOCKETS);
+        for (int i = 0; i < count; i++)
             items[i] = (zmq_pollitem_t){sockets[i], 0, ZMQ_POLLIN, 0};
-        zmq_poll(items, n, T_POLL_MS);
+        zmq_poll(items, count, T_POLL_MS);
         sh_pool_drain(pool);
         sh_pool_tick(pool);
     }
-    if (!out->done) {
-        /*  cap lives on this stack: make sure a late reply never reaches it  */
-        sh_pool_cancel(pool, handle);
-        return -1;
-    }
-    return 0;
+    done = 0;
+    for (int i = 0; i < n; i++)
+        done += out[i].done;
+    if (done == n)
+        return 0;
+    /*  caps live on this stack: make sure a late reply never reaches them  */
+    for (int i = 0; i < n; i++)
+        if (!out[i].done)
+            sh_pool_cancel(pool, handles[i]);
+    return -1;
+}
+
+int t_call(sh_pool_t *pool, uint64_t type, const void *body, int64_t deadline_ms, int wait_ms,
+           t_reply_t *out)
+{
+    const void *bodies[1] = {body};
+    return t_call_all(pool, type, bodies, 1, deadline_ms, wait_ms, out);
 }
 
 int t_wait_ready(sh_pool_t *pool, int timeout_ms)
