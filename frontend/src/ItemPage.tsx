@@ -1,6 +1,8 @@
-// One item (/items/:id): title, text, author, time and view count. Opening the page
-// counts one view (GET /api/items/:id); the author can delete the item from here.
+// One item (/items/:id): title, text, author, time, view count and attachments.
+// Opening the page counts one view (GET /api/items/:id); the author can delete the
+// item and attach files to it from here.
 import { ApiError } from './api';
+import { Attachments } from './Attachments';
 import { useAuth } from './auth';
 import { fetchItem, type Item } from './board';
 import { DeleteItem } from './DeleteItem';
@@ -51,6 +53,7 @@ function ItemView({ item }: { item: Item }) {
         </p>
       )}
       {mine ? <DeleteItem id={item.id} title={item.title} onDeleted={() => navigate('/board')} /> : null}
+      <Attachments itemId={item.id} authorId={item.authorId} />
     </article>
   );
 }

@@ -50,24 +50,37 @@ function parseRetryAfter(header: string | null): number | null {
   return Math.max(0, Math.ceil((when - Date.now()) / 1000));
 }
 
-/** Reads the error body. Two shapes are understood: `{"error": {"code", "message"}}`
- *  and the older `{"error": "<code>", "message"}`. */
-async function errorFromResponse(res: Response): Promise<ApiError> {
-  const retryAfter = parseRetryAfter(res.headers.get('Retry-After'));
-  let message = `The server answered ${res.status}${res.statusText ? ` ${res.statusText}` : ''}.`;
+/**
+ * The ApiError for an error answer whose body was already read (`body` is the parsed
+ * JSON, or undefined when it was not JSON). Two body shapes are understood:
+ * `{"error": {"code", "message"}}` and the older `{"error": "<code>", "message"}`.
+ */
+export function errorFromBody(
+  status: number,
+  statusText: string,
+  retryAfterHeader: string | null,
+  body: unknown,
+): ApiError {
+  let message = `The server answered ${status}${statusText ? ` ${statusText}` : ''}.`;
   let code: string | null = null;
+  if (isObject(body)) {
+    const detail = isObject(body.error) ? body.error : body;
+    if (typeof detail.message === 'string' && detail.message !== '') message = detail.message;
+    if (typeof detail.code === 'string') code = detail.code;
+    else if (typeof body.error === 'string') code = body.error;
+  }
+  return new ApiError(status, message, parseRetryAfter(retryAfterHeader), code);
+}
+
+/** Reads the error body of `res` (see errorFromBody). */
+async function errorFromResponse(res: Response): Promise<ApiError> {
+  let body: unknown;
   try {
-    const body: unknown = await res.json();
-    if (isObject(body)) {
-      const detail = isObject(body.error) ? body.error : body;
-      if (typeof detail.message === 'string' && detail.message !== '') message = detail.message;
-      if (typeof detail.code === 'string') code = detail.code;
-      else if (typeof body.error === 'string') code = body.error;
-    }
+    body = await res.json();
   } catch {
     // Not JSON (a proxy's error page, an empty body): keep the generic message.
   }
-  return new ApiError(res.status, message, retryAfter, code);
+  return errorFromBody(res.status, res.statusText, res.headers.get('Retry-After'), body);
 }
 
 export type Method = 'GET' | 'POST' | 'DELETE';

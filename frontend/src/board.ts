@@ -176,22 +176,28 @@ export async function login(username: string, password: string): Promise<User> {
 }
 
 /**
- * A state-changing call of a logged-in user, with X-CSRF-Token. A 403 `csrf` (the
- * token is stale: the session changed in another tab, or the page has none yet)
- * refetches /api/me once and retries once. Rejects with a 401 ApiError when nobody
- * is logged in.
+ * Runs `send`, a state-changing call of a logged-in user, with the session's CSRF
+ * token (to be sent as X-CSRF-Token). A 403 `csrf` (the token is stale: the session
+ * changed in another tab, or the page has none yet) refetches /api/me once and calls
+ * `send` once more. Rejects with a 401 ApiError when nobody is logged in, and with
+ * whatever else `send` rejected with.
  */
-async function writeAsUser(method: Method, path: string, body?: unknown): Promise<Response> {
+export async function withCsrf<T>(send: (token: string) => Promise<T>): Promise<T> {
   const notLoggedIn = () =>
     new ApiError(401, 'You are not logged in (any more). Log in and try again.', null, 'unauthorized');
   if (csrfToken === null && (await fetchMe()) === null) throw notLoggedIn();
   try {
-    return await request(method, path, { body, headers: { 'X-CSRF-Token': csrfToken ?? '' } });
+    return await send(csrfToken ?? '');
   } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 403 || err.code !== 'csrf') throw err;
   }
   if ((await fetchMe()) === null) throw notLoggedIn();
-  return request(method, path, { body, headers: { 'X-CSRF-Token': csrfToken ?? '' } });
+  return send(csrfToken ?? '');
+}
+
+/** A state-changing request() of a logged-in user, with X-CSRF-Token (see withCsrf). */
+async function writeAsUser(method: Method, path: string, body?: unknown): Promise<Response> {
+  return withCsrf((token) => request(method, path, { body, headers: { 'X-CSRF-Token': token } }));
 }
 
 /** Ends the session. Logged out already (401) counts as done. */
