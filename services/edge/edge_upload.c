@@ -74,6 +74,8 @@ typedef struct {
     uint64_t taken; /* bytes taken from the client */
     bool body_done; /* every byte of the body arrived */
     bool aborted;   /* upload_abort was sent */
+    bool pumping;   /* in s_pump: a reply drained meanwhile must not re-enter it */
+    bool repump;    /* ... but asks it to look again */
     sh_buf_t fill;  /* taken, not yet sent */
 } s_upload_t;
 
@@ -298,9 +300,9 @@ static void s_finish(s_upload_t *up)
 
 static void s_on_chunk(void *arg, const sh_reply_t *reply);
 
-/*  Send what credits allow; stop or resume reading the client; finish
-    when every byte went and came back acknowledged.  */
-static void s_pump(s_upload_t *up)
+/*  One pass: send what the credits allow. Returns false when the upload
+    is over (it may be freed).  */
+static bool s_pump_once(s_upload_t *up)
 {
     while (up->phase == S_STREAM && up->credits > 0 &&
            (up->fill.len >= up->chunk_max || (up->body_done && up->fill.len > 0))) {
@@ -314,12 +316,29 @@ static void s_pump(s_upload_t *up)
         up->sent += len;
         /*  the pool copied the bytes into the message before it returns  */
         if (!s_upload_send(up, up->edge->uploads, SH_OP_upload_chunk, &body, &opts, s_on_chunk))
-            return;
-        if (up->phase != S_STREAM)
-            return;
+            return false;
         memmove(up->fill.data, up->fill.data + len, up->fill.len - len);
         up->fill.len -= len;
     }
+    return true;
+}
+
+/*  Send what credits allow; stop or resume reading the client; finish
+    when every byte went and came back acknowledged. Replies drained while
+    a chunk is sent come back here: they only ask for another pass.  */
+static void s_pump(s_upload_t *up)
+{
+    if (up->pumping) {
+        up->repump = true;
+        return;
+    }
+    up->pumping = true;
+    do {
+        up->repump = false;
+        if (!s_pump_once(up))
+            return;
+    } while (up->phase == S_STREAM && up->repump);
+    up->pumping = false;
     if (up->phase != S_STREAM || !up->conn)
         return;
     if (!up->body_done)
