@@ -2,7 +2,8 @@
 # deploy/local/lib.sh — what up, scale, supervise, down and status share (sourced, never run).
 #
 # A "piece" is one process of the local stack: redis, pg-primary, pg-replica,
-# s3 (the S3-compatible test server), health-N, session-N, query-N, edge-N, haproxy, and the supervisor (supervise).
+# s3 (the S3-compatible test server), health-N, session-N, query-N, upload-N, edge-N,
+# haproxy, and the supervisor (supervise).
 # For each piece the run dir holds:
 #   pids/<piece>.pid         its PID (one line)
 #   pids/<piece>.start       its start time from /proc/<pid>/stat, so that a reused
@@ -100,9 +101,9 @@ forget_piece() { rm -f "$PID_DIR/$1.pid" "$PID_DIR/$1.start" "$PID_DIR/$1.addr";
 forget_spec() { rm -f "$SPEC_DIR/$1.cmd" "$SPEC_DIR/$1.env" "$SPEC_DIR/$1.restarts"; }
 
 # recorded_pieces: every piece with a pid file or a spec, in start order (Postgres
-# primary and replica, redis, s3, healths, sessions, other services such as query-N,
-# edges, haproxy, haproxy-old-PID, supervise); stop in the reverse order (the
-# replica before the primary, every service before the stores it uses).
+# primary and replica, redis, s3, healths, sessions, the other services: query-N, then
+# upload-N, edges, haproxy, haproxy-old-PID, supervise); stop in the reverse order (the
+# replica before the primary, every service before the stores and services it uses).
 recorded_pieces() {
   local f n
   for f in "$PID_DIR"/*.pid "$SPEC_DIR"/*.cmd; do
@@ -176,6 +177,8 @@ SETTINGS=(
   "REDIS_PORT|SHOAL_REDIS_PORT|6390|port"
   "QUERIES|SHOAL_QUERIES|2|count0"
   "QUERY_PORT|SHOAL_QUERY_PORT|7201|port"
+  "UPLOADS|SHOAL_UPLOADS|2|count0"
+  "UPLOAD_PORT|SHOAL_UPLOAD_PORT|7301|port"
   "PG_PORT|SHOAL_PG_PORT|5440|port"
   "PG_REPLICA_PORT|SHOAL_PG_REPLICA_PORT|5441|port"
   "PG_DB|SHOAL_PG_DB|shoal|name"
@@ -272,12 +275,21 @@ save_stack_env() {
 load_stack_env() {
   [ -f "$STACK_ENV_FILE" ] || die "$STACK_ENV_FILE is missing: run deploy/local/down, then up"
   mapfile -d '' -t STACK_ENV < "$STACK_ENV_FILE"
+  # The S3 secret is no recorded setting: the stack's is the one in up's environment
+  # (scale may run in a shell without it, and must give new upload instances the same).
+  local kv
+  S3_SECRET_KEY=S3RVER
+  for kv in "${STACK_ENV[@]}"; do
+    [[ $kv == SHOAL_S3_SECRET_KEY=?* ]] && S3_SECRET_KEY=${kv#*=}
+  done
+  return 0
 }
 
 health_port() { printf '%s\n' $((HEALTH_PORT + HEALTH_PORT_STEP * ($1 - 1))); }  # ROUTER; PUB is +1
 session_port() { printf '%s\n' $((SESSION_PORT + $1 - 1)); }
 edge_port() { printf '%s\n' $((EDGE_PORT + $1 - 1)); }
 query_port() { printf '%s\n' $((QUERY_PORT + $1 - 1)); }
+upload_port() { printf '%s\n' $((UPLOAD_PORT + $1 - 1)); }
 health_endpoints() {  # every health ROUTER endpoint, comma-separated
   local i out=
   for ((i = 1; i <= HEALTHS; i++)); do out+=${out:+,}tcp://$HOST:$(health_port "$i"); done
@@ -294,6 +306,11 @@ query_endpoints() {
   for ((i = 1; i <= QUERIES; i++)); do out+=${out:+,}tcp://$HOST:$(query_port "$i"); done
   printf '%s\n' "$out"
 }
+upload_endpoints() {
+  local i out=
+  for ((i = 1; i <= UPLOADS; i++)); do out+=${out:+,}tcp://$HOST:$(upload_port "$i"); done
+  printf '%s\n' "$out"
+}
 # s3_endpoint: the URL of the S3 test server (path-style: <endpoint>/<bucket>/<key>).
 s3_endpoint() { printf 'http://%s:%s\n' "$HOST" "$S3_PORT"; }
 # S3_SERVER: the start script of the S3 piece (s3rver, installed by install-deps).
@@ -303,8 +320,8 @@ S3_SERVER=$SHOAL_LOCAL_DIR/s3/s3-server
 pg_conninfo() { printf 'host=%s port=%s dbname=%s user=%s\n' "$HOST" "$1" "$PG_DB" "$PG_USER"; }
 
 # claim_layout: refuse ephemeral, privileged and shared ports among every port
-# the settings describe (Postgres, S3, and all healths, sessions, query instances and
-# edges at the current counts).
+# the settings describe (Postgres, S3, and all healths, sessions, query and upload
+# instances and edges at the current counts).
 claim_layout() {
   local i p
   if ! read -r EPH_LO EPH_HI < /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null; then
@@ -323,6 +340,7 @@ claim_layout() {
   done
   for ((i = 1; i <= SESSIONS; i++)); do claim_port "$(session_port "$i")" "session-$i"; done
   for ((i = 1; i <= QUERIES; i++)); do claim_port "$(query_port "$i")" "query-$i"; done
+  for ((i = 1; i <= UPLOADS; i++)); do claim_port "$(upload_port "$i")" "upload-$i"; done
   for ((i = 1; i <= EDGES; i++)); do claim_port "$(edge_port "$i")" "edge-$i"; done
 }
 claim_port() {  # PORT WHO
@@ -341,10 +359,13 @@ claim_port() {  # PORT WHO
 # The local stack's own variables (settings of these scripts, not of a service)
 # are left out too.
 PER_PIECE_VARS=(SHOAL_INSTANCE SHOAL_BIND SHOAL_PUB_BIND SHOAL_ADVERTISE SHOAL_HTTP_ADDR SHOAL_HTTP_PORT
-  SHOAL_HEALTH_ENDPOINTS SHOAL_SESSION_ENDPOINTS SHOAL_QUERY_ENDPOINTS SHOAL_HEARTBEAT_MS SHOAL_STATIC_DIR
+  SHOAL_HEALTH_ENDPOINTS SHOAL_SESSION_ENDPOINTS SHOAL_QUERY_ENDPOINTS SHOAL_UPLOAD_ENDPOINTS
+  SHOAL_HEARTBEAT_MS SHOAL_STATIC_DIR
   SHOAL_REDIS_HOST SHOAL_REDIS_PORT SHOAL_PG_PRIMARY SHOAL_PG_REPLICA SHOAL_TRUSTED_PROXIES
+  SHOAL_S3_ENDPOINT SHOAL_S3_PATH_STYLE
   SHOAL_PORT SHOAL_EDGES SHOAL_EDGE_PORT SHOAL_SESSIONS SHOAL_SESSION_PORT SHOAL_HEALTHS SHOAL_HEALTH_PORT
-  SHOAL_QUERIES SHOAL_QUERY_PORT SHOAL_PG_PORT SHOAL_PG_REPLICA_PORT SHOAL_PG_DB SHOAL_PG_USER SHOAL_PG_BIN_DIR SHOAL_PG_OS_USER
+  SHOAL_QUERIES SHOAL_QUERY_PORT SHOAL_UPLOADS SHOAL_UPLOAD_PORT
+  SHOAL_PG_PORT SHOAL_PG_REPLICA_PORT SHOAL_PG_DB SHOAL_PG_USER SHOAL_PG_BIN_DIR SHOAL_PG_OS_USER
   SHOAL_S3_PORT SHOAL_S3_BUCKET SHOAL_S3_ACCESS_KEY SHOAL_S3_SECRET_KEY
   SHOAL_STATIC_DISCOVERY SHOAL_SUPERVISE SHOAL_SUPERVISE_INTERVAL_MS SHOAL_RUN_DIR SHOAL_BIN_DIR SHOAL_WAIT
   SHOAL_STOP_TIMEOUT SHOAL_BUILD_TYPE SHOAL_BUILD_JOBS)
@@ -404,6 +425,17 @@ define_piece() {
                  SHOAL_REDIS_HOST="$HOST" SHOAL_REDIS_PORT="$REDIS_PORT"
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
       PIECE_CMD=("$BIN_DIR/shoal-query") ;;
+    upload-*)
+      # The stack's S3 test server (path-style only) and its key pair. The sweeper asks
+      # the query instances, found through the registry like every other service.
+      p=$(upload_port "$k")
+      PIECE_PORTS=("$p") PIECE_ADDR=tcp://$HOST:$p
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p"
+                 SHOAL_S3_ENDPOINT="$(s3_endpoint)" SHOAL_S3_BUCKET="$S3_BUCKET" SHOAL_S3_PATH_STYLE=true
+                 SHOAL_S3_ACCESS_KEY="$S3_ACCESS_KEY" SHOAL_S3_SECRET_KEY="$S3_SECRET_KEY"
+                 SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
+      [ "$STATIC_DISCOVERY" = 1 ] && [ "$QUERIES" -gt 0 ] && PIECE_SET+=(SHOAL_QUERY_ENDPOINTS="$(query_endpoints)")
+      PIECE_CMD=("$BIN_DIR/shoal-upload") ;;
     edge-*)
       p=$(edge_port "$k")
       PIECE_PORTS=("$p") PIECE_ADDR=http://$HOST:$p
@@ -414,6 +446,7 @@ define_piece() {
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
       [ "$STATIC_DISCOVERY" = 1 ] && PIECE_SET+=(SHOAL_SESSION_ENDPOINTS="$(session_endpoints)")
       [ "$STATIC_DISCOVERY" = 1 ] && [ "$QUERIES" -gt 0 ] && PIECE_SET+=(SHOAL_QUERY_ENDPOINTS="$(query_endpoints)")
+      [ "$STATIC_DISCOVERY" = 1 ] && [ "$UPLOADS" -gt 0 ] && PIECE_SET+=(SHOAL_UPLOAD_ENDPOINTS="$(upload_endpoints)")
       PIECE_CMD=("$BIN_DIR/shoal-edge") ;;
     haproxy)
       PIECE_PORTS=("$LB_PORT") PIECE_ADDR=http://$HOST:$LB_PORT

@@ -8,11 +8,12 @@ podman API socket for docker-compose); standard library only.
                 --https-port N --http-port N --stats-port N [--full] [--log FILE]
                 [--browser DIR [--browser-artifacts DIR]]
 
-The stack starts with one query instance (SHOAL_QUERIES=1).
+The stack starts with one query and one upload instance (SHOAL_QUERIES=1, SHOAL_UPLOADS=1).
 Without --full (the podman-compose pass): up, ready through HTTPS, counter across both
-edges, cluster lists 2 edges + 2 sessions + 1 query + 2 health, the board through HAProxy
-(signup, login, POST /api/items with X-CSRF-Token and Origin, GET /api/items lists it,
-search finds it), down.
+edges, cluster lists 2 edges + 2 sessions + 1 query + 1 upload + 2 health, the board through
+HAProxy (signup, login, POST /api/items with X-CSRF-Token and Origin, GET /api/items lists it,
+search finds it), an upload through HAProxy (POST /api/uploads of 5 MiB + 1 random bytes, the
+attachment listed, GET /api/uploads/:id returns the same SHA-256, a range), down.
 With --browser DIR (tests/browser), after the board checks: the board's real flow in Chromium,
 DIR/board.test.mjs against https://127.0.0.1:HTTPS_PORT (sign up, post, search, open, delete,
 log out; the self-signed certificate accepted, the stubbed tests skipped).
@@ -20,7 +21,8 @@ With --full (the docker-compose pass) also: HTTP->HTTPS redirect, certificate, c
 front end, image health checks, Redis AOF, Postgres replica streaming, S3 server,
 networks and published ports, scale session 2 -> 4 (new instances serve), the board,
 scale query 1 -> 2 and kill one query container under a read/write load (no acknowledged
-item lost or doubled, reads and writes go on), kill one session and one edge container
+item lost or doubled, reads and writes go on), scale upload 1 -> 2 (both listed up, the new
+one stores uploads that read back intact), kill one session and one edge container
 under load (no acknowledged view lost, no duplicate, HAProxy stops using the dead edge
 within 3 s), down -v.
 
@@ -29,6 +31,7 @@ Every check prints "ok - NAME: detail" or "FAIL - NAME: detail"; figures print a
 """
 
 import argparse
+import hashlib
 import http.client
 import json
 import os
@@ -39,11 +42,14 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 READY_TIMEOUT_S = 120.0
 EDGE_OUT_LIMIT_S = 3.0
 QUERY_KILL_LIMIT_S = 3.0     # reads and writes work again this long after a query kill
 START_QUERIES = 1            # query instances the stack starts with; the full pass scales to 2
+START_UPLOADS = 1            # upload instances the stack starts with; the full pass scales to 2
+UPLOAD_BYTES = 5 * 1024 * 1024 + 1   # one byte over S3's smallest part size
 PASSWORD = "container check password"
 HEALTHCHECK_START_S = 60.0   # the longest start period of the images' HEALTHCHECKs (Postgres)
 BROWSER_TIMEOUT_S = 180.0    # the whole browser run; each of its steps has its own limit
@@ -121,6 +127,7 @@ class Compose:
                         SHOAL_PUBLISH_STATS=str(args.stats_port),
                         SHOAL_PUBLISH_ADDR="127.0.0.1",
                         SHOAL_QUERIES=str(START_QUERIES),
+                        SHOAL_UPLOADS=str(START_UPLOADS),
                         # the page's origin as the browser sends it (HTTPS through HAProxy)
                         SHOAL_ALLOWED_ORIGINS="https://127.0.0.1:%d" % args.https_port)
 
@@ -227,15 +234,15 @@ class Board:
         self.cookies = {}
         self.csrf = None
 
-    def call(self, method, path, body=None, csrf=True, origin=True):
-        """(status, JSON document or None, response)."""
+    def call(self, method, path, body=None, csrf=True, origin=True, data=None, headers=None):
+        """(status, JSON document or None, response). DATA: raw bytes to send instead of a
+        JSON BODY, with HEADERS added; the raw answer is in self.raw afterwards."""
         if self.conn is None:
             self.conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=TLS,
                                                     timeout=self.timeout)
-        headers = {}
+        headers = dict(headers or {})
         if self.cookies:
             headers["Cookie"] = "; ".join("%s=%s" % kv for kv in self.cookies.items())
-        data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -251,6 +258,7 @@ class Board:
         except (OSError, http.client.HTTPException):
             self.close()
             raise
+        self.raw = raw
         for sc in r.msg.get_all("Set-Cookie") or []:
             name, _, rest = sc.partition("=")
             value = rest.split(";")[0]
@@ -261,7 +269,7 @@ class Board:
         if r.getheader("Connection", "").lower() == "close":
             self.close()
         try:
-            doc = json.loads(raw) if raw else None
+            doc = json.loads(raw) if raw and "json" in (r.getheader("Content-Type") or "") else None
         except ValueError:
             doc = None
         if isinstance(doc, dict) and doc.get("csrf_token"):
@@ -324,6 +332,137 @@ def check_board(args, label, user):
         check("%s: board" % label, False, repr(e))
         b.close()
         return None
+
+
+def upload_file(b, item_id, data, name):
+    """POST /api/uploads?item_id=ITEM_ID with DATA as the raw body, as the page sends it.
+    (status, attachment or the answer)."""
+    st, doc, _ = b.call("POST", "/api/uploads?item_id=%d" % item_id, data=data, headers={
+        "Content-Type": "application/octet-stream",
+        "X-File-Name": urllib.parse.quote(name, safe=""),
+    })
+    return st, ((doc or {}).get("attachment") if st == 201 else (doc or b.raw[:200]))
+
+
+def check_upload(args, label, user):
+    """Through HAProxy over TLS, as a logged-in user: post an item, upload UPLOAD_BYTES random
+    bytes to it (POST /api/uploads), see it listed (GET /api/items/:id/attachments), download it
+    (GET /api/uploads/:id: the same bytes by SHA-256, the stored headers) and one range of it."""
+    b = Board(args.https_port, timeout=60.0)
+    try:
+        st, doc, _ = b.call("POST", "/api/auth/login", {"username": user, "password": PASSWORD})
+        if not check("%s: upload: login %s" % (label, user), st == 200 and b.csrf, "%d %s" % (st, doc)):
+            return
+        st, doc, _ = b.call("POST", "/api/items", {"title": "Container upload check", "body": "a file"})
+        item = ((doc or {}).get("item") or {}).get("id")
+        if not check("%s: upload: an item to attach to (201)" % label, st == 201 and item, "%d %s" % (st, doc)):
+            return
+        # A NUL first: the bytes are no text and match no signature (sniffed octet-stream).
+        data = b"\0" + os.urandom(UPLOAD_BYTES - 1)
+        want = hashlib.sha256(data).hexdigest()
+        name = "container check \u00fc %d.bin" % item
+        t0 = time.monotonic()
+        st, att = upload_file(b, item, data, name)
+        took = time.monotonic() - t0
+        att = att if isinstance(att, dict) else {}
+        if not check("%s: upload: POST /api/uploads of %d bytes (201, size, SHA-256, name, type)" % (label, UPLOAD_BYTES),
+                     st == 201 and att.get("size") == UPLOAD_BYTES and att.get("sha256") == want
+                     and att.get("name") == name and att.get("content_type") == "application/octet-stream"
+                     and att.get("item_id") == item and att.get("url") == "/api/uploads/%s" % att.get("id"),
+                     "%.2f s, attachment %s" % (took, att.get("id")) if st == 201 else "%d %s" % (st, att)):
+            return
+        figure("%s upload of %d bytes through HAProxy (TLS)" % (label, UPLOAD_BYTES), "%.2f s" % took)
+        st, doc, _ = b.call("GET", "/api/items/%d/attachments" % item)
+        listed = [a.get("id") for a in (doc or {}).get("attachments") or []]
+        check("%s: upload: GET /api/items/%d/attachments lists it" % (label, item),
+              st == 200 and listed == [att["id"]], "%d %s" % (st, listed))
+        t0 = time.monotonic()
+        st, _, r = b.call("GET", att["url"])
+        got = b.raw
+        check("%s: upload: GET %s returns the same bytes (SHA-256)" % (label, att["url"]),
+              st == 200 and len(got) == UPLOAD_BYTES and hashlib.sha256(got).hexdigest() == want
+              and r.getheader("ETag") == '"%s"' % want and r.getheader("X-Content-Type-Options") == "nosniff"
+              and (r.getheader("Content-Disposition") or "").startswith("attachment;"),
+              "%d, %d bytes in %.2f s, ETag %s" % (st, len(got), time.monotonic() - t0, r.getheader("ETag")))
+        st, _, r = b.call("GET", att["url"], headers={"Range": "bytes=%d-" % (UPLOAD_BYTES - 100)})
+        check("%s: upload: a range of it (206, the last 100 bytes)" % label,
+              st == 206 and b.raw == data[-100:]
+              and r.getheader("Content-Range") == "bytes %d-%d/%d" % (UPLOAD_BYTES - 100, UPLOAD_BYTES - 1, UPLOAD_BYTES),
+              "%d %s, %d bytes" % (st, r.getheader("Content-Range"), len(b.raw)))
+    except (OSError, http.client.HTTPException) as e:
+        check("%s: upload" % label, False, repr(e))
+    finally:
+        b.close()
+
+
+def uploads_stored(port):
+    """{instance: shoal_uploads_total{result="ok"}} of every upload instance, from
+    /metrics/cluster (the edge merges every instance's series)."""
+    c = Client(port, timeout=5.0)
+    try:
+        status, _, body = c.get("/metrics/cluster", keep_cookie=False)
+    finally:
+        c.close()
+    out = {}
+    for line in body.decode(errors="replace").splitlines() if status == 200 else []:
+        m = re.match(r'shoal_uploads_total\{([^}]*)\} ([0-9.e+]+)$', line)
+        if m and 'result="ok"' in m.group(1):
+            inst = re.search(r'instance="([^"]*)"', m.group(1))
+            if inst:
+                out[inst.group(1)] = out.get(inst.group(1), 0) + float(m.group(2))
+    return out
+
+
+def check_upload_scale(compose, args, user):
+    """--scale upload=2: the new instance registers, is listed up, and takes uploads that read
+    back intact (small files until it has stored one: the edges spread new uploads)."""
+    t0 = time.monotonic()
+    p = compose("up", "-d", "--scale", "session=4", "--scale", "query=2", "--scale", "upload=2", timeout=300)
+    uploads = compose.containers("upload")
+    if not check("scale upload %d -> 2 (%s up -d --scale upload=2)" % (START_UPLOADS, compose.tool),
+                 p.returncode == 0 and len(uploads) == 2, "%d upload containers" % len(uploads)):
+        return
+    names = {instance_name("upload", c) for c in uploads}
+
+    def registered():
+        _, up = cluster_counts(args.https_port)
+        return up.get("upload", set()) >= names
+    ok = wait_for(registered, 30, 0.1)
+    check("both upload instances registered and listed up", bool(ok),
+          "%s in %.1f s" % (sorted(names), time.monotonic() - t0))
+    if ok:
+        figure("scale-out: compose up --scale upload=2 -> listed up", "%.1f s" % (time.monotonic() - t0))
+    before = uploads_stored(args.https_port)
+    b = Board(args.https_port, timeout=30.0)
+    sent, bad, by = 0, [], {}
+    try:
+        st, _, _ = b.call("POST", "/api/auth/login", {"username": user, "password": PASSWORD})
+        st2, doc, _ = b.call("POST", "/api/items", {"title": "Container upload scale check", "body": "files"})
+        item = ((doc or {}).get("item") or {}).get("id")
+        if not check("upload scale: login and an item (200, 201)", st == 200 and st2 == 201 and item,
+                     "%d %d %s" % (st, st2, doc)):
+            return
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sent < 20:
+            data = b"\0" + os.urandom(64 * 1024)
+            st, att = upload_file(b, item, data, "scale %d.bin" % sent)
+            sent += 1
+            if st != 201:
+                bad.append((st, att))
+                continue
+            st, _, _ = b.call("GET", att["url"])
+            if st != 200 or b.raw != data:
+                bad.append(("read back", st, len(b.raw)))
+            by = {n: v - before.get(n, 0) for n, v in uploads_stored(args.https_port).items()}
+            if all(by.get(n, 0) > 0 for n in names):
+                break
+    except (OSError, http.client.HTTPException) as e:
+        bad.append(repr(e))
+    finally:
+        b.close()
+    check("both upload instances store uploads that read back intact",
+          not bad and all(by.get(n, 0) > 0 for n in names),
+          "%d uploads, stored per instance %s%s" % (sent, by, ", failures %s" % bad[:3] if bad else ""))
 
 
 def check_browser(args, label):
@@ -459,7 +598,7 @@ def check_counter(args, label, n=20):
 def check_cluster(compose, args, label, want):
     """/api/cluster lists exactly the running containers, each `up`."""
     expect = {}
-    for service in ("edge", "session", "query"):
+    for service in ("edge", "session", "query", "upload"):
         expect[service] = {instance_name(service, c) for c in compose.containers(service)}
     expect["health"] = {"health-1", "health-2"}
 
@@ -468,10 +607,10 @@ def check_cluster(compose, args, label, want):
         return all(up.get(s, set()) >= expect[s] for s in expect) and up
     up = wait_for(complete, 20, 0.2)
     doc, up_now = cluster_counts(args.https_port)
-    counts = {s: len(up_now.get(s, ())) for s in ("edge", "session", "query", "health")}
+    counts = {s: len(up_now.get(s, ())) for s in ("edge", "session", "query", "upload", "health")}
     ok = bool(up) and all(len(expect[s]) == want[s] for s in want) and counts == want
     check("%s: /api/cluster lists every instance up (%s)" % (label, ", ".join(
-        "%d %s" % (want[s], s) for s in ("edge", "session", "query", "health"))), ok,
+        "%d %s" % (want[s], s) for s in ("edge", "session", "query", "upload", "health"))), ok,
         "up: %s" % counts if ok else "up %s, expected containers %s" % (
             {s: sorted(v) for s, v in up_now.items()}, {s: sorted(v) for s, v in expect.items()}))
     if doc:
@@ -543,13 +682,13 @@ def check_images_and_runtime(compose, args):
         if not wait_for(healthy, max(0.0, HEALTHCHECK_START_S - (time.monotonic() - t0)) + 1.0, 0.5):
             bad.append("%s: %s" % (name, last[0] if last else "?"))
     check("image HEALTHCHECK passes in every container (podman healthcheck run)",
-          not bad and len(ctrs) >= 9,
+          not bad and len(ctrs) >= 11,
           "%d containers, all within %.1f s" % (len(ctrs), time.monotonic() - t0) if not bad
           else "; ".join(bad))
 
     users = {}
     for ctr in (compose.containers("edge") + compose.containers("session") + compose.containers("query")
-                + compose.containers("health-1")):
+                + compose.containers("upload") + compose.containers("health-1")):
         p = run(["podman", "exec", ctr["Names"][0], "id", "-u"], timeout=30)
         users[ctr["Names"][0]] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "?"
     check("Shoal services run as a non-root user", users and all(u == "10001" for u in users.values()),
@@ -595,11 +734,15 @@ function req(m, p, body) { return new Promise((ok, ko) => {
       let d = ''; res.on('data', c => d += c); res.on('end', () => ok([res.statusCode, d])); });
   r.on('error', ko); if (body) r.write(body); r.end(); }); }
 (async () => {
-  const put = await req('PUT', '/shoal/containers-test.txt', 'hello shoal');
-  const get = await req('GET', '/shoal/containers-test.txt');
-  const del = await req('DELETE', '/shoal/containers-test.txt');
-  const gone = await req('GET', '/shoal/containers-test.txt');
-  console.log(JSON.stringify([put[0], get[0], get[1], del[0], gone[0]]));
+  const put = await req('PUT', '/shoal-uploads/containers-test.txt', 'hello shoal');
+  const get = await req('GET', '/shoal-uploads/containers-test.txt');
+  const del = await req('DELETE', '/shoal-uploads/containers-test.txt');
+  const gone = await req('GET', '/shoal-uploads/containers-test.txt');
+  // s3rver alone answers 501 to ListMultipartUploads and lets "a/../b" reach the file of b;
+  // deploy/local/s3/s3-server, which the image runs, lists them and refuses such keys
+  const list = await req('GET', '/shoal-uploads?uploads');
+  const dots = await req('PUT', '/shoal-uploads/a/../b', 'x');
+  console.log(JSON.stringify([put[0], get[0], get[1], del[0], gone[0], list[0], dots[0]]));
 })().catch(e => { console.error(e); process.exit(1); });
 """
     if s3:
@@ -608,10 +751,11 @@ function req(m, p, body) { return new Promise((ok, ko) => {
             res = json.loads(p.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             res = p.stdout[-300:]
-        check("S3 server: PUT, GET, DELETE an object in bucket `shoal` at http://s3:9000",
-              res == [200, 200, "hello shoal", 204, 404], str(res))
+        check("S3 server: PUT, GET, DELETE an object in bucket `shoal-uploads` at http://s3:9000; "
+              "it is s3-server (lists multipart uploads, refuses `..` in keys)",
+              res == [200, 200, "hello shoal", 204, 404, 200, 400], str(res))
     else:
-        check("S3 server: PUT, GET, DELETE an object in bucket `shoal` at http://s3:9000", False,
+        check("S3 server: PUT, GET, DELETE an object in bucket `shoal-uploads` at http://s3:9000", False,
               "no s3 container")
 
     nets = podman_json(["network", "inspect", compose.scoped("internal")])
@@ -1027,13 +1171,14 @@ def main(argv):
     try:
         if start_stack(compose, args, label):
             check_counter(args, label)
-            want = {"edge": 2, "session": 2, "query": START_QUERIES, "health": 2}
+            want = {"edge": 2, "session": 2, "query": START_QUERIES, "upload": START_UPLOADS, "health": 2}
             check_cluster(compose, args, label, want)
             user = "ct%d" % random.randrange(10 ** 6)
             if not args.full:
                 b = check_board(args, label, user)
                 if b:
                     b.close()
+                    check_upload(args, label, user)
                 if args.browser:
                     check_browser(args, label)
             else:
@@ -1044,10 +1189,12 @@ def main(argv):
                 b = check_board(args, label, user)
                 if b:
                     b.close()
+                    check_upload(args, label, user)
                 if args.browser:
                     check_browser(args, label)
                 if b:
                     check_query_scale_kill(compose, args, user)
+                    check_upload_scale(compose, args, user)
                 check_kill(compose, args)
     except Exception as e:  # a crash of the harness is a failed check, and the stack still goes
         check("%s: test harness" % label, False, repr(e))

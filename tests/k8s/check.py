@@ -263,6 +263,17 @@ for w in workloads:
                     bad.append(f"{e.get('name')} uses $({ref})")
             defined.add(e.get("name"))
         check(f"{cid}: env $(VAR) references defined earlier", not bad, "; ".join(bad))
+        # The port a service binds (and tells the registry) is the one its pod declares, so
+        # probes, Services and NetworkPolicies name the port that is really served.
+        declared_ports = {p.get("containerPort") for p in c.get("ports") or []}
+        wrong = []
+        for e in c.get("env") or []:
+            if e.get("name") in ("SHOAL_BIND", "SHOAL_ADVERTISE", "SHOAL_PUB_BIND"):
+                m = re.search(r":(\d+)$", str(e.get("value") or ""))
+                if not m or int(m.group(1)) not in declared_ports:
+                    wrong.append(f"{e.get('name')}={e.get('value')}")
+        check(f"{cid}: bound and advertised ports are declared container ports", not wrong,
+              f"{', '.join(wrong)} vs ports {sorted(p for p in declared_ports if p)}")
         undocumented = [e.get("name") for e in c.get("env") or []
                         if e.get("name", "").startswith("SHOAL_") and e.get("name") not in documented]
         check(f"{cid}: SHOAL_* env documented in README.md", not undocumented, ", ".join(undocumented))
@@ -307,7 +318,7 @@ def workload_for(component):
 
 
 for comp, kind in (("edge", "Deployment"), ("session", "Deployment"), ("query", "Deployment"),
-                   ("health", "StatefulSet")):
+                   ("upload", "Deployment"), ("health", "StatefulSet")):
     ws = workload_for(comp)
     check(f"topology: {comp} runs as a {kind}", len(ws) == 1 and ws[0]["kind"] == kind,
           f"found {[w['kind'] + '/' + name_of(w) for w in ws]}")
@@ -364,7 +375,7 @@ for h in objs("HorizontalPodAutoscaler"):
         check(f"{ident}: target containers request CPU", all(((c.get("resources") or {}).get("requests") or {}).get("cpu") for c in c0),
               "utilization needs CPU requests")
 hpa_targets = {(h.get("spec") or {}).get("scaleTargetRef", {}).get("name") for h in objs("HorizontalPodAutoscaler")}
-for comp in ("edge", "session", "query"):
+for comp in ("edge", "session", "query", "upload"):
     names = {name_of(w) for w in workload_for(comp)}
     check(f"autoscaling: {comp} has a HorizontalPodAutoscaler", names & hpa_targets, f"none targets {names}")
 
@@ -380,7 +391,7 @@ for p in objs("PodDisruptionBudget"):
         if "minAvailable" in spec and isinstance(spec["minAvailable"], int):
             check(f"{ident}: minAvailable below {w['kind']}/{name_of(w)} replicas", spec["minAvailable"] < replicas,
                   "no pod could ever be evicted")
-for comp in ("edge", "session", "query", "health"):
+for comp in ("edge", "session", "query", "upload", "health"):
     check(f"disruption budget: {comp}",
           any(selects((p.get("spec") or {}).get("selector"), pod_labels(w))
               for p in objs("PodDisruptionBudget") for w in workload_for(comp)), "no PodDisruptionBudget selects it")
@@ -557,6 +568,146 @@ if query_ws:
               "no policy lets them in")
         why = service_for(env.get("SHOAL_REDIS_HOST") or "", env.get("SHOAL_REDIS_PORT") or 6379, redis)
         check("query: SHOAL_REDIS_HOST is the Service of the in-cluster Redis", not why, why)
+
+# ------------------------------------------------------------------ S3 and the upload service
+
+def egress_allows(from_pods, to_component, port, protocol="TCP"):
+    """Pods FROM_PODS may open connections to pods of TO_COMPONENT on PORT: no Egress policy
+    selects them (everything is allowed), or one of those policies has a rule for it."""
+    policies = [n for n in objs("NetworkPolicy")
+                if "Egress" in ((n.get("spec") or {}).get("policyTypes") or [])
+                and any(selects((n.get("spec") or {}).get("podSelector"), pod_labels(w)) for w in from_pods)]
+    if not policies:
+        return True
+    dst = {"app.kubernetes.io/part-of": "shoal", "app.kubernetes.io/component": to_component} \
+        if not isinstance(to_component, dict) else to_component
+    for n in policies:
+        for rule in n["spec"].get("egress") or []:
+            ports = [(str(p.get("port")), p.get("protocol", "TCP")) for p in rule.get("ports") or []]
+            if ports and (str(port), protocol) not in ports:
+                continue
+            for t in rule.get("to") or []:
+                if "ipBlock" in t and t["ipBlock"].get("cidr") == "0.0.0.0/0":
+                    return True
+                if t.get("podSelector") is not None and selects(t["podSelector"], dst):
+                    return True
+    return False
+
+
+def nginx_size(text):
+    """ingress-nginx size ("1024m", "10k", "1g", "0" = unlimited) -> bytes; None if malformed."""
+    m = re.fullmatch(r"(\d+)([kKmMgG]?)", str(text or "").strip())
+    if not m:
+        return None
+    n = int(m.group(1))
+    return float("inf") if n == 0 else n * {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[m.group(2).lower()]
+
+
+upload_ws = workload_for("upload")
+s3_ws = workload_for("s3")
+edge_ws = workload_for("edge")
+if upload_ws:
+    uc = upload_ws[0]["spec"]["template"]["spec"]["containers"][0]
+    uenv = container_env(upload_ws[0], uc)
+    for key in ("SHOAL_S3_ACCESS_KEY", "SHOAL_S3_SECRET_KEY"):
+        check(f"upload: {key} comes from a Secret", env_ref(uc, key), "not from a Secret")
+    check("network policy: the edges reach the upload pods on 7301", policy_allows(upload_ws, "edge", 7301),
+          "no policy lets them in")
+    for comp, port in (("health", 7001), ("health", 7002), ("query", 7201)):
+        check(f"network policy: upload pods may connect to {comp} on {port}", egress_allows(upload_ws, comp, port),
+              "an Egress policy selects them and no rule allows it")
+    check("network policy: upload pods may query the cluster DNS (53/UDP)",
+          egress_allows(upload_ws, {"k8s-app": "kube-dns"}, 53, "UDP"),
+          "an Egress policy selects them and no rule allows DNS")
+    # One size limit: the edge refuses bigger bodies, the upload service bigger streams.
+    if edge_ws:
+        ec = edge_ws[0]["spec"]["template"]["spec"]["containers"][0]
+        a, b = container_env(edge_ws[0], ec).get("SHOAL_UPLOAD_MAX_BYTES"), uenv.get("SHOAL_UPLOAD_MAX_BYTES")
+        check("upload: the edge and the upload pods read one SHOAL_UPLOAD_MAX_BYTES", a == b,
+              f"edge {a}, upload {b}")
+    # An upload holds at most 2 parts and 1 chunk: the memory limit must hold every stream.
+    try:
+        need = int(uenv.get("SHOAL_UPLOAD_MAX_STREAMS") or 16) * (
+            2 * int(uenv.get("SHOAL_UPLOAD_PART_BYTES") or 8388608) + int(uenv.get("SHOAL_UPLOAD_CHUNK_BYTES") or 262144)) \
+            + 16 * 1024 ** 2
+    except ValueError:
+        need = None
+    lim = str(((uc.get("resources") or {}).get("limits") or {}).get("memory") or "")
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", lim)
+    have = int(m.group(1)) * {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3}[m.group(2)] if m else None
+    check("upload: memory limit holds SHOAL_UPLOAD_MAX_STREAMS x (2 parts + 1 chunk) + 16 MiB",
+          need is not None and have is not None and have >= need,
+          f"limit {lim}, needs {need and round(need / 1024 ** 2)} MiB")
+    endpoint = uenv.get("SHOAL_S3_ENDPOINT") or ""
+    m = re.fullmatch(r"(https?)://([a-z0-9.-]+)(?::(\d+))?/?", endpoint)
+    if not m:
+        check("upload: SHOAL_S3_ENDPOINT is a URL without a path", False, repr(endpoint))
+    elif "." not in m.group(2) or re.search(r"\.svc(\.cluster\.local)?$", m.group(2)):
+        # In the cluster: the Service of the S3 server, its bucket, its key pair, its volume.
+        host = m.group(2).split(".")[0]
+        port = m.group(3) or ("443" if m.group(1) == "https" else "80")
+        why = service_for(host, port, s3_ws)
+        check("upload: SHOAL_S3_ENDPOINT names the Service of the in-cluster S3 server", not why, why)
+        svc = find("Service", host)
+        in_default = False
+        for r in (kustomizations.get(K8S) or {}).get("resources") or []:
+            d = os.path.normpath(os.path.join(K8S, r))
+            if svc is not None and any(os.path.normpath(p) == os.path.join(d, os.path.basename(p))
+                                       and obj is svc for p, obj in docs):
+                in_default = True
+        check("kustomization: the default set includes the S3 server the upload pods use", in_default,
+              f"no resource of deploy/k8s/kustomization.yaml holds Service/{host}")
+        for w in s3_ws:
+            c = w["spec"]["template"]["spec"]["containers"][0]
+            a = c.get("args") or []
+            opt = {a[i]: a[i + 1] for i in range(len(a) - 1) if a[i].startswith("--")}
+            check("s3: the server creates the bucket the upload pods use (--bucket)",
+                  opt.get("--bucket") == uenv.get("SHOAL_S3_BUCKET"),
+                  f"--bucket {opt.get('--bucket')} vs SHOAL_S3_BUCKET {uenv.get('SHOAL_S3_BUCKET')}")
+            check("s3: path-style addressing (the test server has no virtual-host buckets)",
+                  str(uenv.get("SHOAL_S3_PATH_STYLE")).lower() == "true", f"SHOAL_S3_PATH_STYLE={uenv.get('SHOAL_S3_PATH_STYLE')}")
+            for key in ("SHOAL_S3_ACCESS_KEY", "SHOAL_S3_SECRET_KEY"):
+                x, y = env_ref(uc, key), env_ref(c, key)
+                check(f"s3: the server and the upload pods read one {key}", x and x == y, f"upload {x}, server {y}")
+            claims = {(v.get("metadata") or {}).get("name") for v in w["spec"].get("volumeClaimTemplates") or []}
+            mounts = {m2.get("name"): m2.get("mountPath") for m2 in c.get("volumeMounts") or []}
+            check("s3: the objects (--dir) are on a PersistentVolumeClaim",
+                  opt.get("--dir") and any(mounts.get(n) == opt.get("--dir") for n in claims),
+                  f"--dir {opt.get('--dir')}, claims {sorted(claims)}, mounts {mounts}")
+        check("network policy: upload pods reach the S3 server on its port",
+              s3_ws and policy_allows(s3_ws, "upload", port) and egress_allows(upload_ws, "s3", port),
+              "no policy lets them in, or their Egress policy does not let them out")
+        others = [name_of(n) for n in objs("NetworkPolicy") if s3_ws
+                  and any(selects(n["spec"].get("podSelector"), pod_labels(w)) for w in s3_ws)
+                  for rule in n["spec"].get("ingress") or [] for f in rule.get("from") or []
+                  if not selects(f.get("podSelector"), {"app.kubernetes.io/part-of": "shoal",
+                                                        "app.kubernetes.io/component": "upload"})]
+        check("network policy: only the upload pods reach the S3 test server (it checks no signature)",
+              s3_ws and not others, f"other sources in {others}")
+    # The public entry for uploads lets 1 GiB bodies through and streams them.
+    limit = uenv.get("SHOAL_UPLOAD_MAX_BYTES")
+    for ing in objs("Ingress"):
+        paths = [p.get("path", "") for r in ing["spec"].get("rules") or []
+                 for p in ((r.get("http") or {}).get("paths") or [])]
+        if not any("/api/uploads".startswith(p.rstrip("/") or "/") and p != "/" or p.startswith("/api/uploads")
+                   for p in paths):
+            continue
+        ann = (ing.get("metadata") or {}).get("annotations") or {}
+        size = nginx_size(ann.get("nginx.ingress.kubernetes.io/proxy-body-size", "1m"))
+        check(f"Ingress/{name_of(ing)}: proxy-body-size lets SHOAL_UPLOAD_MAX_BYTES through",
+              size is not None and limit and size >= int(limit),
+              f"proxy-body-size {ann.get('nginx.ingress.kubernetes.io/proxy-body-size')} vs {limit}")
+        check(f"Ingress/{name_of(ing)}: upload bodies are streamed (proxy-request-buffering off)",
+              ann.get("nginx.ingress.kubernetes.io/proxy-request-buffering") == "off",
+              "the controller would spool every upload to its disk first")
+        finish_ms = 120000
+        if edge_ws:
+            ec = edge_ws[0]["spec"]["template"]["spec"]["containers"][0]
+            finish_ms = int(container_env(edge_ws[0], ec).get("SHOAL_UPLOAD_FINISH_TIMEOUT_MS") or finish_ms)
+        read_s = ann.get("nginx.ingress.kubernetes.io/proxy-read-timeout", "60")
+        check(f"Ingress/{name_of(ing)}: proxy-read-timeout outlasts the edge's SHOAL_UPLOAD_FINISH_TIMEOUT_MS",
+              str(read_s).isdigit() and int(read_s) * 1000 > finish_ms,
+              f"proxy-read-timeout {read_s} s vs {finish_ms} ms: the client would get the controller's 504")
 
 # Overlays: every JSON patch targets an object of the base and, for "replace", a key it has.
 for kdir, k in sorted(kustomizations.items()):
