@@ -3,7 +3,8 @@
 A Stack is one redis-server (AOF on, in a temp dir), N shoal-session
 instances and M shoal-edge instances, optionally with shoal-health
 registry instances, a Postgres primary + streaming replica, K
-shoal-query instances and the S3 test server (S3Server). Each is a child process whose PID is recorded when
+shoal-query instances, the S3 test server (S3Server) and U shoal-upload
+instances on it. Each is a child process whose PID is recorded when
 it is started and which is stopped by that PID only. Every process writes
 stdout+stderr to <tmpdir>/<name>.log; `Stack.log_tails()` returns the end
 of every log for failure reports.
@@ -62,6 +63,7 @@ POLL_S = 0.03
 STOP_TIMEOUT_S = 10.0
 START_TIMEOUT_S = 10.0
 LOG_TAIL_BYTES = 4000
+MIB = 1024 * 1024
 
 _handed_out = set()
 
@@ -663,11 +665,13 @@ class S3Server(Process):
     def endpoint(self):
         return "http://%s:%d" % (LOOPBACK, self.port)
 
-    def service_env(self):
+    def settings(self):
         """The SHOAL_S3_* settings a client of this server needs."""
         return {"SHOAL_S3_ENDPOINT": self.endpoint, "SHOAL_S3_REGION": self.region,
                 "SHOAL_S3_BUCKET": self.bucket, "SHOAL_S3_ACCESS_KEY": self.access_key,
                 "SHOAL_S3_SECRET_KEY": self.secret_key, "SHOAL_S3_PATH_STYLE": "true"}
+
+    service_env = settings
 
     def argv(self):
         cmd = [NODE, "--openssl-legacy-provider", S3_SERVER, "--address", LOOPBACK,
@@ -1172,14 +1176,63 @@ class Query(ZmqService):
             return ""
 
 
+class Upload(ZmqService):
+    """shoal-upload on the stack's S3 test server (its settings() become the
+    SHOAL_S3_* settings), with parts of `part_bytes` (default 5 MiB, the
+    smallest S3 allows, so that multipart uploads start at small sizes),
+    the query service at `query_endpoints` (the sweeper asks it which
+    objects have rows) and, when given, the sweeper's interval and age.
+    Anything in `env` wins. Change `extra_env` and start() again to
+    restart it with other settings on the same port."""
+
+    binary = "shoal-upload"
+    PART_BYTES = 5 * MIB
+
+    def __init__(self, name, workdir, s3, query_endpoints=(), port=None, env=None,
+                 part_bytes=PART_BYTES, sweep_interval_ms=None, sweep_age_ms=None):
+        super().__init__(name, workdir, port=port, env=env)
+        self.s3 = s3
+        self.query_endpoints = list(query_endpoints)
+        self.part_bytes = part_bytes
+        self.sweep_interval_ms = sweep_interval_ms
+        self.sweep_age_ms = sweep_age_ms
+
+    def _settings(self):
+        env = dict(self.s3.settings())
+        env["SHOAL_UPLOAD_PART_BYTES"] = str(self.part_bytes)
+        if self.query_endpoints:
+            env["SHOAL_QUERY_ENDPOINTS"] = ",".join(self.query_endpoints)
+        if self.sweep_interval_ms is not None:
+            env["SHOAL_UPLOAD_SWEEP_INTERVAL_MS"] = str(self.sweep_interval_ms)
+        if self.sweep_age_ms is not None:
+            env["SHOAL_UPLOAD_SWEEP_AGE_MS"] = str(self.sweep_age_ms)
+        return env
+
+    def sweep(self, env=None, timeout=60):
+        """Run one sweeper pass (`shoal-upload sweep`) with this instance's
+        settings plus `env`; return (exit status, output). The output is
+        also appended to the log."""
+        cmd = self.argv() + ["sweep"]
+        environ = self.environment()
+        environ.update(env or {})
+        res = subprocess.run(cmd, env=environ, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        with open(self.log_path, "ab") as log:
+            log.write(("\n=== %s: %s (status %d)\n" % (self.name, " ".join(cmd),
+                                                        res.returncode)).encode())
+            log.write(res.stdout)
+        return res.returncode, res.stdout.decode("utf-8", "replace")
+
+
 class Edge(Process):
     """shoal-edge on http://127.0.0.1:<port> (kept across restarts)."""
 
     def __init__(self, name, session_endpoints, workdir, port=None, static_dir=None, env=None,
-                 query_endpoints=None):
+                 query_endpoints=None, upload_endpoints=None):
         super().__init__(name, workdir)
         self.session_endpoints = list(session_endpoints)
         self.query_endpoints = list(query_endpoints or [])
+        self.upload_endpoints = list(upload_endpoints or [])
         self.port = port or free_port()
         self.static_dir = static_dir
         self.extra_env = dict(env or {})
@@ -1201,6 +1254,8 @@ class Edge(Process):
         })
         if self.query_endpoints:
             env["SHOAL_QUERY_ENDPOINTS"] = ",".join(self.query_endpoints)
+        if self.upload_endpoints:
+            env["SHOAL_UPLOAD_ENDPOINTS"] = ",".join(self.upload_endpoints)
         if self.static_dir:
             env["SHOAL_STATIC_DIR"] = self.static_dir
         env.update(self.extra_env)
@@ -1231,27 +1286,33 @@ class Stack:
     (every process then gets SHOAL_HEALTH_ENDPOINTS), a Postgres primary
     (`postgres=True`) with a streaming hot-standby replica (`replica=True`)
     and `queries` shoal-query instances (started at the same moment; edges
-    get their endpoints in SHOAL_QUERY_ENDPOINTS) and the S3 test server
+    get their endpoints in SHOAL_QUERY_ENDPOINTS), the S3 test server
     (`s3=True`: `stack.s3`, an S3Server; its settings for a client are
-    `stack.s3.service_env()`). Use as a context manager;
+    `stack.s3.settings()`) and `uploads` shoal-upload instances on it
+    (`stack.uploads`, Upload; implies s3=True; they get the query
+    endpoints, the edges get theirs in SHOAL_UPLOAD_ENDPOINTS; `upload_env`
+    is added to their settings). Use as a context manager;
     close() stops every process by PID (also when the body raised, in which
     case it prints every log tail first). The temp dir is removed by
     cleanup() (called by __exit__), unless SHOAL_TEST_KEEP=1."""
 
     def __init__(self, sessions=2, edges=2, static_dir=None, session_env=None,
                  edge_env=None, wait_ready=True, queries=0, postgres=False, replica=True,
-                 query_env=None, healths=0, pg_settings=None, s3=False):
+                 query_env=None, healths=0, pg_settings=None, s3=False, uploads=0,
+                 upload_env=None):
         self.n_sessions = sessions
         self.n_edges = edges
         self.n_queries = queries
         self.n_healths = healths
+        self.n_uploads = uploads
         self.want_postgres = postgres or queries > 0
         self.want_replica = replica
-        self.want_s3 = s3
+        self.want_s3 = s3 or uploads > 0
         self.static_dir = static_dir
         self.session_env = dict(session_env or {})
         self.edge_env = dict(edge_env or {})
         self.query_env = dict(query_env or {})
+        self.upload_env = dict(upload_env or {})
         self.pg_settings = dict(pg_settings or {})
         self.want_ready = wait_ready
         self.tmp = None
@@ -1262,6 +1323,7 @@ class Stack:
         self.sessions = []
         self.edges = []
         self.queries = []
+        self.uploads = []
         self.healths = []
 
     def _binaries(self):
@@ -1270,6 +1332,8 @@ class Stack:
             exes.append("shoal-query")
         if self.n_healths:
             exes.append("shoal-health")
+        if self.n_uploads:
+            exes.append("shoal-upload")
         return exes
 
     def _registry_env(self, env):
@@ -1316,6 +1380,8 @@ class Stack:
             for i in range(self.n_queries):
                 self.add_query(start=False)
             self.start_queries_together(self.queries)
+            for i in range(self.n_uploads):
+                self.add_upload()
             for i in range(self.n_sessions):
                 s = Session("session-%d" % (i + 1), self.redis.port, self.tmp,
                             env=self._registry_env(self.session_env))
@@ -1346,6 +1412,22 @@ class Stack:
             q.start()
         return q
 
+    def add_upload(self, env=None, name=None, start=True, **kw):
+        """Create (and by default start) one more shoal-upload instance on
+        the stack's S3 server with the stack's upload_env plus `env`; `kw`
+        goes to Upload (part_bytes, sweep_interval_ms, sweep_age_ms, ...).
+        It is stopped with the stack. Edges started later get its endpoint."""
+        assert self.s3, "add_upload needs a stack with s3=True"
+        u_env = dict(self.upload_env)
+        u_env.update(env or {})
+        u = Upload(name or "upload-%d" % (len(self.uploads) + 1), self.tmp, self.s3,
+                   query_endpoints=[q.endpoint for q in self.queries],
+                   env=self._registry_env(u_env), **kw)
+        self.uploads.append(u)
+        if start:
+            u.start()
+        return u
+
     @staticmethod
     def start_queries_together(queries, timeout=START_TIMEOUT_S):
         """Launch every instance first, then wait for each (so they race on
@@ -1359,17 +1441,21 @@ class Stack:
                 q.kill()
                 raise
 
-    def add_edge(self, env=None, name=None, query_endpoints=None, wait_ready=None):
+    def add_edge(self, env=None, name=None, query_endpoints=None, wait_ready=None,
+                 upload_endpoints=None):
         """Create and start one more edge with the stack's settings plus
-        `env`; `query_endpoints` defaults to every query instance. It is
-        stopped with the stack."""
+        `env`; `query_endpoints` and `upload_endpoints` default to every
+        query and upload instance. It is stopped with the stack."""
         e_env = dict(self.edge_env)
         e_env.update(env or {})
         if query_endpoints is None:
             query_endpoints = [q.endpoint for q in self.queries]
+        if upload_endpoints is None:
+            upload_endpoints = [u.endpoint for u in self.uploads]
         e = Edge(name or "edge-%s" % chr(ord("a") + len(self.edges)),
                  [s.endpoint for s in self.sessions], self.tmp, static_dir=self.static_dir,
-                 env=self._registry_env(e_env), query_endpoints=query_endpoints)
+                 env=self._registry_env(e_env), query_endpoints=query_endpoints,
+                 upload_endpoints=upload_endpoints)
         self.edges.append(e)
         e.start()
         if wait_ready is None:
@@ -1391,13 +1477,14 @@ class Stack:
 
     def processes(self):
         """Every process, in teardown order (callers first, stores last)."""
-        procs = list(self.edges) + list(self.queries) + list(self.sessions)
+        procs = list(self.edges) + list(self.uploads) + list(self.queries)
+        procs += list(self.sessions)
         procs += [p for p in (self.s3, self.redis, self.pg_replica, self.pg_primary) if p]
         return procs + list(self.healths)
 
     def close(self):
-        """Stop edges, query and session instances, then S3, Redis, Postgres
-        and the registry, each by PID."""
+        """Stop edges, upload, query and session instances, then S3, Redis,
+        Postgres and the registry, each by PID."""
         for p in self.processes():
             try:
                 p.stop()
