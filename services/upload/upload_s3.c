@@ -1002,13 +1002,19 @@ static int s_query_add(char *query, size_t size, const char *name, const char *v
 /*  --- operations ------------------------------------------------------------------  */
 
 void upload_s3_put_object(upload_s3_t *self, const char *key, const void *body, size_t len,
-                          const char *content_type, int64_t timeout_ms, upload_s3_fn *fn, void *arg)
+                          const uint8_t *sha256, const char *content_type, int64_t timeout_ms,
+                          upload_s3_fn *fn, void *arg)
 {
     assert(fn && (body || len == 0));
+    /*  hashing a body of several MiB here would hold up the loop; a caller
+        that hashed it while it arrived passes the digest  */
     uint8_t digest[UPLOAD_S3_SHA256];
     char hex[2 * UPLOAD_S3_SHA256 + 1];
-    crypto_hash_sha256(digest, body, len);
-    s_hex(digest, hex);
+    if (!sha256) {
+        crypto_hash_sha256(digest, body, len);
+        sha256 = digest;
+    }
+    s_hex(sha256, hex);
     upload_s3_call_t *c = s_call_new(self, S_PUT, "PUT", key, "", hex, timeout_ms, fn, arg);
     if (!c)
         return;

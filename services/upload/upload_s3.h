@@ -106,11 +106,14 @@ upload_s3_t *upload_s3_new(sh_loop_t *loop, const upload_s3_config_t *config,
     Call it before destroying the loop, never from one of its callbacks.  */
 void upload_s3_destroy(upload_s3_t **self_p);
 
-/*  PUT a small object held in memory (its SHA-256 is computed and signed).
-    content_type may be NULL. body is borrowed until the callback. Returns etag.  */
+/*  PUT a small object held in memory; its SHA-256 is signed as
+    x-amz-content-sha256. sha256 (32 bytes, read during the call) is the
+    body's digest when the caller already has it, else NULL and it is
+    computed here. content_type may be NULL. body is borrowed until the
+    callback. Returns etag.  */
 void upload_s3_put_object(upload_s3_t *self, const char *key, const void *body, size_t len,
-                          const char *content_type, int64_t timeout_ms, upload_s3_fn *fn,
-                          void *arg);
+                          const uint8_t *sha256, const char *content_type, int64_t timeout_ms,
+                          upload_s3_fn *fn, void *arg);
 
 /*  Start a multipart upload; returns upload_id. content_type may be NULL;
     checksums true announces SHA-256 part checksums (x-amz-checksum-algorithm).  */

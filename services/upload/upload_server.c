@@ -524,9 +524,12 @@ static void s_commit(s_stream_t *st)
         upload_s3_complete_multipart(self->s3, st->key, st->upload_id, parts, st->part_count,
                                      timeout, s_on_committed, st);
         free(parts);
-    } else
-        upload_s3_put_object(self->s3, st->key, st->fill, st->fill_len, NULL, timeout,
+    } else {
+        /*  the buffer holds the whole object, so its digest is the one
+            computed while the chunks arrived: no second pass on the loop  */
+        upload_s3_put_object(self->s3, st->key, st->fill, st->fill_len, digest, NULL, timeout,
                              s_on_committed, st);
+    }
 }
 
 static void s_step(s_stream_t *st)

@@ -4,21 +4,25 @@ The upload service is tested against this server, so these tests pin down
 what it does: objects with Range, HEAD and DELETE; multipart uploads with
 ListMultipartUploads, ListParts and Abort (which s3rver alone lacks); the
 checks a real S3 makes (ETags, part sizes, x-amz-checksum-sha256, unknown
-uploads); and that stop, kill -9 and restart on the same port keep every
+uploads); parts whose client stalls or goes away while their upload is
+aborted; and that stop, kill -9 and restart on the same port keep every
 object and every unfinished upload. Run with tests/integration/run.
 """
 
 import base64
+import errno
 import hashlib
+import http.client
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from shoal_stack import S3Server, Stack, check_s3_server, wait_until  # noqa: E402
+from shoal_stack import S3Server, Stack, check_s3_server, raw_http, wait_until  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -32,6 +36,66 @@ def error_code(reply):
     body = reply.body.decode("utf-8", "replace")
     start = body.find("<Code>")
     return body[start + 6:body.find("</Code>")] if start >= 0 else ""
+
+
+class SlowPut:
+    """A PutObject or UploadPart (query "partNumber=N&uploadId=U") sent by
+    hand, so that it can stall half-way: the request line and headers, then
+    the body in pieces. Unsigned (the server takes anonymous requests)."""
+
+    def __init__(self, s3, key, size, query=""):
+        self.size, self.sent = size, 0
+        self.sock = socket.create_connection(("127.0.0.1", s3.port), timeout=10)
+        self.sock.sendall(("PUT %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: %d\r\n\r\n"
+                           % (s3.path(key, query), s3.port, size)).encode())
+
+    @classmethod
+    def part(cls, s3, key, upload_id, number, size):
+        return cls(s3, key, size, "partNumber=%d&uploadId=%s" % (number, upload_id))
+
+    def send(self, n):
+        """Send n more bytes of the body; False when the server closed the
+        connection (it may answer and close before the body is in)."""
+        try:
+            self.sock.sendall(os.urandom(n))
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET):
+                raise
+            return False
+        self.sent += n
+        return True
+
+    def finish(self):
+        """Send the rest of the body and return (status, S3 error code), or
+        None when the server dropped the connection instead of answering."""
+        self.send(self.size - self.sent)
+        try:
+            resp = http.client.HTTPResponse(self.sock, method="PUT")
+            resp.begin()
+            body = resp.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            self.close()
+        start = body.find("<Code>")
+        return resp.status, body[start + 6:body.find("</Code>")] if start >= 0 else ""
+
+    def close(self):
+        self.sock.close()
+
+
+def files_open_under(pid, fragment):
+    """Paths of the files process pid has open whose path contains fragment."""
+    out = []
+    fd_dir = "/proc/%d/fd" % pid
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue  # closed meanwhile
+        if fragment in target:
+            out.append(target)
+    return out
 
 
 class LogOnFailure:
@@ -96,6 +160,39 @@ class S3ServerCase(LogOnFailure, unittest.TestCase):
         r = self.s3.get_object("obj/empty")
         self.assertEqual((r.status, r.body), (200, b""))
         self.assertError(self.s3.get_object("obj/empty", range="bytes=0-"), 416, "InvalidRange")
+        self.assertError(self.s3.get_object("obj/empty", range="bytes=0-0"), 416, "InvalidRange")
+
+    def test_single_byte_ranges(self):
+        # s3rver's file store reads an end of 0 as "no end": bytes=0-0 was the whole object
+        data = bytes(range(100)) * 10
+        self.s3.put_object("obj/bytes", data)
+        self.s3.put_object("obj/one-byte", b"x")
+        cases = (("obj/bytes", "bytes=0-0", 0, 0), ("obj/bytes", "bytes=5-5", 5, 5),
+                 ("obj/bytes", "bytes=-1", 999, 999), ("obj/bytes", "bytes=999-999", 999, 999),
+                 ("obj/bytes", "bytes=0-", 0, 999), ("obj/one-byte", "bytes=0-0", 0, 0),
+                 ("obj/one-byte", "bytes=-1", 0, 0), ("obj/one-byte", "bytes=0-", 0, 0),
+                 ("obj/one-byte", "bytes=-5", 0, 0), ("obj/one-byte", "bytes=0-7", 0, 0))
+        for key, rng, first, last in cases:
+            whole = data if key == "obj/bytes" else b"x"
+            with self.subTest(key=key, range=rng):
+                r = self.s3.get_object(key, range=rng)
+                self.assertEqual(r.status, 206, r)
+                self.assertEqual(r.header("Content-Range"), "bytes %d-%d/%d" % (first, last, len(whole)))
+                self.assertEqual(r.header("Content-Length"), str(last + 1 - first))
+                self.assertEqual(r.body, whole[first:last + 1])
+        head = self.s3.request("HEAD", "obj/bytes", headers={"Range": "bytes=0-0"})
+        self.assertEqual((head.status, head.header("Content-Length"), head.header("Content-Range")),
+                         (206, "1", "bytes 0-0/1000"))
+        for rng in ("bytes=1-1", "bytes=1-"):
+            with self.subTest(key="obj/one-byte", range=rng):
+                self.assertError(self.s3.get_object("obj/one-byte", range=rng), 416, "InvalidRange")
+        # with a query s3rver reads the Range header itself: its store is fixed too
+        r = self.s3.request("GET", "obj/bytes", query="response-cache-control=no-cache",
+                            headers={"Range": "bytes=0-0"})
+        self.assertEqual((r.status, r.header("Content-Range"), r.body), (206, "bytes 0-0/1000", b"\x00"))
+        r = self.s3.request("GET", "obj/bytes", query="response-cache-control=no-cache",
+                            headers={"Range": "bytes=7-0"})  # invalid: ignored, as by S3
+        self.assertEqual((r.status, r.body), (200, data))
 
     def test_list_objects_pages(self):
         keys = ["list/k%02d" % i for i in range(7)]
@@ -177,6 +274,117 @@ class S3ServerCase(LogOnFailure, unittest.TestCase):
         self.assertEqual(self.s3.abort_multipart(key, b).status, 204)
         self.assertEqual(self.s3.list_multipart_uploads("mp/aborted"), [])
         self.assertEqual(self.s3.keys("mp/aborted"), [])
+
+    # ---------------------------------------------------------------- parts cut off
+
+    def _part_bytes_on_disk(self, upload_id):
+        """Bytes the server has written of parts of upload_id, finished or not."""
+        d = os.path.join(self.s3.data_dir, self.s3.bucket, "._S3rver_uploads", upload_id)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return 0
+        return sum(os.path.getsize(os.path.join(d, n)) for n in names
+                   if n not in ("key", "metadata") and not n.endswith((".md5", ".sha256")))
+
+    def _still_serving(self):
+        self.assertTrue(self.s3.alive())
+        self.s3.put_object("obj/after", b"still here")
+        self.assertEqual(self.s3.get_object("obj/after").body, b"still here")
+
+    def test_put_whose_client_goes_away(self):
+        key = "obj/cut-put"
+        self.s3.put_object(key, b"before")
+        d = os.path.join(self.s3.data_dir, self.s3.bucket, "obj")
+        name = "cut-put._S3rver_object"
+
+        def written():
+            return max([os.path.getsize(os.path.join(d, n)) for n in os.listdir(d)
+                        if n.startswith(name) and not n.endswith(".md5")] or [0])
+
+        put = SlowPut(self.s3, key, 4 * MIB)
+        put.send(MIB)
+        wait_until(lambda: written() >= MIB, 10, "1 MiB of the object on disk")
+        put.close()
+        # s3rver alone waits for ever on that body, the object's file open and half written
+        wait_until(lambda: not files_open_under(self.s3.pid, name), 10,
+                   "the server to close the cut object's file")
+        got = self.s3.get_object(key)
+        self.assertEqual((got.status, got.body), (200, b"before"))
+        self.assertEqual(sorted(n for n in os.listdir(d) if n.startswith(name)),
+                         [name, name + ".md5"])
+        self._still_serving()
+
+    def test_abort_while_a_part_is_written_then_the_part_ends(self):
+        key = "mp/abort-mid-part"
+        up = self.s3.create_multipart(key)
+        part = SlowPut.part(self.s3, key, up, 1, 6 * MIB)
+        part.send(2 * MIB)
+        wait_until(lambda: self._part_bytes_on_disk(up) >= 2 * MIB, 10,
+                   "the first 2 MiB of the part on disk")
+        self.assertEqual(self.s3.abort_multipart(key, up).status, 204)
+        # s3rver alone: 500, writing the part's .md5 into the removed directory
+        self.assertEqual(part.finish(), (404, "NoSuchUpload"))
+        self.assertNotIn(up, self.s3.uploads_on_disk())
+        self.assertEqual(self.s3.list_multipart_uploads(key), [])
+        self._still_serving()
+
+    def test_part_whose_client_goes_away(self):
+        key = "mp/client-gone"
+        up = self.s3.create_multipart(key)
+        # without an abort: the cut part is not kept, the upload goes on
+        part = SlowPut.part(self.s3, key, up, 1, 6 * MIB)
+        part.send(MIB)
+        wait_until(lambda: self._part_bytes_on_disk(up) >= MIB, 10, "1 MiB of part 1 on disk")
+        part.close()
+        # s3rver alone waits for ever on that body, its part file open and half written
+        wait_until(lambda: not files_open_under(self.s3.pid, up), 10,
+                   "the server to close the cut part's file")
+        wait_until(lambda: self._part_bytes_on_disk(up) == 0, 10, "the cut part removed")
+        self.assertEqual(self.s3.list_parts(key, up), [])
+        etag = self.s3.upload_part(key, up, 1, b"whole part")
+        self.assertEqual([p["etag"] for p in self.s3.list_parts(key, up)], [etag])
+        # after an abort: nothing of the upload stays open or on disk
+        part = SlowPut.part(self.s3, key, up, 2, 6 * MIB)
+        part.send(MIB)
+        wait_until(lambda: self._part_bytes_on_disk(up) >= MIB + len(b"whole part"), 10,
+                   "1 MiB of part 2 on disk")
+        self.assertEqual(self.s3.abort_multipart(key, up).status, 204)
+        part.close()
+        wait_until(lambda: not files_open_under(self.s3.pid, up), 10,
+                   "the server to close the aborted part's file")
+        self.assertNotIn(up, self.s3.uploads_on_disk())
+        self._still_serving()
+
+    def test_aborts_racing_part_uploads(self):
+        # s3rver alone crashes (an unhandled ENOENT opening ._S3rver_uploads/<id>/1) when the
+        # Abort removes the directory between its mkdir and its open of the part's file, and
+        # brings the directory back with a part in it when the Abort comes a little earlier
+        key = "mp/race"
+        ids = []
+        for i in range(60):
+            up = self.s3.create_multipart(key)
+            ids.append(up)
+            part = SlowPut.part(self.s3, key, up, 1, 4 * MIB)
+            part.send(64 * 1024)
+            # at once, without the fork of a curl: the part is just being started
+            abort = raw_http(self.s3.port, ("DELETE %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                                            "Content-Length: 0\r\n\r\n" % (
+                                                self.s3.path(key, "uploadId=" + up),
+                                                self.s3.port)).encode(), method="DELETE")
+            self.assertEqual(abort.status, 204, "round %d: %r" % (i, abort))
+            if i % 2:
+                answer = part.finish()
+                self.assertIn(answer, (None, (404, "NoSuchUpload")), "round %d" % i)
+            else:
+                part.close()
+            self.assertTrue(self.s3.alive(), "round %d" % i)
+        wait_until(lambda: not set(ids) & set(self.s3.uploads_on_disk()), 10,
+                   "no directory of an aborted upload on disk")
+        wait_until(lambda: not files_open_under(self.s3.pid, "._S3rver_uploads"), 10,
+                   "no part file open")
+        self.assertEqual(self.s3.list_multipart_uploads(key), [])
+        self._still_serving()
 
     def test_list_uploads_pages(self):
         ids = sorted(self.s3.create_multipart("mp/pages") for _ in range(5))

@@ -516,7 +516,8 @@ static void test_upload_s3_sigv4_put_object_example(void **state)
     t_queue(&f->server, t_xml(200, "ETag: \"put-etag\"\r\n", NULL));
     static const char body[] = "Welcome to Amazon S3.";
     t_answer_t a = {0};
-    upload_s3_put_object(f->s3, "test$file.text", body, strlen(body), NULL, 2000, t_on_answer, &a);
+    upload_s3_put_object(f->s3, "test$file.text", body, strlen(body), NULL, NULL, 2000, t_on_answer,
+                         &a);
     t_wait_answer(f, &a);
     assert_int_equal(a.status, SH_STATUS_OK);
     assert_string_equal(a.etag, "\"put-etag\"");
@@ -551,6 +552,31 @@ static void t_sha_hex(const char *text, char out[65])
     sodium_bin2hex(out, 65, d, 32);
 }
 
+/*  The SigV4 signature of a request whose only signed headers are host,
+    x-amz-content-sha256 (payload_hex) and x-amz-date (T_DATE), as the
+    canonical request, string to sign and signing key define it.  */
+static void t_expected_signature(const t_fixture_t *f, const char *method, const char *path,
+                                 const char *payload_hex, char out[65])
+{
+    char host[64], canonical[1024], hash[65], to_sign[512];
+    snprintf(host, sizeof host, "127.0.0.1:%d", f->server.port);
+    snprintf(canonical, sizeof canonical,
+             "%s\n%s\n\nhost:%s\nx-amz-content-sha256:%s\nx-amz-date:%s\n\n"
+             "host;x-amz-content-sha256;x-amz-date\n%s",
+             method, path, host, payload_hex, T_DATE, payload_hex);
+    t_sha_hex(canonical, hash);
+    snprintf(to_sign, sizeof to_sign,
+             "AWS4-HMAC-SHA256\n%s\n20130524/us-east-1/s3/aws4_request\n%s", T_DATE, hash);
+    uint8_t k1[32], k2[32], k3[32], k4[32], s[32];
+    const char *secret = "AWS4" T_SECRET;
+    t_hmac((const uint8_t *)secret, strlen(secret), "20130524", k1);
+    t_hmac(k1, 32, "us-east-1", k2);
+    t_hmac(k2, 32, "s3", k3);
+    t_hmac(k3, 32, "aws4_request", k4);
+    t_hmac(k4, 32, to_sign, s);
+    sodium_bin2hex(out, 65, s, 32);
+}
+
 static void test_upload_s3_sigv4_encoded_key(void **state)
 {
     t_fixture_t *f = *state;
@@ -569,28 +595,55 @@ static void test_upload_s3_sigv4_encoded_key(void **state)
     snprintf(value, sizeof value, "GET %s", path);
     assert_string_equal(t_line(r, line, sizeof line), value);
 
-    /*  the canonical request, string to sign and signing key of SigV4  */
-    char host[64], canonical[1024], hash[65], to_sign[512], expect[65];
-    snprintf(host, sizeof host, "127.0.0.1:%d", f->server.port);
-    snprintf(canonical, sizeof canonical,
-             "GET\n%s\n\nhost:%s\nx-amz-content-sha256:%s\nx-amz-date:%s\n\n"
-             "host;x-amz-content-sha256;x-amz-date\n%s",
-             path, host, T_EMPTY, T_DATE, T_EMPTY);
-    t_sha_hex(canonical, hash);
-    snprintf(to_sign, sizeof to_sign,
-             "AWS4-HMAC-SHA256\n%s\n20130524/us-east-1/s3/aws4_request\n%s", T_DATE, hash);
-    uint8_t k1[32], k2[32], k3[32], k4[32], s[32];
-    const char *secret = "AWS4" T_SECRET;
-    t_hmac((const uint8_t *)secret, strlen(secret), "20130524", k1);
-    t_hmac(k1, 32, "us-east-1", k2);
-    t_hmac(k2, 32, "s3", k3);
-    t_hmac(k3, 32, "aws4_request", k4);
-    t_hmac(k4, 32, to_sign, s);
-    sodium_bin2hex(expect, sizeof expect, s, 32);
+    char expect[65];
+    t_expected_signature(f, "GET", path, T_EMPTY, expect);
     assert_string_equal(t_signature(r, sig, sizeof sig), expect);
     /*  nothing signed that is not sent: no "expect" among the signed headers  */
     assert_null(strstr(t_header(r, "Authorization", value, sizeof value), "expect"));
     sh_buf_free(&a.body);
+}
+
+/*  A PutObject given the body's SHA-256 sends and signs that digest as it
+    is: the body is not hashed again. The digest given here is not the
+    body's, so a digest computed from the body would show.  */
+static void test_upload_s3_put_object_given_sha256_is_signed(void **state)
+{
+    t_fixture_t *f = *state;
+    static const char *const headers[] = {"x-amz-date: " T_DATE, NULL};
+    f->config.extra_headers = headers;
+    t_client(f);
+    t_queue(&f->server, t_xml(200, "ETag: \"given\"\r\n", NULL));
+    t_queue(&f->server, t_xml(200, "ETag: \"computed\"\r\n", NULL));
+    static const char body[] = "the object's bytes";
+    uint8_t given[32];
+    crypto_hash_sha256(given, (const uint8_t *)"some other bytes", 16);
+    char given_hex[65], body_hex[65];
+    sodium_bin2hex(given_hex, sizeof given_hex, given, sizeof given);
+    t_sha_hex(body, body_hex);
+    assert_string_not_equal(given_hex, body_hex);
+
+    t_answer_t a = {0}, b = {0};
+    upload_s3_put_object(f->s3, "k", body, strlen(body), given, NULL, 2000, t_on_answer, &a);
+    t_wait_answer(f, &a);
+    assert_int_equal(a.status, SH_STATUS_OK);
+    assert_string_equal(a.etag, "\"given\"");
+    /*  NULL: the body's own SHA-256, computed by the client  */
+    upload_s3_put_object(f->s3, "k", body, strlen(body), NULL, NULL, 2000, t_on_answer, &b);
+    t_wait_answer(f, &b);
+    assert_int_equal(b.status, SH_STATUS_OK);
+    assert_string_equal(b.etag, "\"computed\"");
+
+    assert_int_equal(f->server.req_count, 2);
+    const char *const sent[] = {given_hex, body_hex};
+    for (int i = 0; i < 2; i++) {
+        const t_req_t *r = &f->server.reqs[i];
+        char line[64], value[512], sig[128], expect[65];
+        assert_string_equal(t_line(r, line, sizeof line), "PUT /bucket/k");
+        assert_string_equal(r->body, body);
+        assert_string_equal(t_header(r, "x-amz-content-sha256", value, sizeof value), sent[i]);
+        t_expected_signature(f, "PUT", "/bucket/k", sent[i], expect);
+        assert_string_equal(t_signature(r, sig, sizeof sig), expect);
+    }
 }
 
 /*  --- retries and deadlines ------------------------------------------------------------  */
@@ -607,7 +660,7 @@ static void test_upload_s3_retries_slowdown_then_succeeds(void **state)
     t_queue(&f->server, t_xml(503, NULL, T_SLOWDOWN));
     t_queue(&f->server, t_xml(200, "ETag: \"ok\"\r\n", NULL));
     t_answer_t a = {0};
-    upload_s3_put_object(f->s3, "k", "abc", 3, "text/plain", 2000, t_on_answer, &a);
+    upload_s3_put_object(f->s3, "k", "abc", 3, NULL, "text/plain", 2000, t_on_answer, &a);
     t_wait_answer(f, &a);
     assert_int_equal(a.status, SH_STATUS_OK);
     assert_string_equal(a.etag, "\"ok\"");
@@ -628,7 +681,7 @@ static void test_upload_s3_no_retry_on_403_or_404(void **state)
     t_queue(&f->server, t_xml(404, NULL, "<Error><Code>NoSuchKey</Code><Key>k</Key></Error>"));
     t_queue(&f->server, t_xml(404, NULL, NULL));
     t_answer_t a = {0}, b = {0}, c = {0};
-    upload_s3_put_object(f->s3, "k", "x", 1, NULL, 2000, t_on_answer, &a);
+    upload_s3_put_object(f->s3, "k", "x", 1, NULL, NULL, 2000, t_on_answer, &a);
     t_wait_answer(f, &a);
     assert_int_equal(a.status, SH_STATUS_INTERNAL);
     assert_int_equal(a.http_status, 403);
@@ -846,7 +899,8 @@ static void test_upload_s3_odd_keys_encoded(void **state)
     t_answer_t e = {0}, l = {0}, t = {0};
     upload_s3_head_object(f->s3, "", 2000, t_on_answer, &e);
     upload_s3_head_object(f->s3, long_key, 2000, t_on_answer, &l);
-    upload_s3_put_object(f->s3, "k", "x", 1, "text/plain\r\nX-Evil: 1", 2000, t_on_answer, &t);
+    upload_s3_put_object(f->s3, "k", "x", 1, NULL, "text/plain\r\nX-Evil: 1", 2000, t_on_answer,
+                         &t);
     assert_int_equal(e.status, SH_STATUS_INVALID);
     assert_int_equal(l.status, SH_STATUS_INVALID);
     assert_true(t_run(f, t_answered, &t, T_WAIT_MS));
@@ -988,7 +1042,7 @@ static void test_upload_s3_destroy_answers_pending_once(void **state)
     t_queue(&f->server, (t_reply_t){T_HANG, 0, NULL, NULL, 0});
     t_answer_t a = {0}, b = {0}, c = {0}, d = {0};
     upload_s3_head_object(f->s3, "a", 5000, t_on_answer, &a);
-    upload_s3_put_object(f->s3, "b", "body", 4, NULL, 5000, t_on_answer, &b);
+    upload_s3_put_object(f->s3, "b", "body", 4, NULL, NULL, 5000, t_on_answer, &b);
     upload_s3_get_object(f->s3, "c", NULL, 5000, t_on_chunk, t_on_answer, &c);
     int three = 3;
     assert_true(t_run(f, t_requests, &three, T_WAIT_MS));
@@ -1020,6 +1074,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_s3_sigv4_put_object_example, t_setup,
                                         t_teardown),
         cmocka_unit_test_setup_teardown(test_upload_s3_sigv4_encoded_key, t_setup, t_teardown),
+        cmocka_unit_test_setup_teardown(test_upload_s3_put_object_given_sha256_is_signed, t_setup,
+                                        t_teardown),
         cmocka_unit_test_setup_teardown(test_upload_s3_retries_slowdown_then_succeeds, t_setup,
                                         t_teardown),
         cmocka_unit_test_setup_teardown(test_upload_s3_no_retry_on_403_or_404, t_setup, t_teardown),
