@@ -270,14 +270,18 @@ static void s_disconnect(sh_pool_t *self, int index)
 static int s_attempt(sh_pool_t *self, s_pending_t *p, int avoid)
 {
     int order[SH_POOL_MAX_INSTANCES];
-    int n = s_order(self, avoid, order);
+    int n = 0;
     if (p->target[0]) {
-        int kept = 0;
-        for (int k = 0; k < n; k++)
-            if (strcmp(self->instances[order[k]].instance, p->target) == 0)
-                order[kept++] = order[k];
-        n = kept;
-    }
+        /*  a pinned request follows its instance while it drains: work
+            begun there (an upload stream) may still end there  */
+        for (int i = 0; i < self->high; i++) {
+            const s_instance_t *inst = &self->instances[i];
+            if (inst->slot == S_LIVE && inst->connected && inst->state != SH_MEMBER_DEAD &&
+                strcmp(inst->instance, p->target) == 0)
+                order[n++] = i;
+        }
+    } else
+        n = s_order(self, avoid, order);
 
     sh_envelope_t env = {0};
     env.version = SH_PROTO_VERSION;

@@ -23,7 +23,8 @@
 typedef struct {
     sh_handler_fn *fn;
     void *arg;
-    uint64_t *requests; /* shoal_requests_total{op} */
+    bool while_draining; /* served during the drain (work already begun) */
+    uint64_t *requests;  /* shoal_requests_total{op} */
     sh_histogram_t *latency;
 } s_route_t;
 
@@ -42,6 +43,7 @@ struct sh_service_t {
     int64_t drain_started_ms;
     int64_t drain_deadline_ms;
     int64_t in_flight;
+    int64_t holds;     /* work outside requests the drain waits for */
     s_route_t *routes; /* indexed like sh_op_table */
     uint64_t *malformed;
     uint64_t *expired;
@@ -369,7 +371,7 @@ static void s_intake(sh_service_t *self, sh_request_t *request)
         s_reject(self, &request, SH_STATUS_MALFORMED, sh_codec_strerror(rc));
         return;
     }
-    if (self->draining && op->type != SH_OP_ping) {
+    if (self->draining && op->type != SH_OP_ping && !self->routes[index].while_draining) {
         s_reject(self, &request, SH_STATUS_DRAINING, "draining");
         return;
     }
@@ -478,13 +480,14 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
         /*  with a registry, stay a few heartbeats so callers learn we leave;
             what they still send meanwhile is refused as draining, unapplied  */
         int64_t grace = self->registry ? self->base->heartbeat_ms * SH_SERVICE_DRAIN_BEATS : 0;
-        if (self->in_flight == 0 && sh_clock_mono_ms() - self->drain_started_ms >= grace) {
+        if (self->in_flight == 0 && self->holds == 0 &&
+            sh_clock_mono_ms() - self->drain_started_ms >= grace) {
             sh_info("drained; exiting");
             return -1;
         }
         if (sh_clock_mono_ms() >= self->drain_deadline_ms) {
-            sh_warn("drain timeout with %lld requests in flight; exiting",
-                    (long long)self->in_flight);
+            sh_warn("drain timeout with %lld requests in flight and %lld held; exiting",
+                    (long long)self->in_flight, (long long)self->holds);
             return -1;
         }
     }
@@ -607,6 +610,20 @@ void sh_service_destroy(sh_service_t **self_p)
     free(self->routes);
     free(self);
     *self_p = NULL;
+}
+
+int sh_service_serve_while_draining(sh_service_t *self, uint64_t type)
+{
+    int index = s_route_index(type);
+    if (index < 0)
+        return -1;
+    self->routes[index].while_draining = true;
+    return 0;
+}
+
+void sh_service_hold(sh_service_t *self, int delta)
+{
+    self->holds += delta;
 }
 
 int sh_service_handle(sh_service_t *self, uint64_t type, sh_handler_fn *fn, void *arg)

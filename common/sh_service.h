@@ -55,6 +55,13 @@ void sh_service_destroy(sh_service_t **self_p);
 /*  Route requests of operation `type` to fn. Returns 0 or -1.  */
 int sh_service_handle(sh_service_t *self, uint64_t type, sh_handler_fn *fn, void *arg);
 
+/*  Keep serving operation `type` while draining (it continues work begun
+    before, such as the chunks of an open upload); others are refused
+    then. Returns 0 or -1.  */
+int sh_service_serve_while_draining(sh_service_t *self, uint64_t type);
+/*  Count work that is not a request in flight (an open upload stream) up
+    (+1) or down (-1): the drain waits for it too, up to the drain timeout.  */
+void sh_service_hold(sh_service_t *self, int delta);
 /*  Send the reply and free the request (*request_p is nulled). body is
     the op's reply struct, or NULL for an empty one (error replies).  */
 void sh_service_reply(sh_service_t *self, sh_request_t **request_p, uint64_t status,

@@ -114,7 +114,11 @@ static int s_build_headers(edge_conn_t *conn, const edge_resp_t *resp, uint64_t 
 {
     struct lws *wsi = conn->wsi;
     free(conn->out);
+    /*  the fixed headers fit the reserve; a route's own (a long
+        Content-Disposition) are counted as they are  */
     size_t cap = LWS_PRE + EDGE_HEADERS_RESERVE + extra;
+    for (int i = 0; i < EDGE_RESP_HEADERS && resp->header_names[i]; i++)
+        cap += strlen(resp->header_names[i]) + strlen(resp->header_values[i]) + 4;
     conn->out = malloc(cap);
     conn->out_len = 0;
     if (!conn->out)
@@ -640,6 +644,16 @@ static void s_source_ended(edge_conn_t *conn)
         source.ended(source.arg);
 }
 
+/*  The last byte of a streamed response went out.  */
+static int s_stream_done(struct lws *wsi, edge_conn_t *conn)
+{
+    conn->streaming = false;
+    s_source_ended(conn);
+    if (conn->close_after)
+        return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
 /*  One write of a streamed response: the headers, then slices of the
     queue; asks the source for more when the queue runs low.  */
 static int s_stream_writeable(struct lws *wsi, edge_conn_t *conn)
@@ -653,13 +667,8 @@ static int s_stream_writeable(struct lws *wsi, edge_conn_t *conn)
         conn->headers_sent = true;
         if (n < 0)
             return -1;
-        if (final) {
-            conn->streaming = false;
-            s_source_ended(conn);
-            if (conn->close_after)
-                return -1;
-            return lws_http_transaction_completed(wsi) ? -1 : 0;
-        }
+        if (final)
+            return s_stream_done(wsi, conn);
     } else if (conn->queue_len > conn->queue_off) {
         size_t len = conn->queue_len - conn->queue_off;
         if (len > EDGE_STREAM_SLICE)
@@ -670,13 +679,8 @@ static int s_stream_writeable(struct lws *wsi, edge_conn_t *conn)
             return -1;
         conn->queue_off += len;
         conn->stream_sent += len;
-        if (final) {
-            conn->streaming = false;
-            s_source_ended(conn);
-            if (conn->close_after)
-                return -1;
-            return lws_http_transaction_completed(wsi) ? -1 : 0;
-        }
+        if (final)
+            return s_stream_done(wsi, conn);
     }
     if (conn->queue_len > conn->queue_off)
         lws_callback_on_writable(wsi);

@@ -31,7 +31,7 @@
 #define S_READ_BYTES    262144 /* one upload_read */
 #define S_READ_AHEAD    2      /* chunks queued or in flight per download */
 #define S_COOKIE_MAX    256
-#define S_DISPOSITION   (16 + SH_FILENAME_MAX * 4) /* fallback + every byte as %XX */
+#define S_DISPOSITION   (64 + SH_FILENAME_MAX * 4) /* the fallback, and every byte as %XX */
 #define S_QUOTA_ERROR   "upload quota exceeded"
 #define S_DOWNLOAD_CSP  "default-src 'none'; sandbox"
 #define S_DOWNLOAD_HDRS 7
@@ -46,16 +46,22 @@ typedef enum {
     S_OVER    /* answered or abandoned: waiting for calls still out */
 } s_phase_t;
 
+/*  What every route here keeps of its request.  */
 typedef struct {
+    edge_job_t link; /* link.conn: the client while a call waits on it */
     edge_t *edge;
     edge_conn_t *conn; /* NULL once the client left */
     int64_t started_us;
-    s_phase_t phase;
-    int outstanding; /* calls out that will still call back */
-    bool gone;       /* the client left during the session check */
     char traceparent[SH_TRACE_MAX + 1];
     char sid[EDGE_COOKIE_MAX];
     uint64_t lsn;
+} s_call_t;
+
+typedef struct {
+    s_call_t call;
+    s_phase_t phase;
+    int outstanding; /* calls out that will still call back */
+    bool gone;       /* the client left during the session check */
 
     uint64_t item_id;
     uint64_t size;
@@ -80,22 +86,17 @@ typedef struct {
 } s_upload_t;
 
 typedef struct {
-    edge_job_t link; /* link.conn: the client until the stream begins */
-    edge_t *edge;
-    edge_conn_t *conn; /* NULL once the client left */
-    int64_t started_us;
+    s_call_t call;
     int outstanding;
     bool over; /* answered or abandoned */
-    char traceparent[SH_TRACE_MAX + 1];
-    char sid[EDGE_COOKIE_MAX];
-    uint64_t lsn;
     uint64_t id;
     edge_method_t method;
     char range[EDGE_HEADER_SMALL];
     char if_none_match[EDGE_HEADER_SMALL];
     char key[SH_OBJKEY_MAX + 1];
-    uint64_t next; /* next byte to read */
-    uint64_t end;  /* one past the last byte to send */
+    uint64_t next;      /* next byte to read */
+    uint64_t read_from; /* first byte of the read in flight */
+    uint64_t end;       /* one past the last byte to send */
 } s_download_t;
 
 /*  --- shared ---------------------------------------------------------------------------  */
@@ -123,6 +124,24 @@ static edge_req_t s_req(edge_conn_t *conn, int64_t started_us)
     return req;
 }
 
+/*  A route's state of size bytes, its s_call_t head filled from req;
+    NULL when memory ran out (answered here).  */
+static void *s_call_new(edge_t *edge, edge_req_t *req, size_t size)
+{
+    s_call_t *call = calloc(1, size);
+    if (!call) {
+        edge_api_error(edge, req, 500, "internal", "out of memory");
+        return NULL;
+    }
+    call->edge = edge;
+    call->conn = req->conn;
+    call->started_us = req->started_us;
+    call->lsn = req->lsn;
+    snprintf(call->sid, sizeof call->sid, "%s", req->cookie);
+    edge_api_traceparent(call->traceparent);
+    return call;
+}
+
 /*  --- upload: life ---------------------------------------------------------------------  */
 
 static void s_upload_free(s_upload_t *up)
@@ -134,7 +153,7 @@ static void s_upload_free(s_upload_t *up)
 /*  Free the upload when nothing will call back any more.  */
 static void s_upload_settle(s_upload_t *up)
 {
-    if (up->phase == S_OVER && up->outstanding == 0 && !up->conn)
+    if (up->phase == S_OVER && up->outstanding == 0 && !up->call.conn)
         s_upload_free(up);
 }
 
@@ -145,9 +164,10 @@ static void s_upload_abort_stream(s_upload_t *up)
         return;
     up->aborted = true;
     sh_upload_abort_req_t body = {.stream = sh_str(up->stream)};
-    sh_call_opts_t opts = s_opts(up->traceparent, up->sid, up->edge->config->upload_timeout_ms);
+    sh_call_opts_t opts =
+        s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->upload_timeout_ms);
     opts.instance = up->instance;
-    sh_pool_send(up->edge->uploads, SH_OP_upload_abort, &body, &opts, s_ignore, NULL);
+    sh_pool_send(up->call.edge->uploads, SH_OP_upload_abort, &body, &opts, s_ignore, NULL);
 }
 
 /*  The request is over for this upload: no more body, the connection is
@@ -155,10 +175,10 @@ static void s_upload_abort_stream(s_upload_t *up)
 static void s_upload_release(s_upload_t *up)
 {
     up->phase = S_OVER;
-    if (up->conn) {
+    if (up->call.conn) {
         edge_body_sink_t none = {0};
-        edge_http_body_sink(up->conn, &none);
-        up->conn = NULL;
+        edge_http_body_sink(up->call.conn, &none);
+        up->call.conn = NULL;
     }
     s_upload_settle(up);
 }
@@ -167,11 +187,11 @@ static void s_upload_fail(s_upload_t *up, int status, const char *code, const ch
 {
     if (up->phase != S_FINISH && up->phase != S_RECORD)
         s_upload_abort_stream(up);
-    if (up->conn) {
-        edge_req_t req = s_req(up->conn, up->started_us);
+    if (up->call.conn) {
+        edge_req_t req = s_req(up->call.conn, up->call.started_us);
         edge_body_sink_t none = {0};
-        edge_http_body_sink(up->conn, &none);
-        edge_api_error(up->edge, &req, status, code, message);
+        edge_http_body_sink(up->call.conn, &none);
+        edge_api_error(up->call.edge, &req, status, code, message);
     }
     s_upload_release(up);
 }
@@ -180,14 +200,14 @@ static void s_upload_fail_call(s_upload_t *up, const sh_reply_t *reply)
 {
     if (up->phase != S_FINISH && up->phase != S_RECORD)
         s_upload_abort_stream(up);
-    if (up->conn) {
-        edge_req_t req = s_req(up->conn, up->started_us);
+    if (up->call.conn) {
+        edge_req_t req = s_req(up->call.conn, up->call.started_us);
         edge_body_sink_t none = {0};
-        edge_http_body_sink(up->conn, &none);
+        edge_http_body_sink(up->call.conn, &none);
         if (reply->status == SH_STATUS_TOO_LARGE && strcmp(reply->error, S_QUOTA_ERROR) == 0)
-            edge_api_error(up->edge, &req, 413, "quota_exceeded", reply->error);
+            edge_api_error(up->call.edge, &req, 413, "quota_exceeded", reply->error);
         else
-            edge_api_call_error(up->edge, &req, reply);
+            edge_api_call_error(up->call.edge, &req, reply);
     }
     s_upload_release(up);
 }
@@ -214,12 +234,25 @@ static bool s_upload_send(s_upload_t *up, sh_pool_t *pool, uint64_t op, const vo
 static bool s_upload_back(s_upload_t *up)
 {
     up->outstanding--;
-    if (up->phase == S_OVER || !up->conn) {
+    if (up->phase == S_OVER || !up->call.conn) {
         up->phase = S_OVER;
         s_upload_settle(up);
         return false;
     }
     return true;
+}
+
+/*  The body of a step's reply, or NULL when the upload cannot go on: it
+    is over, or the call failed (answered here).  */
+static const void *s_upload_step(s_upload_t *up, const sh_reply_t *reply)
+{
+    if (!s_upload_back(up))
+        return NULL;
+    if (reply->status != SH_STATUS_OK || !reply->body) {
+        s_upload_fail_call(up, reply);
+        return NULL;
+    }
+    return reply->body;
 }
 
 /*  --- upload: steps ---------------------------------------------------------------------  */
@@ -232,8 +265,9 @@ static void s_on_recorded(void *arg, const sh_reply_t *reply)
     if (reply->status != SH_STATUS_OK || !reply->body) {
         /*  the object has no row: delete it now (the sweeper would later)  */
         sh_upload_delete_req_t body = {.key = sh_str(up->key)};
-        sh_call_opts_t opts = s_opts(up->traceparent, up->sid, up->edge->config->upload_timeout_ms);
-        sh_pool_send(up->edge->uploads, SH_OP_upload_delete, &body, &opts, s_ignore, NULL);
+        sh_call_opts_t opts =
+            s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->upload_timeout_ms);
+        sh_pool_send(up->call.edge->uploads, SH_OP_upload_delete, &body, &opts, s_ignore, NULL);
         s_upload_fail_call(up, reply);
         return;
     }
@@ -245,15 +279,16 @@ static void s_on_recorded(void *arg, const sh_reply_t *reply)
     rc |= edge_json_attachment(&buf, &file);
     rc |= sh_buf_append(&buf, "}", 1);
     char cookie[S_COOKIE_MAX], lsn[24];
-    uint64_t keep = rep->lsn > up->lsn ? rep->lsn : up->lsn;
+    uint64_t keep = rep->lsn > up->call.lsn ? rep->lsn : up->call.lsn;
     const char *names[2] = {NULL}, *values[2] = {NULL};
     if (keep) {
         snprintf(lsn, sizeof lsn, "%" PRIu64, keep);
-        edge_api_cookie(up->edge, EDGE_LSN_COOKIE, lsn, EDGE_LSN_MAX_AGE_S, cookie, sizeof cookie);
+        edge_api_cookie(up->call.edge, EDGE_LSN_COOKIE, lsn, EDGE_LSN_MAX_AGE_S, cookie,
+                        sizeof cookie);
         names[0] = "set-cookie:";
         values[0] = cookie;
     }
-    edge_req_t req = s_req(up->conn, up->started_us);
+    edge_req_t req = s_req(up->call.conn, up->call.started_us);
     edge_api_json_text(&req, 201, rc == 0 ? buf.data : NULL, buf.len, names, values);
     sh_buf_free(&buf);
     sh_info("upload %s: %" PRIu64 " bytes stored as attachment %" PRIu64, up->stream, up->size,
@@ -264,13 +299,9 @@ static void s_on_recorded(void *arg, const sh_reply_t *reply)
 static void s_on_finished(void *arg, const sh_reply_t *reply)
 {
     s_upload_t *up = arg;
-    if (!s_upload_back(up))
+    const sh_upload_finish_rep_t *rep = s_upload_step(up, reply);
+    if (!rep)
         return;
-    if (reply->status != SH_STATUS_OK || !reply->body) {
-        s_upload_fail_call(up, reply);
-        return;
-    }
-    const sh_upload_finish_rep_t *rep = reply->body;
     up->phase = S_RECORD;
     sh_attachment_create_req_t body = {.user_id = up->user_id,
                                        .item_id = up->item_id,
@@ -279,12 +310,14 @@ static void s_on_finished(void *arg, const sh_reply_t *reply)
                                        .sha256 = rep->sha256,
                                        .content_type = rep->content_type,
                                        .name = sh_str(up->name),
-                                       .quota = (uint64_t)up->edge->config->upload_quota_bytes};
+                                       .quota =
+                                           (uint64_t)up->call.edge->config->upload_quota_bytes};
     sh_str_copy(rep->key, up->key, sizeof up->key);
-    sh_call_opts_t opts = s_opts(up->traceparent, up->sid, up->edge->config->request_timeout_ms);
+    sh_call_opts_t opts =
+        s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->request_timeout_ms);
     /*  the key is unique: a re-sent create finds the row the first made  */
     opts.idem_key = up->stream;
-    s_upload_send(up, up->edge->queries, SH_OP_attachment_create, &body, &opts, s_on_recorded);
+    s_upload_send(up, up->call.edge->queries, SH_OP_attachment_create, &body, &opts, s_on_recorded);
 }
 
 static void s_finish(s_upload_t *up)
@@ -292,10 +325,10 @@ static void s_finish(s_upload_t *up)
     up->phase = S_FINISH;
     sh_upload_finish_req_t body = {.stream = sh_str(up->stream)};
     sh_call_opts_t opts =
-        s_opts(up->traceparent, up->sid, up->edge->config->upload_finish_timeout_ms);
+        s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->upload_finish_timeout_ms);
     opts.instance = up->instance;
-    opts.attempt_ms = up->edge->config->upload_finish_timeout_ms;
-    s_upload_send(up, up->edge->uploads, SH_OP_upload_finish, &body, &opts, s_on_finished);
+    opts.attempt_ms = up->call.edge->config->upload_finish_timeout_ms;
+    s_upload_send(up, up->call.edge->uploads, SH_OP_upload_finish, &body, &opts, s_on_finished);
 }
 
 static void s_on_chunk(void *arg, const sh_reply_t *reply);
@@ -308,14 +341,16 @@ static bool s_pump_once(s_upload_t *up)
            (up->fill.len >= up->chunk_max || (up->body_done && up->fill.len > 0))) {
         size_t len = up->fill.len < up->chunk_max ? up->fill.len : (size_t)up->chunk_max;
         sh_upload_chunk_req_t body = {.stream = sh_str(up->stream), .offset = up->sent};
-        sh_call_opts_t opts = s_opts(up->traceparent, up->sid, up->edge->config->upload_timeout_ms);
+        sh_call_opts_t opts =
+            s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->upload_timeout_ms);
         opts.instance = up->instance;
         opts.raw = up->fill.data;
         opts.raw_len = len;
         up->credits--;
         up->sent += len;
         /*  the pool copied the bytes into the message before it returns  */
-        if (!s_upload_send(up, up->edge->uploads, SH_OP_upload_chunk, &body, &opts, s_on_chunk))
+        if (!s_upload_send(up, up->call.edge->uploads, SH_OP_upload_chunk, &body, &opts,
+                           s_on_chunk))
             return false;
         memmove(up->fill.data, up->fill.data + len, up->fill.len - len);
         up->fill.len -= len;
@@ -339,10 +374,10 @@ static void s_pump(s_upload_t *up)
             return;
     } while (up->phase == S_STREAM && up->repump);
     up->pumping = false;
-    if (up->phase != S_STREAM || !up->conn)
+    if (up->phase != S_STREAM || !up->call.conn)
         return;
     if (!up->body_done)
-        edge_http_body_pause(up->conn, up->fill.len >= up->chunk_max);
+        edge_http_body_pause(up->call.conn, up->fill.len >= up->chunk_max);
     else if (up->fill.len == 0 && up->credits == up->window)
         s_finish(up);
 }
@@ -350,12 +385,8 @@ static void s_pump(s_upload_t *up)
 static void s_on_chunk(void *arg, const sh_reply_t *reply)
 {
     s_upload_t *up = arg;
-    if (!s_upload_back(up))
+    if (!s_upload_step(up, reply))
         return;
-    if (reply->status != SH_STATUS_OK || !reply->body) {
-        s_upload_fail_call(up, reply);
-        return;
-    }
     up->credits++;
     s_pump(up);
 }
@@ -388,7 +419,7 @@ static void s_on_body_done(void *arg)
 static void s_on_upload_closed(void *arg)
 {
     s_upload_t *up = arg;
-    up->conn = NULL;
+    up->call.conn = NULL;
     if (up->phase == S_AUTH) {
         /*  the session check still calls back once: free then  */
         up->gone = true;
@@ -412,7 +443,7 @@ static void s_on_begun(void *arg, const sh_reply_t *reply)
         up->chunk_max = rep->chunk_max;
         up->window = rep->window;
     }
-    if (up->phase == S_OVER || !up->conn) {
+    if (up->phase == S_OVER || !up->call.conn) {
         s_upload_abort_stream(up);
         s_upload_back(up);
         return;
@@ -435,14 +466,10 @@ static void s_on_begun(void *arg, const sh_reply_t *reply)
 static void s_on_usage(void *arg, const sh_reply_t *reply)
 {
     s_upload_t *up = arg;
-    if (!s_upload_back(up))
+    const sh_attachment_usage_rep_t *rep = s_upload_step(up, reply);
+    if (!rep)
         return;
-    if (reply->status != SH_STATUS_OK || !reply->body) {
-        s_upload_fail_call(up, reply);
-        return;
-    }
-    const sh_attachment_usage_rep_t *rep = reply->body;
-    uint64_t quota = (uint64_t)up->edge->config->upload_quota_bytes;
+    uint64_t quota = (uint64_t)up->call.edge->config->upload_quota_bytes;
     if (!rep->item_exists) {
         s_upload_fail(up, 404, "not_found", "no such item");
         return;
@@ -461,8 +488,9 @@ static void s_on_usage(void *arg, const sh_reply_t *reply)
     }
     up->phase = S_BEGIN;
     sh_upload_begin_req_t body = {.size = up->size, .declared_type = sh_str(up->declared)};
-    sh_call_opts_t opts = s_opts(up->traceparent, up->sid, up->edge->config->upload_timeout_ms);
-    s_upload_send(up, up->edge->uploads, SH_OP_upload_begin, &body, &opts, s_on_begun);
+    sh_call_opts_t opts =
+        s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->upload_timeout_ms);
+    s_upload_send(up, up->call.edge->uploads, SH_OP_upload_begin, &body, &opts, s_on_begun);
 }
 
 static void s_on_upload_user(void *arg, uint64_t user_id, const char *username)
@@ -471,7 +499,7 @@ static void s_on_upload_user(void *arg, uint64_t user_id, const char *username)
     s_upload_t *up = arg;
     if (!user_id || up->gone) {
         /*  answered already (401, 403, 503), or the client left  */
-        up->conn = NULL;
+        up->call.conn = NULL;
         up->phase = S_OVER;
         s_upload_settle(up);
         return;
@@ -479,8 +507,9 @@ static void s_on_upload_user(void *arg, uint64_t user_id, const char *username)
     up->user_id = user_id;
     up->phase = S_USAGE;
     sh_attachment_usage_req_t body = {.user_id = user_id, .item_id = up->item_id};
-    sh_call_opts_t opts = s_opts(up->traceparent, up->sid, up->edge->config->request_timeout_ms);
-    s_upload_send(up, up->edge->queries, SH_OP_attachment_usage, &body, &opts, s_on_usage);
+    sh_call_opts_t opts =
+        s_opts(up->call.traceparent, up->call.sid, up->call.edge->config->request_timeout_ms);
+    s_upload_send(up, up->call.edge->queries, SH_OP_attachment_usage, &body, &opts, s_on_usage);
 }
 
 /*  POST /api/uploads?item_id=<id>  */
@@ -512,27 +541,20 @@ static void s_upload(edge_t *edge, edge_req_t *req)
         edge_api_error(edge, req, 400, "invalid", "item_id (a positive number) is required");
         return;
     }
-    s_upload_t *up = calloc(1, sizeof *up);
-    if (!up) {
-        edge_api_error(edge, req, 500, "internal", "out of memory");
-        return;
-    }
+    char name[SH_FILENAME_MAX + 1];
     const char *why = NULL;
-    if (edge_file_name_decode(req->file_name, up->name, sizeof up->name, &why) < 0) {
-        free(up);
+    if (edge_file_name_decode(req->file_name, name, sizeof name, &why) < 0) {
         edge_api_error(edge, req, 400, "invalid", why);
         return;
     }
-    up->edge = edge;
-    up->conn = req->conn;
-    up->started_us = req->started_us;
+    s_upload_t *up = s_call_new(edge, req, sizeof *up);
+    if (!up)
+        return;
+    memcpy(up->name, name, sizeof name);
     up->item_id = item_id;
     up->size = (uint64_t)req->content_length;
     up->body_done = up->size == 0;
-    up->lsn = req->lsn;
-    snprintf(up->sid, sizeof up->sid, "%s", req->cookie);
     snprintf(up->declared, sizeof up->declared, "%s", req->content_type);
-    edge_api_traceparent(up->traceparent);
     /*  also for an empty body: the sink is how a leaving client is heard  */
     edge_body_sink_t sink = {s_on_data, s_on_body_done, s_on_upload_closed, up};
     edge_http_body_sink(req->conn, &sink);
@@ -544,14 +566,14 @@ static void s_upload(edge_t *edge, edge_req_t *req)
 
 static void s_download_settle(s_download_t *dl)
 {
-    if (dl->over && dl->outstanding == 0 && !dl->conn)
+    if (dl->over && dl->outstanding == 0 && !dl->call.conn)
         free(dl);
 }
 
 static void s_download_end(s_download_t *dl)
 {
     dl->over = true;
-    dl->conn = NULL;
+    dl->call.conn = NULL;
     s_download_settle(dl);
 }
 
@@ -562,15 +584,17 @@ static void s_on_read(void *arg, const sh_reply_t *reply);
     the bytes in order.  */
 static void s_read_more(s_download_t *dl)
 {
-    while (!dl->over && dl->conn && dl->next < dl->end && dl->outstanding == 0 &&
-           edge_http_stream_queued(dl->conn) < (uint64_t)(S_READ_AHEAD - 1) * S_READ_BYTES) {
+    while (!dl->over && dl->call.conn && dl->next < dl->end && dl->outstanding == 0 &&
+           edge_http_stream_queued(dl->call.conn) < (uint64_t)(S_READ_AHEAD - 1) * S_READ_BYTES) {
         uint64_t len = dl->end - dl->next < S_READ_BYTES ? dl->end - dl->next : S_READ_BYTES;
         sh_upload_read_req_t body = {.key = sh_str(dl->key), .offset = dl->next, .length = len};
-        sh_call_opts_t opts = s_opts(dl->traceparent, dl->sid, dl->edge->config->upload_timeout_ms);
+        sh_call_opts_t opts =
+            s_opts(dl->call.traceparent, dl->call.sid, dl->call.edge->config->upload_timeout_ms);
+        dl->read_from = dl->next;
         dl->next += len;
         dl->outstanding += 2; /* the call, and a hold while it is sent */
-        sh_pool_send(dl->edge->uploads, SH_OP_upload_read, &body, &opts, s_on_read, dl);
-        sh_pool_drain(dl->edge->uploads);
+        sh_pool_send(dl->call.edge->uploads, SH_OP_upload_read, &body, &opts, s_on_read, dl);
+        sh_pool_drain(dl->call.edge->uploads);
         dl->outstanding--;
         if (dl->over) {
             s_download_settle(dl);
@@ -583,7 +607,7 @@ static void s_on_read(void *arg, const sh_reply_t *reply)
 {
     s_download_t *dl = arg;
     dl->outstanding--;
-    if (dl->over || !dl->conn) {
+    if (dl->over || !dl->call.conn) {
         s_download_settle(dl);
         return;
     }
@@ -591,13 +615,13 @@ static void s_on_read(void *arg, const sh_reply_t *reply)
     if (reply->status != SH_STATUS_OK || !rep || !reply->raw || reply->raw_len != rep->length ||
         rep->length == 0) {
         /*  the status line went out already: all we can do is cut it short  */
-        sh_warn("download of %s failed at byte %" PRIu64 ": %s (%s)", dl->key,
-                dl->next - (uint64_t)S_READ_BYTES, sh_status_code(reply->status), reply->error);
-        edge_http_stream_abort(dl->conn);
+        sh_warn("download of %s failed at byte %" PRIu64 ": %s (%s)", dl->key, dl->read_from,
+                sh_status_code(reply->status), reply->error);
+        edge_http_stream_abort(dl->call.conn);
         s_download_end(dl);
         return;
     }
-    if (edge_http_stream_push(dl->conn, reply->raw, reply->raw_len)) {
+    if (edge_http_stream_push(dl->call.conn, reply->raw, reply->raw_len)) {
         s_download_end(dl);
         return;
     }
@@ -620,19 +644,19 @@ static void s_on_attachment(void *arg, const sh_reply_t *reply)
 {
     s_download_t *dl = arg;
     dl->outstanding--;
-    dl->conn = dl->link.conn;
-    if (dl->over || !dl->conn) {
+    dl->call.conn = dl->call.link.conn;
+    if (dl->over || !dl->call.conn) {
         dl->over = true;
         s_download_settle(dl);
         return;
     }
-    edge_req_t req = s_req(dl->conn, 0);
+    edge_req_t req = s_req(dl->call.conn, 0);
     req.started_us = sh_clock_mono_us();
     if (reply->status != SH_STATUS_OK || !reply->body) {
         if (reply->status == SH_STATUS_NOT_FOUND)
-            edge_api_error(dl->edge, &req, 404, "not_found", "no such file");
+            edge_api_error(dl->call.edge, &req, 404, "not_found", "no such file");
         else
-            edge_api_call_error(dl->edge, &req, reply);
+            edge_api_call_error(dl->call.edge, &req, reply);
         s_download_end(dl);
         return;
     }
@@ -662,7 +686,7 @@ static void s_on_attachment(void *arg, const sh_reply_t *reply)
     if (dl->if_none_match[0] &&
         (strcmp(dl->if_none_match, etag) == 0 || strcmp(dl->if_none_match, "*") == 0)) {
         resp.status = 304;
-        edge_http_respond(dl->conn, &resp);
+        edge_http_respond(dl->call.conn, &resp);
         s_download_end(dl);
         return;
     }
@@ -686,7 +710,7 @@ static void s_on_attachment(void *arg, const sh_reply_t *reply)
     dl->next = first;
     dl->end = size ? last + 1 : 0;
     edge_body_source_t source = {s_on_more, s_on_download_ended, dl};
-    if (edge_http_stream_begin(dl->conn, &resp, dl->end - dl->next, &source)) {
+    if (edge_http_stream_begin(dl->call.conn, &resp, dl->end - dl->next, &source)) {
         s_download_end(dl);
         return;
     }
@@ -703,14 +727,15 @@ static void s_on_download_user(void *arg, uint64_t user_id, const char *username
         s_download_end(dl);
         return;
     }
-    sh_attachment_get_req_t body = {.id = dl->id, .min_lsn = dl->lsn};
-    sh_call_opts_t opts = s_opts(dl->traceparent, dl->sid, dl->edge->config->request_timeout_ms);
+    sh_attachment_get_req_t body = {.id = dl->id, .min_lsn = dl->call.lsn};
+    sh_call_opts_t opts =
+        s_opts(dl->call.traceparent, dl->call.sid, dl->call.edge->config->request_timeout_ms);
     /*  a client that leaves before the stream begins NULLs link.conn  */
-    dl->link.conn = dl->conn;
-    edge_http_await_job(dl->conn, &dl->link);
+    dl->call.link.conn = dl->call.conn;
+    edge_http_await_job(dl->call.conn, &dl->call.link);
     dl->outstanding++;
-    sh_pool_send(dl->edge->queries, SH_OP_attachment_get, &body, &opts, s_on_attachment, dl);
-    sh_pool_drain(dl->edge->queries);
+    sh_pool_send(dl->call.edge->queries, SH_OP_attachment_get, &body, &opts, s_on_attachment, dl);
+    sh_pool_drain(dl->call.edge->queries);
 }
 
 /*  GET|HEAD /api/uploads/<id>  */
@@ -725,47 +750,33 @@ static void s_download(edge_t *edge, edge_req_t *req, const char *id_text)
         edge_api_method_not_allowed(edge, req, "GET, HEAD");
         return;
     }
-    s_download_t *dl = calloc(1, sizeof *dl);
-    if (!dl) {
-        edge_api_error(edge, req, 500, "internal", "out of memory");
+    s_download_t *dl = s_call_new(edge, req, sizeof *dl);
+    if (!dl)
         return;
-    }
-    dl->edge = edge;
-    dl->conn = req->conn;
-    dl->started_us = req->started_us;
     dl->id = id;
     dl->method = req->method;
-    dl->lsn = req->lsn;
-    snprintf(dl->sid, sizeof dl->sid, "%s", req->cookie);
     snprintf(dl->range, sizeof dl->range, "%s", req->range);
     snprintf(dl->if_none_match, sizeof dl->if_none_match, "%s", req->if_none_match);
-    edge_api_traceparent(dl->traceparent);
     edge_board_with_user(edge, req, false, s_on_download_user, dl);
 }
 
 /*  --- list ------------------------------------------------------------------------------  */
 
 typedef struct {
-    edge_job_t link; /* link.conn: the client, NULLed when it leaves */
-    edge_t *edge;
-    edge_conn_t *conn;
-    int64_t started_us;
+    s_call_t call;
     uint64_t item_id;
-    uint64_t lsn;
-    char sid[EDGE_COOKIE_MAX];
-    char traceparent[SH_TRACE_MAX + 1];
 } s_list_t;
 
 static void s_on_list(void *arg, const sh_reply_t *reply)
 {
     s_list_t *list = arg;
-    if (!list->link.conn) {
+    if (!list->call.link.conn) {
         free(list);
         return;
     }
-    edge_req_t req = s_req(list->link.conn, list->started_us);
+    edge_req_t req = s_req(list->call.link.conn, list->call.started_us);
     if (reply->status != SH_STATUS_OK || !reply->body) {
-        edge_api_call_error(list->edge, &req, reply);
+        edge_api_call_error(list->call.edge, &req, reply);
         free(list);
         return;
     }
@@ -791,13 +802,13 @@ static void s_on_list_user(void *arg, uint64_t user_id, const char *username)
         free(list);
         return;
     }
-    sh_attachment_list_req_t body = {.item_id = list->item_id, .min_lsn = list->lsn};
+    sh_attachment_list_req_t body = {.item_id = list->item_id, .min_lsn = list->call.lsn};
     sh_call_opts_t opts =
-        s_opts(list->traceparent, list->sid, list->edge->config->request_timeout_ms);
-    list->link.conn = list->conn;
-    edge_http_await_job(list->conn, &list->link);
-    sh_pool_send(list->edge->queries, SH_OP_attachment_list, &body, &opts, s_on_list, list);
-    sh_pool_drain(list->edge->queries);
+        s_opts(list->call.traceparent, list->call.sid, list->call.edge->config->request_timeout_ms);
+    list->call.link.conn = list->call.conn;
+    edge_http_await_job(list->call.conn, &list->call.link);
+    sh_pool_send(list->call.edge->queries, SH_OP_attachment_list, &body, &opts, s_on_list, list);
+    sh_pool_drain(list->call.edge->queries);
 }
 
 /*  GET /api/items/<id>/attachments  */
@@ -807,18 +818,10 @@ static void s_list(edge_t *edge, edge_req_t *req, uint64_t item_id)
         edge_api_method_not_allowed(edge, req, "GET");
         return;
     }
-    s_list_t *list = calloc(1, sizeof *list);
-    if (!list) {
-        edge_api_error(edge, req, 500, "internal", "out of memory");
+    s_list_t *list = s_call_new(edge, req, sizeof *list);
+    if (!list)
         return;
-    }
-    list->edge = edge;
-    list->conn = req->conn;
-    list->started_us = req->started_us;
     list->item_id = item_id;
-    list->lsn = req->lsn;
-    snprintf(list->sid, sizeof list->sid, "%s", req->cookie);
-    edge_api_traceparent(list->traceparent);
     edge_board_with_user(edge, req, false, s_on_list_user, list);
 }
 
