@@ -46,6 +46,7 @@ typedef struct {
     int64_t upload_chunk_bytes;
     int64_t upload_window;
     int64_t upload_max_streams;
+    int64_t upload_max_buffer_bytes;
     int64_t upload_idle_ms;
     char *upload_prefix;
     int64_t upload_sweep_interval_ms;
@@ -78,15 +79,19 @@ static const sh_setting_t s_settings[] = {
                "permitting"),
     SH_SETTING(INT, "upload_max_bytes", upload_max_bytes, "1073741824", 0, S_MAX_OBJECT,
                "largest upload; larger ones get 413 before any byte moves"),
-    SH_SETTING(INT, "upload_part_bytes", upload_part_bytes, "8388608", 5242880, 536870912,
+    SH_SETTING(INT, "upload_part_bytes", upload_part_bytes, "6291456", 5242880, 536870912,
                "multipart part size; smaller uploads are one PutObject. Memory per stream is at "
                "most 2 parts + window chunks"),
     SH_SETTING(INT, "upload_chunk_bytes", upload_chunk_bytes, "262144", 1024, SH_CHUNK_MAX,
                "largest chunk of one upload_chunk request (chunk_max)"),
     SH_SETTING(INT, "upload_window", upload_window, "4", 1, 64,
                "chunks a caller may keep unanswered per stream"),
-    SH_SETTING(INT, "upload_max_streams", upload_max_streams, "16", 1, 4096,
+    SH_SETTING(INT, "upload_max_streams", upload_max_streams, "256", 1, 4096,
                "upload streams open at once per instance; more get 503 busy"),
+    SH_SETTING(INT, "upload_max_buffer_bytes", upload_max_buffer_bytes, "268435456", 1048576,
+               68719476736,
+               "memory the open streams of an instance may hold together (each reserves its "
+               "worst case at begin: 2 parts, or its size, + window chunks); more get 503 busy"),
     SH_SETTING(INT, "upload_idle_ms", upload_idle_ms, "30000", 100, 3600000,
                "a stream without a request for this long is aborted"),
     SH_SETTING(STR, "upload_prefix", upload_prefix, "uploads/", 0, S_PREFIX_MAX,
@@ -186,6 +191,7 @@ static int s_serve(upload_config_t *c)
         .chunk_bytes = (uint64_t)c->upload_chunk_bytes,
         .window = (uint64_t)c->upload_window,
         .max_streams = c->upload_max_streams,
+        .max_buffer = c->upload_max_buffer_bytes,
         .idle_ms = c->upload_idle_ms,
         .s3_timeout_ms = c->s3_timeout_ms,
     };

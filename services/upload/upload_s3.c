@@ -31,6 +31,7 @@
 #include "sh_codec.h"
 #include "sh_log.h"
 #include "sh_util.h"
+#include "upload_hash.h"
 #include "upload_s3.h"
 #include "upload_xml.h"
 
@@ -1011,7 +1012,7 @@ void upload_s3_put_object(upload_s3_t *self, const char *key, const void *body, 
     uint8_t digest[UPLOAD_S3_SHA256];
     char hex[2 * UPLOAD_S3_SHA256 + 1];
     if (!sha256) {
-        crypto_hash_sha256(digest, body, len);
+        upload_hash_once(body, len, digest);
         sha256 = digest;
     }
     s_hex(sha256, hex);
@@ -1136,7 +1137,7 @@ void upload_s3_complete_multipart(upload_s3_t *self, const char *key, const char
     }
     uint8_t digest[UPLOAD_S3_SHA256];
     char hex[2 * UPLOAD_S3_SHA256 + 1];
-    crypto_hash_sha256(digest, (const uint8_t *)xml.data, xml.len);
+    upload_hash_once(xml.data, xml.len, digest);
     s_hex(digest, hex);
     upload_s3_call_t *c =
         s_call_new(self, S_COMPLETE, "POST", key, query, hex, timeout_ms, fn, arg);

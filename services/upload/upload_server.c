@@ -21,6 +21,7 @@
 #include <sodium.h>
 
 #include "sh_log.h"
+#include "upload_hash.h"
 #include "upload_server.h"
 #include "upload_sniff.h"
 
@@ -29,7 +30,7 @@
 #define S_TICK_MIN_MS      20   /* housekeeping: idle streams, draining */
 #define S_TICK_MAX_MS      1000 /* idle streams are found within a quarter of the idle time */
 #define S_RANGE_MAX        64
-#define S_SHA256_HEX       (2 * crypto_hash_sha256_BYTES + 1)
+#define S_SHA256_HEX       (2 * UPLOAD_HASH_BYTES + 1)
 
 typedef enum { S_CREATING, S_OPEN, S_FAILED, S_DONE } s_state_t;
 
@@ -45,7 +46,7 @@ static const char *const s_result_names[S_RESULTS] = {"ok", "aborted", "failed",
 
 typedef struct {
     char *etag;
-    uint8_t sha256[crypto_hash_sha256_BYTES];
+    uint8_t sha256[UPLOAD_HASH_BYTES];
 } s_part_t;
 
 typedef struct s_stream_t {
@@ -59,15 +60,16 @@ typedef struct s_stream_t {
     size_t declared_len;
     const char *content_type; /* sniffed (static string); NULL until the first bytes are in */
     uint64_t size;
-    uint64_t accepted; /* bytes of the chunks taken: copied or held */
-    uint64_t copied;   /* bytes in the buffers and the hashes */
-    int64_t last_ms;   /* monotonic time of the stream's last request */
-    crypto_hash_sha256_state whole;
-    crypto_hash_sha256_state part;
+    uint64_t accepted;    /* bytes of the chunks taken: copied or held */
+    uint64_t copied;      /* bytes in the buffers and the hashes */
+    int64_t last_ms;      /* monotonic time of the stream's last request */
+    upload_hash_t *whole; /* of the object */
+    upload_hash_t *part;  /* of the part being filled */
     bool multipart;
     char *upload_id;
-    size_t cap;    /* bytes of each buffer: the part size, or the whole file */
-    uint8_t *fill; /* the part being filled */
+    size_t cap;       /* bytes of each buffer: the part size, or the whole file */
+    int64_t reserved; /* its share of the instance's buffer budget while live */
+    uint8_t *fill;    /* the part being filled */
     size_t fill_len;
     uint8_t *spare;  /* a sent part's buffer, to fill again */
     uint8_t *flight; /* the part being sent (borrowed by S3 until its callback) */
@@ -93,8 +95,9 @@ struct upload_server_t {
     upload_s3_t *s3;
     upload_server_config_t config;
     s_stream_t *head;
-    int64_t live;  /* streams creating or open */
-    int64_t calls; /* S3 calls of streams pending */
+    int64_t live;     /* streams creating or open */
+    int64_t reserved; /* bytes the live streams may hold at most */
+    int64_t calls;    /* S3 calls of streams pending */
     int64_t buffered;
     int tick;
     bool draining;
@@ -213,6 +216,8 @@ static void s_stream_free(s_stream_t *st)
     free(st->parts);
     free(st->held);
     free(st->upload_id);
+    upload_hash_destroy(&st->whole);
+    upload_hash_destroy(&st->part);
     s_gauges(st->server);
     free(st);
 }
@@ -252,6 +257,8 @@ static void s_fail(s_stream_t *st, uint64_t status, const char *why, s_result_t 
     snprintf(st->fail_error, sizeof st->fail_error, "%s", why);
     (*self->results[result])++;
     self->live--;
+    self->reserved -= st->reserved;
+    sh_service_hold(self->service, -1);
     sh_log(result == S_RESULT_FAILED ? SH_LOG_WARN : SH_LOG_INFO, NULL, "upload %s ended: %s",
            st->key, why);
     while (st->held_count) {
@@ -372,6 +379,8 @@ static void s_on_committed(void *arg, uint64_t status, const upload_s3_result_t 
         sh_service_reply(self->service, &st->finish, SH_STATUS_OK, NULL, &rep);
         st->state = S_DONE;
         self->live--;
+        self->reserved -= st->reserved;
+        sh_service_hold(self->service, -1);
         (*self->results[S_RESULT_OK])++;
         s_buffer_free(st, &st->fill);
         s_buffer_free(st, &st->spare);
@@ -408,8 +417,7 @@ static int s_ship(s_stream_t *st)
     }
     s_part_t *part = &st->parts[st->part_count++];
     part->etag = NULL;
-    crypto_hash_sha256_final(&st->part, part->sha256);
-    crypto_hash_sha256_init(&st->part);
+    upload_hash_final(st->part, part->sha256);
     size_t len = st->fill_len;
     st->flight = st->fill;
     st->fill = st->spare;
@@ -463,9 +471,9 @@ static int s_take(s_stream_t *st)
         size_t n = len - st->head_used < room ? len - st->head_used : room;
         const uint8_t *from = data + st->head_used;
         memcpy(st->fill + st->fill_len, from, n);
-        crypto_hash_sha256_update(&st->whole, from, n);
+        upload_hash_update(st->whole, from, n);
         if (st->multipart)
-            crypto_hash_sha256_update(&st->part, from, n);
+            upload_hash_update(st->part, from, n);
         st->fill_len += n;
         st->head_used += n;
         st->copied += n;
@@ -503,8 +511,8 @@ static void s_commit(s_stream_t *st)
         if (st->flight)
             return;
     }
-    uint8_t digest[crypto_hash_sha256_BYTES];
-    crypto_hash_sha256_final(&st->whole, digest);
+    uint8_t digest[UPLOAD_HASH_BYTES];
+    upload_hash_final(st->whole, digest);
     sodium_bin2hex(st->sha_hex, sizeof st->sha_hex, digest, sizeof digest);
     if (!st->content_type) /* an empty file */
         st->content_type = upload_sniff_type(NULL, 0, false);
@@ -574,6 +582,14 @@ static void s_pump(s_stream_t *st)
 
 /*  --- operations ----------------------------------------------------------  */
 
+/*  The most a stream of size bytes holds: two part buffers (or one of its
+    size) and a window of chunks waiting.  */
+static int64_t s_reserve(const upload_server_config_t *cf, uint64_t size)
+{
+    uint64_t buffers = size >= cf->part_bytes ? 2 * cf->part_bytes : size;
+    return (int64_t)(buffers + cf->window * cf->chunk_bytes);
+}
+
 static void s_on_begin(sh_service_t *service, sh_request_t *request, void *arg)
 {
     upload_server_t *self = arg;
@@ -586,9 +602,12 @@ static void s_on_begin(sh_service_t *service, sh_request_t *request, void *arg)
         status = SH_STATUS_TOO_LARGE;
         snprintf(why, sizeof why, "an upload of %" PRIu64 " bytes is over the limit of %" PRIu64,
                  req->size, cf->max_bytes);
-    } else if (self->live >= cf->max_streams) {
+    } else if (self->live >= cf->max_streams ||
+               self->reserved + s_reserve(cf, req->size) > cf->max_buffer) {
         status = SH_STATUS_UNAVAILABLE;
-        snprintf(why, sizeof why, "busy: %" PRId64 " uploads open on this instance", self->live);
+        snprintf(why, sizeof why,
+                 "busy: %" PRId64 " uploads open on this instance holding up to %" PRId64 " bytes",
+                 self->live, self->reserved);
     } else if (req->size == 0 && !upload_sniff_agrees(req->declared_type.ptr,
                                                       req->declared_type.len, UPLOAD_TYPE_OCTET)) {
         status = SH_STATUS_UNSUPPORTED_TYPE;
@@ -601,9 +620,17 @@ static void s_on_begin(sh_service_t *service, sh_request_t *request, void *arg)
         return;
     }
     s_stream_t *st = calloc(1, sizeof *st);
-    if (st)
+    if (st) {
         st->held = calloc(cf->window, sizeof *st->held);
-    if (!st || !st->held) {
+        st->whole = upload_hash_new();
+        st->part = upload_hash_new();
+    }
+    if (!st || !st->held || !st->whole || !st->part) {
+        if (st) {
+            free(st->held);
+            upload_hash_destroy(&st->whole);
+            upload_hash_destroy(&st->part);
+        }
         free(st);
         (*self->results[S_RESULT_FAILED])++;
         sh_service_reply(service, &request, SH_STATUS_INTERNAL, "out of memory", NULL);
@@ -621,10 +648,12 @@ static void s_on_begin(sh_service_t *service, sh_request_t *request, void *arg)
     char hex[UPLOAD_KEY_HEX + 1];
     sh_random_hex(hex, S_KEY_RANDOM_BYTES);
     snprintf(st->key, sizeof st->key, "%s%s", cf->prefix, hex);
-    crypto_hash_sha256_init(&st->whole);
-    crypto_hash_sha256_init(&st->part);
     s_link(self, st);
     self->live++;
+    /*  a drain waits for the stream to end (up to the drain timeout)  */
+    sh_service_hold(self->service, 1);
+    st->reserved = s_reserve(cf, st->size);
+    self->reserved += st->reserved;
     if (!st->multipart) {
         st->state = S_OPEN;
         sh_upload_begin_rep_t rep = {.stream = sh_str(st->id),
@@ -870,11 +899,10 @@ static void s_on_delete(sh_service_t *service, sh_request_t *request, void *arg)
 
 /*  --- housekeeping -------------------------------------------------------  */
 
-/*  Streams whose caller went silent are aborted. Once the instance
-    drains, no further chunk can reach a stream (draining refuses new
-    requests), so open streams end at once: their held chunks are answered
-    and their multipart uploads aborted while the loop still runs. A
-    stream whose finish is pending may still complete.  */
+/*  Streams whose caller went silent are aborted. While the instance
+    drains, new uploads are refused but open streams go on (their chunks,
+    finish and abort are still served) and the drain waits for them up to
+    the drain timeout; upload_server_close aborts what is left then.  */
 static int s_on_tick(sh_loop_t *loop, void *arg)
 {
     (void)loop;
@@ -883,17 +911,14 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
     if (!self->draining && sh_service_draining(self->service)) {
         self->draining = true;
         if (self->live)
-            sh_info("draining: ending %" PRId64 " open uploads", self->live);
+            sh_info("draining: waiting for %" PRId64 " open uploads", self->live);
     }
     s_stream_t *next;
     for (s_stream_t *st = self->head; st; st = next) {
         next = st->next;
         bool quiet = now - st->last_ms >= self->config.idle_ms && st->held_count == 0 &&
                      !st->finish && st->state != S_CREATING;
-        if (st->state == S_OPEN && self->draining && !st->finish) {
-            s_fail(st, SH_STATUS_UNAVAILABLE, "the upload instance is draining", S_RESULT_ABORTED);
-            s_unlink(st);
-        } else if (quiet) {
+        if (quiet) {
             if (st->state == S_OPEN) {
                 char why[SH_ERROR_MAX];
                 snprintf(why, sizeof why, "no request for %" PRId64 " ms", self->config.idle_ms);
@@ -946,6 +971,10 @@ upload_server_t *upload_server_new(sh_service_t *service, upload_s3_t *s3,
     sh_service_handle(service, SH_OP_upload_chunk, s_on_chunk, self);
     sh_service_handle(service, SH_OP_upload_finish, s_on_finish, self);
     sh_service_handle(service, SH_OP_upload_abort, s_on_abort, self);
+    /*  what continues an open stream is served while draining  */
+    sh_service_serve_while_draining(service, SH_OP_upload_chunk);
+    sh_service_serve_while_draining(service, SH_OP_upload_finish);
+    sh_service_serve_while_draining(service, SH_OP_upload_abort);
     sh_service_handle(service, SH_OP_upload_read, s_on_read, self);
     sh_service_handle(service, SH_OP_upload_delete, s_on_delete, self);
     return self;

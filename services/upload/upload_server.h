@@ -32,6 +32,7 @@ typedef struct {
     uint64_t chunk_bytes;  /* largest raw frame of one upload_chunk */
     uint64_t window;       /* chunks a caller may keep unanswered */
     int64_t max_streams;   /* streams open at once; more get UNAVAILABLE */
+    int64_t max_buffer;    /* bytes the open streams may hold together; more get UNAVAILABLE */
     int64_t idle_ms;       /* a stream without a request for this long is aborted */
     int64_t s3_timeout_ms; /* longest S3 call; part uploads get all of it */
 } upload_server_config_t;

@@ -76,7 +76,8 @@ typedef struct {
     uint64_t fake_status; /* what attachment_keys answers */
     char rows[T_ROWS_MAX][SH_OBJKEY_MAX + 1];
     int row_count;
-    int asked; /* attachment_keys calls answered */
+    int asked;               /* attachment_keys calls answered */
+    char pin[SH_ID_MAX + 1]; /* "" or the instance every request goes to */
 } t_fixture_t;
 
 /*  One reply captured beyond its callback.  */
@@ -87,7 +88,8 @@ typedef struct {
     const sh_codec_t *codec;
     _Alignas(max_align_t) char body[1024]; /* the reply struct; strings point into enc */
     char enc[4096];
-    uint8_t *raw; /* the reply's raw frame (malloc), or NULL */
+    char instance[SH_ID_MAX + 1]; /* that answered */
+    uint8_t *raw;                 /* the reply's raw frame (malloc), or NULL */
     size_t raw_len;
     char *text; /* metrics replies: the exposition (malloc) */
 } t_answer_t;
@@ -190,6 +192,8 @@ static void s_on_reply(void *arg, const sh_reply_t *reply)
     out->done = true;
     out->status = reply->status;
     snprintf(out->error, sizeof out->error, "%s", reply->error);
+    if (reply->env)
+        sh_str_copy(reply->env->instance, out->instance, sizeof out->instance);
     if (!reply->body)
         return;
     if (out->codec == &sh_metrics_rep_codec) {
@@ -222,8 +226,10 @@ static void s_send(t_fixture_t *f, uint64_t type, const void *body, const void *
     s_reply_free(out);
     memset(out, 0, sizeof *out);
     out->codec = sh_op_find(type)->reply;
-    sh_call_opts_t opts = {
-        .deadline_ms = sh_clock_wall_ms() + T_CALL_MS, .raw = raw, .raw_len = len};
+    sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + T_CALL_MS,
+                           .raw = raw,
+                           .raw_len = len,
+                           .instance = f->pin[0] ? f->pin : NULL};
     sh_pool_send(f->pool, type, body, &opts, s_on_reply, out);
 }
 
@@ -1092,23 +1098,43 @@ static void test_upload_service_idle_stream_aborted(void **state)
     assert_int_equal(s_chunk(f, up.stream, 100, data, sizeof data, &r), SH_STATUS_NOT_FOUND);
 }
 
-/*  SIGTERM: new requests are refused (the skeleton refuses every request
-    while draining), open streams end at once with their multipart uploads
-    aborted, and the process exits.  */
-static void test_upload_service_draining_aborts_open_streams(void **state)
+/*  SIGTERM: a new upload is refused, an open one goes on to the end (its
+    chunks and finish are served while draining) and the process exits
+    once it is stored.  */
+static void test_upload_service_draining_finishes_open_streams(void **state)
 {
     t_fixture_t *f = *state;
     t_upload_t up;
-    t_answer_t r = {0};
-    uint8_t data[100] = {0};
-    assert_int_equal(s_begin(f, T_PART + 1, "", &r), SH_STATUS_OK);
+    t_answer_t r = {0}, refused = {0};
+    size_t len = T_PART + 1;
+    uint8_t *data = malloc(len);
+    assert_non_null(data);
+    for (size_t i = 0; i < len; i++)
+        data[i] = (uint8_t)(i * 7 + 3);
+    assert_int_equal(s_begin(f, len, "", &r), SH_STATUS_OK);
     s_begun(&r, &up);
-    assert_int_equal(s_chunk(f, up.stream, 0, data, sizeof data, &r), SH_STATUS_OK);
-    assert_int_equal(s_s3_uploads(f, up.key), 1);
+    /*  the stream's requests follow its instance while it drains  */
+    snprintf(f->pin, sizeof f->pin, "%s", r.instance);
+    s_send_range(f, &up, data, 0, T_CHUNK);
     assert_int_equal(kill(f->service, SIGTERM), 0);
-    assert_true(s_wait_for(f, s_no_uploads, up.key, T_WAIT_MS));
+    assert_int_equal(s_begin(f, 10, "", &refused), SH_STATUS_UNAVAILABLE);
+    s_send_range(f, &up, data, T_CHUNK, len);
+    assert_int_equal(s_finish(f, &up), SH_STATUS_OK);
     assert_int_equal(t_wait_exit(f->service, 10000), 0);
     f->service = 0;
+    f->pin[0] = 0;
+    /*  stored whole (the service is gone: ask S3 itself)  */
+    uint8_t digest[crypto_hash_sha256_BYTES];
+    char hex[T_SHA_HEX];
+    crypto_hash_sha256(digest, data, len);
+    sodium_bin2hex(hex, sizeof hex, digest, sizeof digest);
+    assert_string_equal(up.sha256, hex);
+    assert_int_equal(up.size, len);
+    assert_int_equal(s_s3_head(f, up.key), SH_STATUS_OK);
+    assert_int_equal(s_s3_uploads(f, up.key), 0);
+    s_reply_free(&r);
+    s_reply_free(&refused);
+    free(data);
 }
 
 /*  `shoal-upload sweep` with this fixture's settings and sweep age.  */
@@ -1284,7 +1310,7 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_upload_service_idle_stream_aborted, s_setup_short_idle,
                                         s_teardown),
-        cmocka_unit_test_setup_teardown(test_upload_service_draining_aborts_open_streams, s_setup,
+        cmocka_unit_test_setup_teardown(test_upload_service_draining_finishes_open_streams, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_upload_service_sweep_command, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_upload_service_sweeper_spares_live_streams,
