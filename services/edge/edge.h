@@ -294,7 +294,8 @@ const char *edge_client_ip(const char *peer, const char *forwarded, const char *
 void edge_lowercase(const char *in, size_t len, char *out, size_t size);
 /*  Decode a percent-encoded file name into out (size bytes). The result
     must be 1..SH_FILENAME_MAX bytes of strict UTF-8 without control
-    characters (C0, DEL, C1: the query service's rule for text). Returns its length, or -1 with the reason in *why.  */
+    characters (C0, DEL, C1: the query service's rule for text).
+    Returns its length, or -1 with the reason in *why.  */
 int edge_file_name_decode(const char *in, char *out, size_t size, const char **why);
 /*  Content-Disposition: attachment with an ASCII fallback filename and the
     exact name as filename* (RFC 6266, RFC 8187). Returns 0, or -1 when it

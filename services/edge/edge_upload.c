@@ -142,6 +142,18 @@ static void *s_call_new(edge_t *edge, edge_req_t *req, size_t size)
     return call;
 }
 
+/*  Send a query-service call for the waiting client: a client that
+    leaves meanwhile NULLs call->link.conn, which fn must check.  */
+static void s_call_query(s_call_t *call, uint64_t op, const void *body, sh_reply_fn *fn, void *arg)
+{
+    sh_call_opts_t opts =
+        s_opts(call->traceparent, call->sid, call->edge->config->request_timeout_ms);
+    call->link.conn = call->conn;
+    edge_http_await_job(call->conn, &call->link);
+    sh_pool_send(call->edge->queries, op, body, &opts, fn, arg);
+    sh_pool_drain(call->edge->queries);
+}
+
 /*  --- upload: life ---------------------------------------------------------------------  */
 
 static void s_upload_free(s_upload_t *up)
@@ -728,14 +740,8 @@ static void s_on_download_user(void *arg, uint64_t user_id, const char *username
         return;
     }
     sh_attachment_get_req_t body = {.id = dl->id, .min_lsn = dl->call.lsn};
-    sh_call_opts_t opts =
-        s_opts(dl->call.traceparent, dl->call.sid, dl->call.edge->config->request_timeout_ms);
-    /*  a client that leaves before the stream begins NULLs link.conn  */
-    dl->call.link.conn = dl->call.conn;
-    edge_http_await_job(dl->call.conn, &dl->call.link);
     dl->outstanding++;
-    sh_pool_send(dl->call.edge->queries, SH_OP_attachment_get, &body, &opts, s_on_attachment, dl);
-    sh_pool_drain(dl->call.edge->queries);
+    s_call_query(&dl->call, SH_OP_attachment_get, &body, s_on_attachment, dl);
 }
 
 /*  GET|HEAD /api/uploads/<id>  */
@@ -803,12 +809,7 @@ static void s_on_list_user(void *arg, uint64_t user_id, const char *username)
         return;
     }
     sh_attachment_list_req_t body = {.item_id = list->item_id, .min_lsn = list->call.lsn};
-    sh_call_opts_t opts =
-        s_opts(list->call.traceparent, list->call.sid, list->call.edge->config->request_timeout_ms);
-    list->call.link.conn = list->call.conn;
-    edge_http_await_job(list->call.conn, &list->call.link);
-    sh_pool_send(list->call.edge->queries, SH_OP_attachment_list, &body, &opts, s_on_list, list);
-    sh_pool_drain(list->call.edge->queries);
+    s_call_query(&list->call, SH_OP_attachment_list, &body, s_on_list, list);
 }
 
 /*  GET /api/items/<id>/attachments  */

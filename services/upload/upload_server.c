@@ -673,18 +673,29 @@ static void s_on_begin(sh_service_t *service, sh_request_t *request, void *arg)
                                st);
 }
 
+/*  The open stream a request names, its clock reset; NULL when there is
+    none (answered not_found) or it failed (answered with why).  */
+static s_stream_t *s_stream_of(upload_server_t *self, sh_request_t **request_p, sh_str_t stream)
+{
+    s_stream_t *st = s_find(self, stream);
+    if (!st) {
+        sh_service_reply(self->service, request_p, SH_STATUS_NOT_FOUND, "no such upload stream",
+                         NULL);
+        return NULL;
+    }
+    if (s_answer_failed(st, request_p))
+        return NULL;
+    st->last_ms = sh_clock_mono_ms();
+    return st;
+}
+
 static void s_on_chunk(sh_service_t *service, sh_request_t *request, void *arg)
 {
     upload_server_t *self = arg;
     sh_upload_chunk_req_t *req = request->body;
-    s_stream_t *st = s_find(self, req->stream);
-    if (!st) {
-        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such upload stream", NULL);
+    s_stream_t *st = s_stream_of(self, &request, req->stream);
+    if (!st)
         return;
-    }
-    if (s_answer_failed(st, &request))
-        return;
-    st->last_ms = sh_clock_mono_ms();
     size_t len = 0;
     const void *raw = sh_request_raw(request, &len);
     char why[SH_ERROR_MAX] = "";
@@ -723,14 +734,9 @@ static void s_on_finish(sh_service_t *service, sh_request_t *request, void *arg)
 {
     upload_server_t *self = arg;
     sh_upload_finish_req_t *req = request->body;
-    s_stream_t *st = s_find(self, req->stream);
-    if (!st) {
-        sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such upload stream", NULL);
+    s_stream_t *st = s_stream_of(self, &request, req->stream);
+    if (!st)
         return;
-    }
-    if (s_answer_failed(st, &request))
-        return;
-    st->last_ms = sh_clock_mono_ms();
     if (st->finish) {
         sh_service_reply(service, &request, SH_STATUS_INVALID, "upload_finish already asked for",
                          NULL);

@@ -863,7 +863,7 @@ static bool s_swept_leftover(t_fixture_t *f, void *arg);
 
 /*  A part S3 does not take fails the stream with S3's status: the held
     chunk replies get it, the next request hears it once. S3 is gone, so
-    the abort fails too; once S3 is back, the sweeper removes the upload.  */
+    the abort may fail too; once S3 is back, nothing of the upload is left.  */
 static void test_upload_service_storage_failure_fails_the_stream(void **state)
 {
     t_fixture_t *f = *state;
@@ -895,7 +895,9 @@ static void test_upload_service_storage_failure_fails_the_stream(void **state)
     assert_int_equal(s_metric(f, "shoal_upload_streams", ""), 0);
     assert_int_equal(s_metric(f, "shoal_upload_buffer_bytes", ""), 0);
     assert_int_equal(s_s3_start(f->server), 0);
-    assert_int_equal(s_s3_uploads(f, up.key), 1);
+    /*  the service's abort, retried within its deadline, may reach the
+        restarted server first; else the sweeper removes the upload
+        (test_upload_service_sweep_command proves that one on its own)  */
     assert_true(s_wait_for(f, s_swept_leftover, up.key, T_WAIT_MS));
     free(data);
 }
