@@ -573,7 +573,12 @@ def check_counter(args, label, n=20):
         _, doc = get_json(args.https_port, "/health/live")
         seen.add(doc["instance"])
         return len(seen) >= 2
-    wait_for(both, 15, 0.05)
+    t0 = time.monotonic()
+    if wait_for(both, 30, 0.05):
+        figure("%s: both edges in HAProxy's rotation" % label, "%.1f s" % (time.monotonic() - t0))
+    else:
+        check("%s: both edges enter HAProxy's rotation within 30 s" % label, False,
+              "seen: %s" % sorted(seen))
     views, edges, statuses = [], [], []
     try:
         for _ in range(n):
