@@ -43,11 +43,16 @@ function url(pathname) {
   return new URL(pathname, BASE_URL).href;
 }
 
+// The problems seen on each page (console and page errors, failed requests), for the
+// failure message of a step that timed out.
+const PROBLEMS = new WeakMap();
+
 async function openPage(allow = []) {
   const context = await getBrowser().newContext(CONTEXT_OPTIONS);
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   const page = await context.newPage();
   const problems = watchForProblems(page, { allow });
+  PROBLEMS.set(page, problems);
   const cspViolations = await recordCspViolations(page);
   return { context, page, problems, cspViolations };
 }
@@ -82,7 +87,11 @@ async function waitFor(page, locator, step, options = {}) {
   try {
     await locator.waitFor({ timeout: STEP_TIMEOUT_MS, ...options });
   } catch (err) {
-    assert.fail(`${step}: ${err.message.split('\n')[0]}; page: ${await describeBoard(page)}`);
+    const seen = PROBLEMS.get(page) ?? [];
+    assert.fail(
+      `${step}: ${err.message.split('\n')[0]}; page: ${await describeBoard(page)}` +
+        (seen.length ? `; problems: ${seen.join('; ')}` : ''),
+    );
   }
 }
 
