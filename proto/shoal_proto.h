@@ -306,6 +306,15 @@
     F(U64, size, 0)                  \
     F(U64, length, 0)
 #define SH_FIELDS_upload_delete_req(F) F(STR, key, SH_OBJKEY_MAX)
+/*  upload_presign: a short-lived URL that reads key straight from S3,
+    answering with the given Content-Disposition and Content-Type.  */
+#define SH_URL_MAX 8192
+#define SH_FIELDS_upload_presign_req(F)           \
+    F(STR, key, SH_OBJKEY_MAX)                    \
+    F(U64, expires_s, 0)                          \
+    F(STR, disposition, 16 + 4 * SH_FILENAME_MAX) \
+    F(STR, content_type, SH_MIME_MAX)
+#define SH_FIELDS_upload_presign_rep(F) F(STR, url, SH_URL_MAX)
 
 /*  Instance states in the registry: S(NAME, value, word).  */
 #define SH_MEMBER_STATES(S)                                       \
@@ -416,6 +425,7 @@
     OP(62, upload_finish, SH_FIELDS_upload_stream_req, SH_FIELDS_upload_finish_rep, 0)            \
     OP(63, upload_abort, SH_FIELDS_upload_stream_req, SH_FIELDS_upload_abort_rep, 1)              \
     OP(64, upload_read, SH_FIELDS_upload_read_req, SH_FIELDS_upload_read_rep, 1)                  \
-    OP(65, upload_delete, SH_FIELDS_upload_delete_req, SH_FIELDS_empty, 1)
+    OP(65, upload_delete, SH_FIELDS_upload_delete_req, SH_FIELDS_empty, 1)                        \
+    OP(66, upload_presign, SH_FIELDS_upload_presign_req, SH_FIELDS_upload_presign_rep, 1)
 
 #endif

@@ -57,6 +57,8 @@ typedef struct {
     int64_t upload_quota_bytes;
     int64_t upload_timeout_ms;
     int64_t upload_finish_timeout_ms;
+    char *download_mode; /* "stream" (through the edge) or "presigned" (302 to S3) */
+    int64_t download_url_ttl_s;
 } edge_config_t;
 
 typedef enum {

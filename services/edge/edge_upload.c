@@ -652,6 +652,39 @@ static void s_on_download_ended(void *arg)
     s_download_end(dl);
 }
 
+/*  302 to the presigned URL.  */
+static void s_on_presigned(void *arg, const sh_reply_t *reply)
+{
+    s_download_t *dl = arg;
+    dl->outstanding--;
+    dl->call.conn = dl->call.link.conn;
+    if (dl->over || !dl->call.conn) {
+        s_download_end(dl);
+        return;
+    }
+    edge_req_t req = s_req(dl->call.conn, dl->call.started_us);
+    const sh_upload_presign_rep_t *rep = reply->body;
+    if (reply->status != SH_STATUS_OK || !rep) {
+        edge_api_call_error(dl->call.edge, &req, reply);
+        s_download_end(dl);
+        return;
+    }
+    char *location = malloc(rep->url.len + 1);
+    sh_buf_t buf = {0};
+    int rc = location ? 0 : -1;
+    if (location) {
+        sh_str_copy(rep->url, location, rep->url.len + 1);
+        rc |= sh_buf_append(&buf, "{\"url\":", 7);
+        rc |= edge_json_str(&buf, location, rep->url.len);
+        rc |= sh_buf_append(&buf, "}", 1);
+    }
+    const char *names[2] = {"location:", NULL}, *values[2] = {location, NULL};
+    edge_api_json_text(&req, 302, rc == 0 ? buf.data : NULL, buf.len, names, values);
+    sh_buf_free(&buf);
+    free(location);
+    s_download_end(dl);
+}
+
 static void s_on_attachment(void *arg, const sh_reply_t *reply)
 {
     s_download_t *dl = arg;
@@ -700,6 +733,23 @@ static void s_on_attachment(void *arg, const sh_reply_t *reply)
         resp.status = 304;
         edge_http_respond(dl->call.conn, &resp);
         s_download_end(dl);
+        return;
+    }
+    if (strcmp(dl->call.edge->config->download_mode, "presigned") == 0) {
+        /*  S3 serves the bytes (ranges and conditions too) with our headers  */
+        sh_upload_presign_req_t body = {.key = rep->key,
+                                        .expires_s =
+                                            (uint64_t)dl->call.edge->config->download_url_ttl_s,
+                                        .disposition = sh_str(disposition),
+                                        .content_type = sh_str(resp.content_type)};
+        sh_call_opts_t opts =
+            s_opts(dl->call.traceparent, dl->call.sid, dl->call.edge->config->request_timeout_ms);
+        dl->call.link.conn = dl->call.conn;
+        edge_http_await_job(dl->call.conn, &dl->call.link);
+        dl->outstanding++;
+        sh_pool_send(dl->call.edge->uploads, SH_OP_upload_presign, &body, &opts, s_on_presigned,
+                     dl);
+        sh_pool_drain(dl->call.edge->uploads);
         return;
     }
     uint64_t size = rep->size, first = 0, last = size ? size - 1 : 0;

@@ -68,6 +68,11 @@ static const sh_setting_t s_settings[] = {
                "longest wait for the upload service to take one chunk of a file"),
     SH_SETTING(INT, "upload_finish_timeout_ms", upload_finish_timeout_ms, "120000", 100, 3600000,
                "longest wait for an upload to be completed in storage after its last byte"),
+    SH_SETTING(STR, "download_mode", download_mode, "stream", 1, 16,
+               "GET /api/uploads/:id: `stream` the file through the edge, or `presigned`: "
+               "answer 302 with a short-lived S3 URL (S3 must be reachable by browsers)"),
+    SH_SETTING(INT, "download_url_ttl_s", download_url_ttl_s, "300", 1, 604800,
+               "lifetime of a presigned download URL, seconds"),
 };
 #undef SH_CONFIG_T
 
@@ -141,6 +146,13 @@ int main(int argc, char **argv)
         edge.registry =
             sh_registry_new(config.base.health_endpoints, s_on_member, &edge, edge.metrics);
     char bad[SH_ADDR_MAX + 1];
+    if (strcmp(config.download_mode, "stream") != 0 &&
+        strcmp(config.download_mode, "presigned") != 0) {
+        fprintf(stderr, "invalid download_mode \"%s\" (want stream or presigned)\n",
+                config.download_mode);
+        rc = 2;
+        goto done;
+    }
     if (edge_proxies_check(config.trusted_proxies, bad, sizeof bad)) {
         fprintf(stderr, "invalid trusted_proxies entry \"%s\" (want an address or CIDR)\n", bad);
         rc = 2;

@@ -33,6 +33,7 @@ typedef struct {
     sh_base_config_t base;
     char *bind;
     char *s3_endpoint;
+    char *s3_public_endpoint;
     char *s3_region;
     char *s3_bucket;
     bool s3_path_style;
@@ -61,6 +62,8 @@ static const sh_setting_t s_settings[] = {
                "ZeroMQ endpoint the request ROUTER binds (port 0 picks a free port)"),
     SH_SETTING(STR, "s3_endpoint", s3_endpoint, "http://127.0.0.1:9300", 0, 255,
                "S3 endpoint, http(s)://host[:port] without a path"),
+    SH_SETTING(STR, "s3_public_endpoint", s3_public_endpoint, "", 0, 255,
+               "the S3 endpoint browsers reach, for presigned download URLs (empty: s3_endpoint)"),
     SH_SETTING(STR, "s3_region", s3_region, "us-east-1", 0, 63, "signing region"),
     SH_SETTING(STR, "s3_bucket", s3_bucket, "shoal-uploads", 0, 63,
                "the bucket every object goes to (it must exist)"),
@@ -141,6 +144,7 @@ static upload_s3_config_t s_s3_config(const upload_config_t *c)
 {
     return (upload_s3_config_t){
         .endpoint = c->s3_endpoint,
+        .public_endpoint = c->s3_public_endpoint,
         .region = c->s3_region,
         .bucket = c->s3_bucket,
         .path_style = c->s3_path_style,

@@ -129,7 +129,8 @@ struct upload_s3_t {
     sh_loop_t *loop;
     upload_s3_config_t config;
     CURLM *multi;
-    char base[S_URL_MAX]; /* scheme://host[:port][/bucket] with the addressing applied */
+    char base[S_URL_MAX];        /* scheme://host[:port][/bucket] with the addressing applied */
+    char public_base[S_URL_MAX]; /* the same for presigned URLs (public_endpoint) */
     char sigv4[S_HEADER_MAX];
     char userpwd[S_HEADER_MAX];
     struct curl_slist *connect_to;
@@ -1268,12 +1269,101 @@ void upload_s3_list_objects(upload_s3_t *self, const char *prefix, const char *t
 /*  --- the client --------------------------------------------------------------------  */
 
 /*  Endpoint + addressing style -> the URL every request starts with.  */
-static int s_base_url(upload_s3_t *self)
+/*  --- presigned URLs (SigV4 in the query string) ---------------------------  */
+
+static void s_hmac(const uint8_t *key, size_t key_len, const char *msg, uint8_t out[32])
+{
+    crypto_auth_hmacsha256_state st;
+    crypto_auth_hmacsha256_init(&st, key, key_len);
+    crypto_auth_hmacsha256_update(&st, (const uint8_t *)msg, strlen(msg));
+    crypto_auth_hmacsha256_final(&st, out);
+}
+
+/*  Append "&name=value" (value encoded, '/' too) to buf; 0 or -1.  */
+static int s_param(sh_buf_t *buf, const char *name, const char *value)
+{
+    char enc[3 * UPLOAD_S3_PRESIGN_MAX + 1];
+    if (s_encode(value, false, enc, sizeof enc) < 0)
+        return -1;
+    return sh_buf_printf(buf, "%s%s=%s", buf->len ? "&" : "", name, enc) < 0 ? -1 : 0;
+}
+
+int upload_s3_presign_get(upload_s3_t *self, const char *key, int64_t expires_s, int64_t now_s,
+                          const char *disposition, const char *content_type, char *out, size_t size)
 {
     const upload_s3_config_t *cf = &self->config;
-    const char *sep = strstr(cf->endpoint, "://");
-    if (!sep ||
-        (strncmp(cf->endpoint, "http://", 7) != 0 && strncmp(cf->endpoint, "https://", 8) != 0))
+    char path[3 * UPLOAD_S3_MAX_KEY + 1], date[9], stamp[17], scope[160], credential[400];
+    if (!s_key_ok(key) || upload_s3_encode_key(key, path, sizeof path) < 0 || expires_s < 1 ||
+        expires_s > UPLOAD_S3_PRESIGN_MAX_S)
+        return -1;
+    /*  the base is scheme://host[:port][/bucket]: host as the Host header has it  */
+    const char *base = self->public_base;
+    const char *host = strstr(base, "://") + 3;
+    const char *prefix = strchr(host, '/');
+    size_t host_len = prefix ? (size_t)(prefix - host) : strlen(host);
+    if (!prefix)
+        prefix = "";
+    time_t t = (time_t)now_s;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(date, sizeof date, "%Y%m%d", &tm);
+    strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+    snprintf(scope, sizeof scope, "%s/%s/s3/aws4_request", date, cf->region);
+    snprintf(credential, sizeof credential, "%s/%s", cf->access_key, scope);
+    char expires[24];
+    snprintf(expires, sizeof expires, "%lld", (long long)expires_s);
+
+    /*  parameters sorted by name: upper-case X before lower-case r  */
+    sh_buf_t query = {0}, canonical = {0}, sts = {0};
+    int rc = s_param(&query, "X-Amz-Algorithm", "AWS4-HMAC-SHA256");
+    rc |= s_param(&query, "X-Amz-Credential", credential);
+    rc |= s_param(&query, "X-Amz-Date", stamp);
+    rc |= s_param(&query, "X-Amz-Expires", expires);
+    rc |= s_param(&query, "X-Amz-SignedHeaders", "host");
+    if (disposition && disposition[0])
+        rc |= s_param(&query, "response-content-disposition", disposition);
+    if (content_type && content_type[0])
+        rc |= s_param(&query, "response-content-type", content_type);
+    rc |= sh_buf_printf(&canonical, "GET\n%s/%s\n%s\nhost:%.*s\n\nhost\nUNSIGNED-PAYLOAD", prefix,
+                        path, query.data ? query.data : "", (int)host_len, host) < 0
+              ? -1
+              : 0;
+    uint8_t digest[UPLOAD_S3_SHA256];
+    char hex[2 * UPLOAD_S3_SHA256 + 1];
+    if (rc == 0 && upload_hash_once(canonical.data, canonical.len, digest) == 0) {
+        s_hex(digest, hex);
+        rc |= sh_buf_printf(&sts, "AWS4-HMAC-SHA256\n%s\n%s\n%s", stamp, scope, hex) < 0 ? -1 : 0;
+    } else
+        rc = -1;
+    if (rc == 0) {
+        /*  the signing key: HMAC chain from "AWS4" + secret over date, region, service  */
+        char secret[256];
+        uint8_t k[32];
+        snprintf(secret, sizeof secret, "AWS4%s", cf->secret_key);
+        s_hmac((const uint8_t *)secret, strlen(secret), date, k);
+        s_hmac(k, sizeof k, cf->region, k);
+        s_hmac(k, sizeof k, "s3", k);
+        s_hmac(k, sizeof k, "aws4_request", k);
+        s_hmac(k, sizeof k, sts.data, digest);
+        sodium_memzero(secret, sizeof secret);
+        sodium_memzero(k, sizeof k);
+        s_hex(digest, hex);
+        int n = snprintf(out, size, "%.*s%.*s%s/%s?%s&X-Amz-Signature=%s", (int)(host - base), base,
+                         (int)host_len, host, prefix, path, query.data, hex);
+        rc = n > 0 && (size_t)n < size ? 0 : -1;
+    }
+    sh_buf_free(&query);
+    sh_buf_free(&canonical);
+    sh_buf_free(&sts);
+    return rc;
+}
+
+/*  scheme://host[:port]/bucket (path style) or scheme://bucket.host[:port]
+    of endpoint into base (size bytes). Returns 0 or -1.  */
+static int s_base_url(const upload_s3_config_t *cf, const char *endpoint, char *base, size_t size)
+{
+    const char *sep = strstr(endpoint, "://");
+    if (!sep || (strncmp(endpoint, "http://", 7) != 0 && strncmp(endpoint, "https://", 8) != 0))
         return -1;
     const char *host = sep + 3;
     size_t host_len = strlen(host);
@@ -1286,12 +1376,12 @@ static int s_base_url(upload_s3_t *self)
             return -1; /* S3 bucket names: nothing to encode */
     int n;
     if (cf->path_style)
-        n = snprintf(self->base, sizeof self->base, "%.*s%.*s/%s", (int)(host - cf->endpoint),
-                     cf->endpoint, (int)host_len, host, cf->bucket);
+        n = snprintf(base, size, "%.*s%.*s/%s", (int)(host - endpoint), endpoint, (int)host_len,
+                     host, cf->bucket);
     else
-        n = snprintf(self->base, sizeof self->base, "%.*s%s.%.*s", (int)(host - cf->endpoint),
-                     cf->endpoint, cf->bucket, (int)host_len, host);
-    return n > 0 && (size_t)n < sizeof self->base ? 0 : -1;
+        n = snprintf(base, size, "%.*s%s.%.*s", (int)(host - endpoint), endpoint, cf->bucket,
+                     (int)host_len, host);
+    return n > 0 && (size_t)n < size ? 0 : -1;
 }
 
 upload_s3_t *upload_s3_new(sh_loop_t *loop, const upload_s3_config_t *config, sh_metrics_t *metrics)
@@ -1316,7 +1406,11 @@ upload_s3_t *upload_s3_new(sh_loop_t *loop, const upload_s3_config_t *config, sh
     self->curl_timer = self->retry_timer = self->resume_timer = -1;
     if (!self->config.label)
         self->config.label = "s3";
-    if (s_base_url(self) != 0) {
+    const char *public_endpoint = config->public_endpoint && config->public_endpoint[0]
+                                      ? config->public_endpoint
+                                      : config->endpoint;
+    if (s_base_url(config, config->endpoint, self->base, sizeof self->base) != 0 ||
+        s_base_url(config, public_endpoint, self->public_base, sizeof self->public_base) != 0) {
         sh_error("s3: endpoint must be http(s)://host[:port] and the bucket a plain name");
         free(self);
         return NULL;

@@ -49,7 +49,13 @@ typedef struct {
     /*  Optional: NULL-terminated "Name: value" lines sent (and signed) with
         every request, e.g. "x-amz-expected-bucket-owner: 1234".  */
     const char *const *extra_headers;
+    /*  Optional: the endpoint browsers reach S3 at, for presigned URLs
+        (NULL or "": endpoint).  */
+    const char *public_endpoint;
 } upload_s3_config_t;
+
+#define UPLOAD_S3_PRESIGN_MAX   2048   /* bytes of a response-* value of a presigned URL */
+#define UPLOAD_S3_PRESIGN_MAX_S 604800 /* SigV4's longest X-Amz-Expires: 7 days */
 
 /*  One entry of a listing.  */
 typedef struct {
@@ -105,6 +111,16 @@ upload_s3_t *upload_s3_new(sh_loop_t *loop, const upload_s3_config_t *config,
 /*  Answer every pending call with UNAVAILABLE and free; nulls *self_p.
     Call it before destroying the loop, never from one of its callbacks.  */
 void upload_s3_destroy(upload_s3_t **self_p);
+
+/*  A presigned GET URL of object key (SigV4 in the query string, host the
+    only signed header, UNSIGNED-PAYLOAD), valid for expires_s seconds
+    (1..UPLOAD_S3_PRESIGN_MAX_S) from now_s (Unix seconds). disposition and
+    content_type (may be NULL) become response-content-disposition and
+    response-content-type, which S3 answers with. No I/O. Returns 0 and the
+    URL in out (size bytes), or -1 (bad key or expiry, does not fit).  */
+int upload_s3_presign_get(upload_s3_t *self, const char *key, int64_t expires_s, int64_t now_s,
+                          const char *disposition, const char *content_type, char *out,
+                          size_t size);
 
 /*  PUT a small object held in memory; its SHA-256 is signed as
     x-amz-content-sha256. sha256 (32 bytes, read during the call) is the

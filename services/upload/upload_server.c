@@ -903,6 +903,33 @@ static void s_on_delete(sh_service_t *service, sh_request_t *request, void *arg)
                                 s_on_deleted, call);
 }
 
+/*  A presigned GET URL: no I/O, answered at once.  */
+static void s_on_presign(sh_service_t *service, sh_request_t *request, void *arg)
+{
+    upload_server_t *self = arg;
+    sh_upload_presign_req_t *req = request->body;
+    char key[SH_OBJKEY_MAX + 1], disposition[16 + 4 * SH_FILENAME_MAX + 1], type[SH_MIME_MAX + 1];
+    if (!upload_key_valid(self->config.prefix, req->key.ptr, req->key.len)) {
+        sh_service_reply(service, &request, SH_STATUS_INVALID, "not an upload key", NULL);
+        return;
+    }
+    sh_str_copy(req->key, key, sizeof key);
+    sh_str_copy(req->disposition, disposition, sizeof disposition);
+    sh_str_copy(req->content_type, type, sizeof type);
+    char *url = malloc(SH_URL_MAX + 1);
+    if (!url ||
+        upload_s3_presign_get(self->s3, key, (int64_t)req->expires_s, sh_clock_wall_ms() / 1000,
+                              disposition, type, url, SH_URL_MAX + 1) != 0) {
+        free(url);
+        sh_service_reply(service, &request, SH_STATUS_INVALID,
+                         "cannot presign: expiry out of 1..604800 s, or the URL is too long", NULL);
+        return;
+    }
+    sh_upload_presign_rep_t rep = {.url = sh_str(url)};
+    sh_service_reply(service, &request, SH_STATUS_OK, NULL, &rep);
+    free(url);
+}
+
 /*  --- housekeeping -------------------------------------------------------  */
 
 /*  Streams whose caller went silent are aborted. While the instance
@@ -983,6 +1010,7 @@ upload_server_t *upload_server_new(sh_service_t *service, upload_s3_t *s3,
     sh_service_serve_while_draining(service, SH_OP_upload_abort);
     sh_service_handle(service, SH_OP_upload_read, s_on_read, self);
     sh_service_handle(service, SH_OP_upload_delete, s_on_delete, self);
+    sh_service_handle(service, SH_OP_upload_presign, s_on_presign, self);
     return self;
 }
 

@@ -1099,3 +1099,51 @@ class UploadFailures(UploadCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class PresignedDownloads(UploadCase):
+    """SHOAL_DOWNLOAD_MODE=presigned: the edge answers a download with 302
+    to a short-lived URL of the S3 server, which serves the bytes with the
+    attachment's Content-Disposition and type."""
+
+    edges = 1
+    uploads = 1
+    edge_env = dict(UPLOAD_EDGE_ENV, SHOAL_DOWNLOAD_MODE="presigned",
+                    SHOAL_DOWNLOAD_URL_TTL_S="120")
+
+    def test_download_redirects_to_a_presigned_url(self):
+        b = self.user("presign")
+        item_id = self.new_item(b)
+        data = text_bytes(300000)
+        att = self.upload_ok(b, item_id, data, name="report (1).txt", ctype="text/plain")
+        key = self.assert_stored(att, data)
+        status, headers, body = raw_get(b.port, att["url"], b.cookie_header())
+        self.assertIn(b" 302 ", status)
+        location = [v for n, v, _ in headers if n.lower() == b"location"]
+        self.assertEqual(len(location), 1, headers)
+        url = urllib.parse.urlparse(location[0].decode("ascii"))
+        query = urllib.parse.parse_qs(url.query)
+        # the S3 server's own address and the object key, signed, for 120 s
+        self.assertEqual((url.hostname, url.port), (LOOPBACK, self.stack.s3.port))
+        self.assertEqual(url.path, "/%s/%s" % (self.stack.s3.bucket, key))
+        self.assertEqual(query["X-Amz-Expires"], ["120"])
+        self.assertEqual(query["X-Amz-SignedHeaders"], ["host"])
+        self.assertRegex(query["X-Amz-Signature"][0], r"^[0-9a-f]{64}$")
+        self.assertEqual(query["response-content-type"], ["text/plain"])
+        disposition = query["response-content-disposition"][0]
+        self.assertTrue(disposition.startswith('attachment; filename="report (1).txt"'),
+                        disposition)
+        self.assertEqual(json.loads(body), {"url": location[0].decode("ascii")})
+        # anyone holding the URL reads the bytes, without the session
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+        try:
+            conn.request("GET", url.path + "?" + url.query)
+            reply = conn.getresponse()
+            got = reply.read()
+        finally:
+            conn.close()
+        self.assertEqual(reply.status, 200)
+        self.assertEqual(sha256(got), sha256(data))
+        # without a session the edge hands out no URL
+        status, headers, _ = raw_get(b.port, att["url"], "")
+        self.assertIn(b" 401 ", status)

@@ -1065,6 +1065,44 @@ static void test_upload_s3_destroy_answers_pending_once(void **state)
         assert_int_equal(all[i]->calls, 1);
 }
 
+/*  AWS's presigned URL example ("Authenticating Requests: Using Query
+    Parameters"): test.txt in examplebucket, 24 hours from 20130524T000000Z.  */
+static void test_upload_s3_presigned_url_example(void **state)
+{
+    t_fixture_t *f = *state;
+    t_as_aws(f, NULL);
+    t_client(f);
+    char url[4096];
+    const int64_t may_24_2013 = 1369353600;
+    assert_int_equal(
+        upload_s3_presign_get(f->s3, "test.txt", 86400, may_24_2013, NULL, NULL, url, sizeof url),
+        0);
+    assert_string_equal(url, "http://examplebucket.s3.amazonaws.com/test.txt"
+                             "?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+                             "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2F"
+                             "aws4_request&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400"
+                             "&X-Amz-SignedHeaders=host&X-Amz-Signature="
+                             "aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404");
+    /*  response-* parameters are signed, after the X-Amz-* ones  */
+    assert_int_equal(upload_s3_presign_get(f->s3, "test.txt", 60, may_24_2013,
+                                           "attachment; filename=\"a b.txt\"", "text/plain", url,
+                                           sizeof url),
+                     0);
+    assert_non_null(strstr(url, "&X-Amz-SignedHeaders=host&response-content-disposition="
+                                "attachment%3B%20filename%3D%22a%20b.txt%22"
+                                "&response-content-type=text%2Fplain&X-Amz-Signature="));
+    /*  bad keys, expiries out of range, no room  */
+    assert_int_equal(upload_s3_presign_get(f->s3, "", 60, may_24_2013, NULL, NULL, url, sizeof url),
+                     -1);
+    assert_int_equal(
+        upload_s3_presign_get(f->s3, "test.txt", 0, may_24_2013, NULL, NULL, url, sizeof url), -1);
+    assert_int_equal(upload_s3_presign_get(f->s3, "test.txt", UPLOAD_S3_PRESIGN_MAX_S + 1,
+                                           may_24_2013, NULL, NULL, url, sizeof url),
+                     -1);
+    assert_int_equal(upload_s3_presign_get(f->s3, "test.txt", 60, may_24_2013, NULL, NULL, url, 40),
+                     -1);
+}
+
 int main(void)
 {
     sh_crypto_init();
@@ -1093,6 +1131,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_upload_s3_head_object_fields, t_setup, t_teardown),
         cmocka_unit_test_setup_teardown(test_upload_s3_destroy_answers_pending_once, t_setup,
                                         t_teardown),
+        cmocka_unit_test_setup_teardown(test_upload_s3_presigned_url_example, t_setup, t_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
