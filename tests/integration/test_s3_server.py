@@ -247,6 +247,10 @@ class S3ServerCase(LogOnFailure, unittest.TestCase):
         self.assertEqual(done.status, 200, done)
         got = self.s3.get_object(key)
         self.assertEqual(hashlib.sha256(got.body).digest(), hashlib.sha256(p1 + p2).digest())
+        # S3's multipart ETag: the MD5 of the parts' MD5s, "-" and the part count
+        md5s = hashlib.md5(bytes.fromhex(e1.strip('"')) + bytes.fromhex(e2.strip('"')))
+        self.assertEqual(got.header("ETag"), '"%s-2"' % md5s.hexdigest())
+        self.assertIn("%s-2" % md5s.hexdigest(), done.body.decode())
         self.assertEqual(got.header("Content-Type"), "video/mp4")
         r = self.s3.get_object(key, range="bytes=%d-%d" % (5 * MIB - 2, 5 * MIB + 1))
         self.assertEqual((r.status, r.body), (206, (p1 + p2)[5 * MIB - 2:5 * MIB + 2]))
