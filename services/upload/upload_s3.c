@@ -356,19 +356,21 @@ static void s_call_free(upload_s3_call_t *c)
     free(c);
 }
 
+/*  A result with nothing in it: every string "", no length.  */
+static const upload_s3_result_t s_no_result = {.error_code = "",
+                                               .upload_id = "",
+                                               .etag = "",
+                                               .content_length = -1,
+                                               .content_range = "",
+                                               .content_type = "",
+                                               .next_marker = "",
+                                               .next_upload_id_marker = ""};
+
 /*  Answer the caller once, unlink and free the call.  */
 static void s_answer(upload_s3_call_t *c, uint64_t status, const upload_s3_result_t *given)
 {
     upload_s3_t *self = c->s3;
-    upload_s3_result_t empty = {.error_code = "",
-                                .upload_id = "",
-                                .etag = "",
-                                .content_length = -1,
-                                .content_range = "",
-                                .content_type = "",
-                                .next_marker = "",
-                                .next_upload_id_marker = ""};
-    upload_s3_result_t r = given ? *given : empty;
+    upload_s3_result_t r = given ? *given : s_no_result;
     if (!given) {
         r.http_status = c->http_status;
         r.etag = c->etag;
@@ -392,14 +394,7 @@ static void s_answer(upload_s3_call_t *c, uint64_t status, const upload_s3_resul
 /*  Answer a call that never reached libcurl (refused on arrival).  */
 static void s_refuse(upload_s3_t *self, uint64_t status, upload_s3_fn *fn, void *arg)
 {
-    upload_s3_result_t r = {.error_code = "",
-                            .upload_id = "",
-                            .etag = "",
-                            .content_length = -1,
-                            .content_range = "",
-                            .content_type = "",
-                            .next_marker = "",
-                            .next_upload_id_marker = ""};
+    upload_s3_result_t r = s_no_result;
     (*self->m.calls)++;
     if (status != SH_STATUS_INVALID)
         (*self->m.errors)++;
