@@ -12,20 +12,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import {
-  ARTIFACTS_DIR,
   assertNoProblems,
   BASE_URL,
-  CONTEXT_OPTIONS,
+  openWatchedPage,
   pathOf,
-  recordCspViolations,
+  problemsOf,
+  screenshot,
   STEP_TIMEOUT_MS,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
+  textOf,
+  url,
   useBrowser,
-  watchForProblems,
 } from './browser.mjs';
 
 const getBrowser = useBrowser();
@@ -39,35 +38,12 @@ function uniqueWord(length = 12) {
   return Array.from(randomBytes(length), (b) => String.fromCharCode(97 + (b % 26))).join('');
 }
 
-function url(pathname) {
-  return new URL(pathname, BASE_URL).href;
+
+function openPage(allow = []) {
+  return openWatchedPage(getBrowser, allow);
 }
 
-// The problems seen on each page (console and page errors, failed requests), for the
-// failure message of a step that timed out.
-const PROBLEMS = new WeakMap();
 
-async function openPage(allow = []) {
-  const context = await getBrowser().newContext(CONTEXT_OPTIONS);
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
-  const page = await context.newPage();
-  const problems = watchForProblems(page, { allow });
-  PROBLEMS.set(page, problems);
-  const cspViolations = await recordCspViolations(page);
-  return { context, page, problems, cspViolations };
-}
-
-async function screenshot(page, name) {
-  if (!ARTIFACTS_DIR) return;
-  await mkdir(ARTIFACTS_DIR, { recursive: true });
-  await page
-    .screenshot({ path: path.join(ARTIFACTS_DIR, `${name}.png`), fullPage: true })
-    .catch((err) => console.error(`screenshot failed: ${err.message}`));
-}
-
-async function textOf(locator) {
-  return (await locator.textContent())?.trim() ?? '';
-}
 
 /** What the board shows now, for failure messages. */
 async function describeBoard(page) {
@@ -87,7 +63,7 @@ async function waitFor(page, locator, step, options = {}) {
   try {
     await locator.waitFor({ timeout: STEP_TIMEOUT_MS, ...options });
   } catch (err) {
-    const seen = PROBLEMS.get(page) ?? [];
+    const seen = problemsOf(page);
     assert.fail(
       `${step}: ${err.message.split('\n')[0]}; page: ${await describeBoard(page)}` +
         (seen.length ? `; problems: ${seen.join('; ')}` : ''),

@@ -4,6 +4,8 @@
 
 import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import { chromium } from 'playwright-core';
 
 export const BASE_URL = process.env.SHOAL_URL;
@@ -138,4 +140,45 @@ export async function recordCspViolations(page) {
 
 export function assertNoProblems(problems, step) {
   assert.deepEqual(problems, [], `problems ${step}`);
+}
+
+/** An absolute URL of the stack under test. */
+export function url(pathname) {
+  return new URL(pathname, BASE_URL).href;
+}
+
+// The problems seen on each page opened by openWatchedPage (console and page errors,
+// failed requests), for the failure message of a step that timed out.
+const PROBLEMS = new WeakMap();
+
+/** A new context and page of the browser from getBrowser (useBrowser's getter),
+ *  watched for problems (`allow`: answers that are not problems, see
+ *  watchForProblems) and CSP violations. */
+export async function openWatchedPage(getBrowser, allow = []) {
+  const context = await getBrowser().newContext(CONTEXT_OPTIONS);
+  context.setDefaultTimeout(STEP_TIMEOUT_MS);
+  const page = await context.newPage();
+  const problems = watchForProblems(page, { allow });
+  PROBLEMS.set(page, problems);
+  const cspViolations = await recordCspViolations(page);
+  return { context, page, problems, cspViolations };
+}
+
+/** The problems seen so far on a page from openWatchedPage ([] for others). */
+export function problemsOf(page) {
+  return PROBLEMS.get(page) ?? [];
+}
+
+/** A full-page screenshot into SHOAL_ARTIFACTS (none without it). */
+export async function screenshot(page, name) {
+  if (!ARTIFACTS_DIR) return;
+  await mkdir(ARTIFACTS_DIR, { recursive: true });
+  await page
+    .screenshot({ path: path.join(ARTIFACTS_DIR, `${name}.png`), fullPage: true })
+    .catch((err) => console.error(`screenshot failed: ${err.message}`));
+}
+
+/** The trimmed text of a locator ("" when it has none). */
+export async function textOf(locator) {
+  return (await locator.textContent())?.trim() ?? '';
 }

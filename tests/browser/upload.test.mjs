@@ -14,21 +14,20 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  ARTIFACTS_DIR,
   assertNoProblems,
-  BASE_URL,
-  CONTEXT_OPTIONS,
+  openWatchedPage,
   pathOf,
-  recordCspViolations,
+  screenshot,
   STEP_TIMEOUT_MS,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
+  textOf,
+  url,
   useBrowser,
-  watchForProblems,
 } from './browser.mjs';
 
 const getBrowser = useBrowser();
@@ -51,34 +50,16 @@ function uniqueWord(length = 12) {
   return Array.from(randomBytes(length), (b) => String.fromCharCode(97 + (b % 26))).join('');
 }
 
-function url(pathname) {
-  return new URL(pathname, BASE_URL).href;
-}
 
 function sha256(bytes) {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-async function openPage(allow = []) {
-  const context = await getBrowser().newContext(CONTEXT_OPTIONS);
-  context.setDefaultTimeout(STEP_TIMEOUT_MS);
-  const page = await context.newPage();
-  const problems = watchForProblems(page, { allow });
-  const cspViolations = await recordCspViolations(page);
-  return { context, page, problems, cspViolations };
+function openPage(allow = []) {
+  return openWatchedPage(getBrowser, allow);
 }
 
-async function screenshot(page, name) {
-  if (!ARTIFACTS_DIR) return;
-  await mkdir(ARTIFACTS_DIR, { recursive: true });
-  await page
-    .screenshot({ path: path.join(ARTIFACTS_DIR, `${name}.png`), fullPage: true })
-    .catch((err) => console.error(`screenshot failed: ${err.message}`));
-}
 
-async function textOf(locator) {
-  return (await locator.textContent())?.trim() ?? '';
-}
 
 /** What the item page shows now, for failure messages. */
 async function describePage(page) {
