@@ -282,6 +282,7 @@ class UploadCase(BoardCase):
     replica = True
     edge_env = UPLOAD_EDGE_ENV
     upload_env = UPLOAD_ENV
+    error_codes = UPLOAD_ERROR_CODES
 
     @classmethod
     def new_stack(cls):
@@ -338,27 +339,12 @@ class UploadCase(BoardCase):
             b.cookies["shoal_lsn"] = str(max(values))
 
     def assert_error(self, reply, status, code=None, codes=None, field=None):
-        """As BoardCase.assert_error, with the upload error codes; `reply`
+        """As BoardCase.assert_error (with the upload error codes); `reply`
         may be a Sent."""
         if isinstance(reply, Sent):
             self.assertIsNotNone(reply.reply, "no answer: %r" % (reply,))
             reply = reply.reply
-        self.assertEqual(reply.status, status, reply)
-        self.assertIn("application/json", reply.header("Content-Type", ""), reply)
-        data = reply.json()
-        err = data.get("error") if isinstance(data, dict) else None
-        self.assertIsInstance(err, dict, "error shape: %r" % (data,))
-        self.assertIn(err.get("code"), UPLOAD_ERROR_CODES, data)
-        self.assertIsInstance(err.get("message"), str, data)
-        self.assertTrue(err["message"], data)
-        if code:
-            self.assertEqual(err["code"], code, data)
-        if codes:
-            self.assertIn(err["code"], codes, data)
-        if field:
-            self.assertIn(field, err["message"].lower(),
-                          "the message should name %r: %r" % (field, data))
-        return err
+        return super().assert_error(reply, status, code=code, codes=codes, field=field)
 
     def upload_headers(self, b, data_len=None, name="file.bin", ctype="application/octet-stream",
                        raw_name=None, csrf=True, cookies=True):
