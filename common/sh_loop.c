@@ -230,3 +230,37 @@ int sh_loop_run(sh_loop_t *self)
     }
     return 0;
 }
+
+typedef struct {
+    sh_loop_cond_fn *done;
+    void *arg;
+    int64_t end_ms;
+    bool met;
+} s_until_t;
+
+static int s_on_until(sh_loop_t *loop, void *arg)
+{
+    (void)loop;
+    s_until_t *u = arg;
+    u->met = u->done && u->done(u->arg);
+    return u->met || sh_clock_mono_ms() >= u->end_ms ? -1 : 0;
+}
+
+bool sh_loop_run_until(sh_loop_t *self, sh_loop_cond_fn *done, void *arg, int64_t timeout_ms)
+{
+    if (done && done(arg))
+        return true;
+    /*  on the heap: the loop keeps the timer's argument  */
+    s_until_t *u = malloc(sizeof *u);
+    if (!u)
+        return false;
+    *u = (s_until_t){done, arg, sh_clock_mono_ms() + timeout_ms, false};
+    int timer = sh_loop_timer(self, SH_LOOP_UNTIL_POLL_MS, true, s_on_until, u);
+    if (timer > 0) {
+        sh_loop_run(self);
+        sh_loop_timer_cancel(self, timer);
+    }
+    bool met = u->met;
+    free(u);
+    return met;
+}

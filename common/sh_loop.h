@@ -48,6 +48,14 @@ int sh_loop_before_sleep(sh_loop_t *self, sh_loop_timer_fn *fn, void *arg);
 
 /*  Run until a handler returns -1 or sh_loop_stop. Returns 0.  */
 int sh_loop_run(sh_loop_t *self);
+
+/*  Run until done(arg) holds (checked at once, then every
+    SH_LOOP_UNTIL_POLL_MS) or timeout_ms passed; with done NULL, run for
+    timeout_ms. Returns whether done held. For code that drives a loop by
+    hand, such as tests.  */
+#define SH_LOOP_UNTIL_POLL_MS 2
+typedef bool(sh_loop_cond_fn)(void *arg);
+bool sh_loop_run_until(sh_loop_t *self, sh_loop_cond_fn *done, void *arg, int64_t timeout_ms);
 void sh_loop_stop(sh_loop_t *self);
 
 #endif

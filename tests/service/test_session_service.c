@@ -141,34 +141,25 @@ typedef struct {
     char elems[T_ELEMS_MAX][128];
 } t_redis_reply_t;
 
+/*  cond(f, arg) for sh_loop_run_until.  */
 typedef struct {
     t_fixture_t *f;
     bool (*cond)(t_fixture_t *f, void *arg);
     void *arg;
-    int64_t end_ms;
-    bool met;
-} t_wait_t;
+} t_cond_t;
 
-static int s_on_wait_tick(sh_loop_t *loop, void *arg)
+static bool s_cond(void *arg)
 {
-    (void)loop;
-    t_wait_t *w = arg;
-    w->met = w->cond(w->f, w->arg);
-    return w->met || sh_clock_mono_ms() >= w->end_ms ? -1 : 0;
+    t_cond_t *c = arg;
+    return c->cond(c->f, c->arg);
 }
 
 /*  Run the client's loop until cond holds or timeout_ms passes.  */
 static bool s_run_until(t_fixture_t *f, bool (*cond)(t_fixture_t *f, void *arg), void *arg,
                         int64_t timeout_ms)
 {
-    t_wait_t w = {f, cond, arg, sh_clock_mono_ms() + timeout_ms, cond(f, arg)};
-    if (w.met)
-        return true;
-    int timer = sh_loop_timer(f->loop, 2, true, s_on_wait_tick, &w);
-    assert_true(timer > 0);
-    sh_loop_run(f->loop);
-    sh_loop_timer_cancel(f->loop, timer);
-    return w.met;
+    t_cond_t c = {f, cond, arg};
+    return sh_loop_run_until(f->loop, s_cond, &c, timeout_ms);
 }
 
 static bool s_client_connected(t_fixture_t *f, void *arg)

@@ -126,12 +126,52 @@ static void test_loop_socket_wakes_handler(void **state)
     zmq_close(push);
 }
 
+static int s_set_flag(sh_loop_t *loop, void *arg)
+{
+    (void)loop;
+    *(bool *)arg = true;
+    return 0;
+}
+
+static bool s_flag_set(void *arg)
+{
+    return *(bool *)arg;
+}
+
+/*  run_until: true as soon as the condition holds (at once, or when a
+    handler made it so), false at the timeout; with no condition it runs
+    for the timeout.  */
+static void test_loop_run_until_condition_or_timeout(void **state)
+{
+    (void)state;
+    sh_loop_t *loop = sh_loop_new();
+    bool flag = true;
+    int64_t t0 = sh_clock_mono_ms();
+    assert_true(sh_loop_run_until(loop, s_flag_set, &flag, 1000));
+    assert_true(sh_clock_mono_ms() - t0 < 100);
+    flag = false;
+    assert_true(sh_loop_timer(loop, 30, false, s_set_flag, &flag) > 0);
+    t0 = sh_clock_mono_ms();
+    assert_true(sh_loop_run_until(loop, s_flag_set, &flag, 5000));
+    int64_t took = sh_clock_mono_ms() - t0;
+    assert_true(took >= 30 && took < 1000);
+    flag = false;
+    t0 = sh_clock_mono_ms();
+    assert_false(sh_loop_run_until(loop, s_flag_set, &flag, 50));
+    assert_true(sh_clock_mono_ms() - t0 >= 50);
+    t0 = sh_clock_mono_ms();
+    assert_false(sh_loop_run_until(loop, NULL, NULL, 40));
+    assert_true(sh_clock_mono_ms() - t0 >= 40);
+    sh_loop_destroy(&loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loop_timers_fire_in_due_order),
         cmocka_unit_test(test_loop_fd_wakes_handler_and_removal_is_safe),
         cmocka_unit_test(test_loop_socket_wakes_handler),
+        cmocka_unit_test(test_loop_run_until_condition_or_timeout),
     };
     int rc = cmocka_run_group_tests_name("loop", tests, NULL, NULL);
     sh_transport_shutdown();

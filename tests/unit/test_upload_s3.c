@@ -405,35 +405,25 @@ static void t_client(t_fixture_t *f)
 
 typedef bool(t_cond_fn)(t_fixture_t *f, void *arg);
 
+/*  cond(f, arg) for sh_loop_run_until.  */
 typedef struct {
     t_fixture_t *f;
     t_cond_fn *cond;
     void *arg;
-    int64_t until_ms;
-    bool met;
-} t_wait_t;
+} t_cond_t;
 
-static int t_on_check(sh_loop_t *loop, void *arg)
+static bool t_cond(void *arg)
 {
-    (void)loop;
-    t_wait_t *w = arg;
-    if (w->cond && w->cond(w->f, w->arg)) {
-        w->met = true;
-        return -1;
-    }
-    return sh_clock_mono_ms() >= w->until_ms ? -1 : 0;
+    t_cond_t *c = arg;
+    return c->cond(c->f, c->arg);
 }
 
 /*  Run the loop until cond holds (true) or timeout_ms passed (false);
     with cond NULL, run for timeout_ms.  */
 static bool t_run(t_fixture_t *f, t_cond_fn *cond, void *arg, int64_t timeout_ms)
 {
-    t_wait_t w = {f, cond, arg, sh_clock_mono_ms() + timeout_ms, false};
-    int timer = sh_loop_timer(f->loop, 2, true, t_on_check, &w);
-    assert_true(timer > 0);
-    sh_loop_run(f->loop);
-    sh_loop_timer_cancel(f->loop, timer);
-    return w.met;
+    t_cond_t c = {f, cond, arg};
+    return sh_loop_run_until(f->loop, cond ? t_cond : NULL, &c, timeout_ms);
 }
 
 static bool t_answered(t_fixture_t *f, void *arg)
