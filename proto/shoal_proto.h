@@ -56,6 +56,12 @@
 #define SH_CHUNK_MAX    1048576 /* bytes in the raw frame of one upload or read chunk */
 #define SH_ATTACH_MAX   100     /* attachments of one item */
 
+/*  Live events (see "Events" in proto/README.md).  */
+#define SH_CHANNEL_MAX     64   /* channel names: board, item:<id>, s:<hex>, canary */
+#define SH_EVENT_TYPE_MAX  32   /* event names: item_created, views, ... */
+#define SH_EVENT_DATA_MAX  8192 /* the event's JSON object */
+#define SH_EVENT_RANGE_MAX 100  /* events in one event_range reply */
+
 /*  Envelope kinds.  */
 #define SH_KIND_REQUEST 0
 #define SH_KIND_REPLY   1
@@ -355,11 +361,13 @@
     R(member, SH_FIELDS_member, SH_MEMBERS_MAX)        \
     R(item, SH_FIELDS_item, SH_PAGE_MAX)               \
     R(attachment, SH_FIELDS_attachment, SH_ATTACH_MAX) \
-    R(objkey, SH_FIELDS_objkey, SH_PAGE_MAX)
+    R(objkey, SH_FIELDS_objkey, SH_PAGE_MAX)           \
+    R(event, SH_FIELDS_event, SH_EVENT_RANGE_MAX)
 #define SH_CTYPE_LIST_member     sh_member_list_t
 #define SH_CTYPE_LIST_item       sh_item_list_t
 #define SH_CTYPE_LIST_attachment sh_attachment_list_t
 #define SH_CTYPE_LIST_objkey     sh_objkey_list_t
+#define SH_CTYPE_LIST_event      sh_event_list_t
 
 /*  Health service (registry).  heartbeat registers or refreshes one
     instance with its load; the reply says where membership is published.  */
@@ -391,6 +399,40 @@
     F(STR, source, SH_ID_MAX) /* the health instance */                             \
     SH_FIELDS_member(F)
 #define SH_FIELDS_empty(F)
+
+/*  Live events. A service publishes each on its PUB socket as
+    [topic = channel][envelope kind=EVENT type=event][body]. An event of an
+    ordered channel (board, item:<id>) has offset > 0: offsets of one
+    channel count 1, 2, 3... within its epoch, are assigned by Redis when
+    the event is appended to the channel's history (a Redis stream), and
+    reveal gaps. An event with offset 0 is a latest value (a counter): it
+    is not kept in history and a newer one replaces it.  */
+#define SH_FIELDS_event(F)                                                               \
+    F(STR, channel, SH_CHANNEL_MAX)                                                      \
+    F(STR, epoch, SH_ID_MAX) /* the channel's history; changes if history is lost */     \
+    F(U64, offset, 0)        /* 1, 2, ... in the epoch; 0 for a latest value */          \
+    F(STR, type, SH_EVENT_TYPE_MAX)                                                      \
+    F(STR, data, SH_EVENT_DATA_MAX) /* a JSON object */                                  \
+    F(U64, ts_us, 0)                /* wall clock when it was published, microseconds */ \
+    F(STR, source, SH_ID_MAX)       /* the publishing instance */
+
+/*  event_range: what a channel's history holds after offset `after`
+    (limit 0: only epoch, first and top).  */
+#define SH_FIELDS_event_range_req(F) \
+    F(STR, channel, SH_CHANNEL_MAX)  \
+    F(U64, after, 0)                 \
+    F(U64, limit, 0) /* at most SH_EVENT_RANGE_MAX */
+#define SH_FIELDS_event_range_rep(F)                                     \
+    F(STR, epoch, SH_ID_MAX) /* "" when the channel has no history */    \
+    F(U64, first, 0)         /* oldest offset still kept; 0 when none */ \
+    F(U64, top, 0)           /* newest offset assigned */                \
+    F(LIST_event, events, 0) /* offsets after `after`, in order */
+
+/*  event_canary: publish an event of type "canary" with data
+    {"token": token} on channel "canary" through the same path as every
+    ordered event (history append, then PUB).  */
+#define SH_FIELDS_event_canary_req(F) F(STR, token, SH_ID_MAX)
+#define SH_FIELDS_event_canary_rep(F) F(BOOL, queued, 0) /* waiting for Redis */
 
 /*  Operations: OP(number, name, request fields, reply fields, idempotent).
     Numbers are never reused. "idempotent" says a caller may re-send the
@@ -426,6 +468,9 @@
     OP(63, upload_abort, SH_FIELDS_upload_stream_req, SH_FIELDS_upload_abort_rep, 1)              \
     OP(64, upload_read, SH_FIELDS_upload_read_req, SH_FIELDS_upload_read_rep, 1)                  \
     OP(65, upload_delete, SH_FIELDS_upload_delete_req, SH_FIELDS_empty, 1)                        \
-    OP(66, upload_presign, SH_FIELDS_upload_presign_req, SH_FIELDS_upload_presign_rep, 1)
+    OP(66, upload_presign, SH_FIELDS_upload_presign_req, SH_FIELDS_upload_presign_rep, 1)         \
+    OP(70, event_range, SH_FIELDS_event_range_req, SH_FIELDS_event_range_rep, 1)                  \
+    OP(71, event_canary, SH_FIELDS_event_canary_req, SH_FIELDS_event_canary_rep, 1)               \
+    OP(72, event, SH_FIELDS_event, SH_FIELDS_empty, 1)
 
 #endif

@@ -48,6 +48,15 @@ static char s_text[256];
         f.items[0].key = sh_str("uploads/a"); \
         f.items[1].key = sh_str("uploads/b"); \
     } while (0)
+#define S_FILL_LIST_event(f)                                        \
+    do {                                                            \
+        f.count = 2;                                                \
+        f.items[0].channel = f.items[1].channel = sh_str("board");  \
+        f.items[0].offset = 41;                                     \
+        f.items[1].offset = 42;                                     \
+        f.items[0].type = f.items[1].type = sh_str("item_created"); \
+        f.items[0].data = f.items[1].data = sh_str("{\"id\":1}");   \
+    } while (0)
 #define S_FILL(kind, name, max) S_FILL_##kind(msg->name);
 
 #define S_FILLER(tname, FIELDS)           \
