@@ -54,6 +54,7 @@ struct sh_service_t {
     int64_t *rss_gauge;
     sh_registry_t *registry; /* NULL without health endpoints */
     char advertised[SH_ENDPOINT_MAX];
+    char events[SH_ENDPOINT_MAX];       /* advertised PUB endpoint of its live events, or "" */
     sh_pool_t *pools[SH_SERVICE_POOLS]; /* calls to other services */
     int pool_count;
     sh_registry_t *watcher; /* membership for the pools; NULL without them */
@@ -423,6 +424,7 @@ static int s_on_beat(sh_loop_t *loop, void *arg)
                          (uint64_t)self->base->capacity, (uint64_t)self->in_flight,
                          (uint64_t)sh_workers_outstanding(self->workers), *self->requests_all,
                          self->started_ms);
+    me.events = sh_str(self->events);
     sh_registry_beat(self->registry, &me, sh_clock_wall_ms() + self->base->heartbeat_ms);
     sh_registry_drain(self->registry);
     return 0;
@@ -727,6 +729,14 @@ sh_metrics_t *sh_service_metrics(sh_service_t *self)
 const char *sh_service_instance(const sh_service_t *self)
 {
     return self->instance;
+}
+
+void sh_service_set_events(sh_service_t *self, const char *endpoint)
+{
+    snprintf(self->events, sizeof self->events, "%s", endpoint ? endpoint : "");
+    /*  tell the registry now rather than at the next heartbeat  */
+    if (self->registry && !self->draining)
+        s_on_beat(self->loop, self);
 }
 
 const char *sh_service_endpoint(const sh_service_t *self)

@@ -99,6 +99,10 @@ sh_metrics_t *sh_service_metrics(sh_service_t *self);
 const char *sh_service_instance(const sh_service_t *self);
 const char *sh_service_endpoint(const sh_service_t *self);
 bool sh_service_draining(const sh_service_t *self);
+/*  Advertise endpoint (copied; NULL or "" for none) as where this
+    instance publishes its live events: the `events` field of every
+    heartbeat from now on.  */
+void sh_service_set_events(sh_service_t *self, const char *endpoint);
 
 /*  Run the loop until a signal asks to stop and in-flight work drained
     (or the drain timeout passed). Returns 0.  */

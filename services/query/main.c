@@ -12,6 +12,7 @@
 #include "query_db.h"
 #include "query_migrations.h"
 #include "query_server.h"
+#include "sh_events.h"
 #include "sh_log.h"
 #include "sh_redis.h"
 #include "sh_service.h"
@@ -32,6 +33,7 @@ typedef struct {
     int64_t cache_ttl_ms;
     int64_t argon2_ops;
     int64_t argon2_mem_kib;
+    sh_events_settings_t events;
 } query_config_t;
 
 #define SH_CONFIG_T query_config_t
@@ -62,6 +64,7 @@ static const sh_setting_t s_settings[] = {
     SH_SETTING(INT, "argon2_ops", argon2_ops, "2", 1, 100, "Argon2id passes over memory"),
     SH_SETTING(INT, "argon2_mem_kib", argon2_mem_kib, "19456", 8, 4194304,
                "Argon2id memory per hash in KiB"),
+    SH_EVENTS_SETTINGS,
 };
 #undef SH_CONFIG_T
 
@@ -90,8 +93,11 @@ static int s_serve(query_config_t *config)
     sh_metrics_t *metrics = sh_service_metrics(service);
     query_db_t *db = query_db_new(loop, &db_config, metrics);
     query_cache_t *cache = query_cache_new(loop, &cache_config, metrics);
+    sh_events_t *events = cache ? sh_events_new(service, query_cache_redis(cache),
+                                                config->redis.prefix, &config->events)
+                                : NULL;
     query_server_t *server =
-        db && cache ? query_server_new(service, db, cache, &server_config) : NULL;
+        db && events ? query_server_new(service, db, cache, events, &server_config) : NULL;
     int rc = 1;
     if (server) {
         sh_service_run(service);
@@ -99,6 +105,7 @@ static int s_serve(query_config_t *config)
     } else
         sh_error("cannot start the query service");
     query_server_destroy(&server);
+    sh_events_destroy(&events);
     query_cache_destroy(&cache);
     query_db_destroy(&db);
     sh_service_destroy(&service);

@@ -289,6 +289,11 @@ query_cache_t *query_cache_new(sh_loop_t *loop, const query_cache_config_t *conf
     return self;
 }
 
+sh_redis_t *query_cache_redis(query_cache_t *self)
+{
+    return self->redis;
+}
+
 void query_cache_destroy(query_cache_t **self_p)
 {
     query_cache_t *self = *self_p;

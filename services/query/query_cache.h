@@ -49,6 +49,8 @@ typedef void(query_cache_views_fn)(void *arg, uint64_t views);
 query_cache_t *query_cache_new(sh_loop_t *loop, const query_cache_config_t *config,
                                sh_metrics_t *metrics);
 void query_cache_destroy(query_cache_t **self_p);
+/*  The cache's Redis client, which the event history shares (borrowed).  */
+struct sh_redis_t *query_cache_redis(query_cache_t *self);
 
 /*  Look up item `id` (a hit counts a view). fn is called exactly once; a
     Redis that is down gives a miss with need = min_lsn.  */

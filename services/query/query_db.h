@@ -44,7 +44,8 @@
       "found AS (SELECT * FROM ins UNION ALL SELECT id, author_id, title, body, created_at "       \
       "FROM items WHERE idem_key = NULLIF($4, '') AND NOT EXISTS (SELECT 1 FROM ins)) "            \
       "SELECT i.id, i.author_id, u.username, i.title, i.body, " QUERY_MS(                          \
-          "i.created_at") " FROM found i JOIN users u ON u.id = i.author_id")                      \
+          "i.created_at") ", (SELECT count(*) FROM ins) FROM found i "                             \
+                          "JOIN users u ON u.id = i.author_id")                                    \
     S(ITEM_GET, false,                                                                             \
       "SELECT i.id, i.author_id, u.username, i.title, i.body, " QUERY_MS(                          \
           "i.created_at") " FROM items i JOIN users u ON u.id = i.author_id WHERE i.id = "         \

@@ -4,10 +4,16 @@
     Passwords are hashed and verified with Argon2id on the worker threads,
     never on the loop. A login for an unknown name verifies against a dummy
     hash, so both failures cost the same time and say the same thing.
+
+    Writes publish their live events once committed (see "Events" in
+    proto/README.md); the event data is the JSON the edge answers for the
+    same object over REST.
 */
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <jansson.h>
 #include <sodium.h>
 
 #include "query_server.h"
@@ -20,11 +26,14 @@
 #define S_STR(x)              #x
 #define S_XSTR(x)             S_STR(x)
 #define S_NO_ATTACHMENT       "no such attachment"
+#define S_CHANNEL_BOARD       "board"
+#define S_CREATE_INSERTED     6 /* ITEM_CREATE's column: 1 when this call inserted the row */
 
 struct query_server_t {
     sh_service_t *service;
     query_db_t *db;
     query_cache_t *cache;
+    sh_events_t *events; /* NULL: no live events */
     query_server_config_t config;
     char dummy_hash[crypto_pwhash_STRBYTES];
     msgpack_sbuffer scratch;
@@ -361,6 +370,87 @@ static void s_on_user_login(sh_service_t *service, sh_request_t *request, void *
                           call);
 }
 
+/*  --- live events -------------------------------------------------------------  */
+
+size_t query_excerpt_len(const char *text, size_t len, size_t max)
+{
+    const unsigned char *p = (const unsigned char *)text, *end = p + len;
+    for (size_t chars = 0; p < end && chars < max; chars++) {
+        uint32_t cp;
+        size_t n = sh_utf8_decode(p, (size_t)(end - p), &cp);
+        p += n ? n : 1;
+    }
+    return (size_t)(p - (const unsigned char *)text);
+}
+
+static json_t *s_json_str(sh_str_t s)
+{
+    return json_stringn(s.ptr ? s.ptr : "", s.len);
+}
+
+static json_t *s_json_num(uint64_t v)
+{
+    return json_integer((json_int_t)v);
+}
+
+/*  An item as GET /api/items lists it (an excerpt, no views).  */
+static json_t *s_item_json(const sh_item_t *item)
+{
+    sh_str_t excerpt = {item->body.ptr,
+                        (uint32_t)query_excerpt_len(item->body.ptr, item->body.len, QUERY_EXCERPT)};
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:I}", "id", s_json_num(item->id), "title",
+                     s_json_str(item->title), "excerpt", s_json_str(excerpt), "author",
+                     s_json_str(item->author), "author_id", s_json_num(item->author_id),
+                     "created_at", (json_int_t)item->created_at);
+}
+
+/*  An attachment as GET /api/items/N/attachments lists it.  */
+static json_t *s_attachment_json(const sh_attachment_t *a)
+{
+    char url[64];
+    snprintf(url, sizeof url, "/api/uploads/%" PRIu64, a->id);
+    return json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:s}", "id", s_json_num(a->id),
+                     "item_id", s_json_num(a->item_id), "owner_id", s_json_num(a->owner_id),
+                     "owner", s_json_str(a->owner), "name", s_json_str(a->name), "content_type",
+                     s_json_str(a->content_type), "size", s_json_num(a->size), "sha256",
+                     s_json_str(a->sha256), "created_at", (json_int_t)a->created_at, "url", url);
+}
+
+static void s_item_channel(char out[SH_CHANNEL_MAX + 1], uint64_t id)
+{
+    snprintf(out, SH_CHANNEL_MAX + 1, "item:%" PRIu64, id);
+}
+
+/*  Publish data (taken, may be NULL when it could not be built) as an
+    ordered event on the board and, with item_id, on the item's channel.  */
+static void s_publish(query_server_t *self, const char *type, json_t *data, uint64_t item_id)
+{
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    json_decref(data);
+    if (!text) {
+        sh_warn("events: cannot encode %s", type);
+        return;
+    }
+    sh_events_publish(self->events, S_CHANNEL_BOARD, type, text);
+    if (item_id) {
+        char channel[SH_CHANNEL_MAX + 1];
+        s_item_channel(channel, item_id);
+        sh_events_publish(self->events, channel, type, text);
+    }
+    free(text);
+}
+
+/*  A view of item id was counted: views is its count now.  */
+static void s_publish_views(query_server_t *self, uint64_t id, uint64_t views)
+{
+    if (!self->events || !views)
+        return;
+    char channel[SH_CHANNEL_MAX + 1], data[64];
+    s_item_channel(channel, id);
+    snprintf(data, sizeof data, "{\"item_id\":%" PRIu64 ",\"views\":%" PRIu64 "}", id, views);
+    sh_events_publish_latest(self->events, channel, "views", data);
+}
+
 /*  --- items -------------------------------------------------------------------  */
 
 /*  Column order of every item statement: id, author_id, author, title,
@@ -389,6 +479,9 @@ static void s_on_item_created(void *arg, const query_outcome_t *out)
     SH_RECORD_COPY(SH_FIELDS_item, &rep, &item);
     rep.lsn = out->lsn;
     query_cache_wrote(call->server->cache, out->lsn, 0);
+    /*  a retry that found the row its first try made publishes nothing  */
+    if (call->server->events && query_rows_int(out->rows, 0, S_CREATE_INSERTED) == 1)
+        s_publish(call->server, "item_created", json_pack("{s:o}", "item", s_item_json(&item)), 0);
     s_reply(call, SH_STATUS_OK, NULL, &rep);
 }
 
@@ -456,6 +549,7 @@ static void s_on_viewed(void *arg, uint64_t views)
 {
     s_fill_t *fill = arg;
     sh_item_get_rep_t rep;
+    s_publish_views(fill->call->server, fill->call->id, views);
     if (sh_codec_decode(&sh_item_get_rep_codec, &rep, fill->blob.data, fill->blob.size) == 0)
         s_get_reply(fill->call, &rep, views, fill->source);
     else
@@ -497,6 +591,8 @@ static void s_on_item_cached(void *arg, const query_cache_hit_t *hit)
 {
     s_call_t *call = arg;
     if (hit->hit) {
+        /*  the lookup counted the view  */
+        s_publish_views(call->server, call->id, hit->views);
         sh_item_get_rep_t rep;
         if (sh_codec_decode(&sh_item_get_rep_codec, &rep, hit->blob, hit->len) == 0) {
             s_get_reply(call, &rep, hit->views, QUERY_SOURCE_CACHE);
@@ -625,6 +721,9 @@ static void s_on_item_deleted(void *arg, const query_outcome_t *out)
         return;
     }
     query_cache_wrote(call->server->cache, out->lsn, call->id);
+    if (call->server->events)
+        s_publish(call->server, "item_deleted", json_pack("{s:o}", "id", s_json_num(call->id)),
+                  call->id);
     sh_item_delete_rep_t rep = {out->lsn, 0};
     s_reply(call, SH_STATUS_OK, NULL, &rep);
 }
@@ -698,6 +797,13 @@ static void s_on_attachment_created(void *arg, const query_outcome_t *out)
         memset(&rep, 0, sizeof rep);
         SH_RECORD_COPY(SH_FIELDS_attachment, &rep, &a);
         rep.lsn = out->lsn;
+        /*  a retried create (same key) gets the same row and publishes it
+            again: clients know an attachment by its id  */
+        if (call->server->events)
+            s_publish(call->server, "attachment_created",
+                      json_pack("{s:o, s:o}", "item_id", s_json_num(a.item_id), "attachment",
+                                s_attachment_json(&a)),
+                      a.item_id);
         s_reply(call, SH_STATUS_OK, NULL, &rep);
         return;
     }
@@ -894,7 +1000,7 @@ static void s_on_attachment_keys(sh_service_t *service, sh_request_t *request, v
 /*  --- setup ---------------------------------------------------------------------  */
 
 query_server_t *query_server_new(sh_service_t *service, query_db_t *db, query_cache_t *cache,
-                                 const query_server_config_t *config)
+                                 sh_events_t *events, const query_server_config_t *config)
 {
     query_server_t *self = calloc(1, sizeof *self);
     if (!self)
@@ -902,6 +1008,7 @@ query_server_t *query_server_new(sh_service_t *service, query_db_t *db, query_ca
     self->service = service;
     self->db = db;
     self->cache = cache;
+    self->events = events;
     self->config = *config;
     msgpack_sbuffer_init(&self->scratch);
     /*  the hash an unknown user's login is checked against  */

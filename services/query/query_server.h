@@ -12,6 +12,7 @@
 
 #include "query_cache.h"
 #include "query_db.h"
+#include "sh_events.h"
 #include "sh_service.h"
 #include "sh_util.h"
 
@@ -32,10 +33,11 @@ typedef struct {
 
 typedef struct query_server_t query_server_t;
 
-/*  Register the handlers. db and cache are borrowed. Returns NULL on
-    failure (out of memory, or Argon2 parameters libsodium refuses).  */
+/*  Register the handlers. db, cache and events (may be NULL: no live
+    events) are borrowed. Returns NULL on failure (out of memory, or
+    Argon2 parameters libsodium refuses).  */
 query_server_t *query_server_new(sh_service_t *service, query_db_t *db, query_cache_t *cache,
-                                 const query_server_config_t *config);
+                                 sh_events_t *events, const query_server_config_t *config);
 void query_server_destroy(query_server_t **self_p);
 
 /*  Text checks shared by the operations (exposed for unit tests).
@@ -44,6 +46,9 @@ void query_server_destroy(query_server_t **self_p);
     tab allowed when multiline), else why not.  */
 const char *query_text_problem(const char *text, size_t len, size_t min, size_t max,
                                bool multiline);
+/*  The first max characters of UTF-8 text (len bytes), as Postgres's
+    left() cuts it: returns the bytes they take.  */
+size_t query_excerpt_len(const char *text, size_t len, size_t max);
 /*  True for 3..32 characters of [A-Za-z0-9_.-].  */
 bool query_username_valid(const char *text, size_t len);
 /*  True for exactly SH_SHA256_HEX lowercase hex digits.  */

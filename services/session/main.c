@@ -7,6 +7,7 @@
 
 #include "session_server.h"
 #include "session_store.h"
+#include "sh_events.h"
 #include "sh_log.h"
 #include "sh_redis.h"
 #include "sh_service.h"
@@ -19,6 +20,7 @@ typedef struct {
     int64_t session_idle_timeout;
     int64_t session_absolute_timeout;
     int64_t idem_ttl_ms;
+    sh_events_settings_t events;
 } session_config_t;
 
 #define SH_CONFIG_T session_config_t
@@ -36,6 +38,7 @@ static const sh_setting_t s_settings[] = {
     SH_SETTING(INT, "idem_ttl_ms", idem_ttl_ms, "120000", 1000, 86400000,
                "how long the answer to a touch or login with an idempotency key is kept, so a "
                "retry on another instance is not applied twice"),
+    SH_EVENTS_SETTINGS,
 };
 #undef SH_CONFIG_T
 
@@ -72,11 +75,20 @@ int main(int argc, char **argv)
         sh_service_destroy(&service);
         return 1;
     }
-    session_server_register(service, store);
-    sh_service_run(service);
+    sh_events_t *events =
+        sh_events_new(service, session_store_redis(store), config.redis.prefix, &config.events);
+    session_server_t *server = events ? session_server_new(service, store, events) : NULL;
+    int exit_code = 1;
+    if (server) {
+        sh_service_run(service);
+        exit_code = 0;
+    } else
+        sh_error("cannot start the session service");
+    session_server_destroy(&server);
+    sh_events_destroy(&events);
     session_store_destroy(&store);
     sh_service_destroy(&service);
     sh_transport_shutdown();
     sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);
-    return 0;
+    return exit_code;
 }

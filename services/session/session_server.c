@@ -1,4 +1,6 @@
 /*  session_server.c - session operations: validate, call the store, reply.  */
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,17 +9,24 @@
 
 #define S_FALLBACK_TIMEOUT_MS 1000
 #define S_USERNAME_MIN        3
+#define S_VIEWS_JSON_MAX      48
+
+struct session_server_t {
+    session_store_t *store;
+    sh_events_t *events;
+};
 
 typedef struct {
     sh_service_t *service;
     sh_request_t *request;
+    sh_events_t *events;
 } s_call_t;
 
 static s_call_t *s_call_new(sh_service_t *service, sh_request_t *request)
 {
     s_call_t *call = malloc(sizeof *call);
     if (call)
-        *call = (s_call_t){service, request};
+        *call = (s_call_t){service, request, NULL};
     else
         sh_service_reply(service, &request, SH_STATUS_INTERNAL, "out of memory", NULL);
     return call;
@@ -53,9 +62,23 @@ static void s_on_record(void *arg, uint64_t status, const session_record_t *rec)
     free(call);
 }
 
+/*  A touch counted a view: the session's browsers see the new count.  */
+static void s_on_touched(void *arg, uint64_t status, const session_record_t *rec)
+{
+    s_call_t *call = arg;
+    if (status == SH_STATUS_OK && call->events) {
+        char channel[SH_CHANNEL_MAX + 1], data[S_VIEWS_JSON_MAX];
+        sh_events_session_channel(rec->id, channel);
+        snprintf(data, sizeof data, "{\"views\":%" PRIu64 "}", rec->views);
+        sh_events_publish_latest(call->events, channel, "views", data);
+    }
+    s_on_record(arg, status, rec);
+}
+
 static void s_on_touch(sh_service_t *service, sh_request_t *request, void *arg)
 {
-    session_store_t *store = arg;
+    session_server_t *self = arg;
+    session_store_t *store = self->store;
     sh_session_touch_req_t *req = request->body;
     char id[SESSION_ID_LEN + 1] = "", new_id[SESSION_ID_LEN + 1];
     if (session_id_valid(req->id))
@@ -69,15 +92,17 @@ static void s_on_touch(sh_service_t *service, sh_request_t *request, void *arg)
     char idem[SH_ID_MAX + 1];
     sh_str_copy(request->env.idem_key, idem, sizeof idem);
     s_call_t *call = s_call_new(service, request);
-    if (call)
-        session_store_touch(store, id, new_id, req->create, idem,
-                            sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_record,
-                            call);
+    if (!call)
+        return;
+    call->events = self->events;
+    session_store_touch(store, id, new_id, req->create, idem,
+                        sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_touched,
+                        call);
 }
 
 static void s_on_get(sh_service_t *service, sh_request_t *request, void *arg)
 {
-    session_store_t *store = arg;
+    session_store_t *store = ((session_server_t *)arg)->store;
     sh_session_get_req_t *req = request->body;
     if (!session_id_valid(req->id)) {
         sh_service_reply(service, &request, SH_STATUS_NOT_FOUND, "no such session", NULL);
@@ -104,7 +129,7 @@ static void s_on_removed(void *arg, uint64_t status, const session_record_t *rec
 
 static void s_on_destroy(sh_service_t *service, sh_request_t *request, void *arg)
 {
-    session_store_t *store = arg;
+    session_store_t *store = ((session_server_t *)arg)->store;
     sh_session_destroy_req_t *req = request->body;
     if (!session_id_valid(req->id)) {
         sh_session_destroy_rep_t rep = {false, 0};
@@ -136,7 +161,7 @@ static bool s_username_valid(sh_str_t name)
 
 static void s_on_login(sh_service_t *service, sh_request_t *request, void *arg)
 {
-    session_store_t *store = arg;
+    session_store_t *store = ((session_server_t *)arg)->store;
     sh_session_login_req_t *req = request->body;
     if (req->user_id == 0) {
         sh_service_reply(service, &request, SH_STATUS_INVALID, "user_id must not be 0", NULL);
@@ -178,7 +203,7 @@ static void s_on_counted(void *arg, uint64_t status, const session_ratelimit_t *
 
 static void s_on_ratelimit_hit(sh_service_t *service, sh_request_t *request, void *arg)
 {
-    session_store_t *store = arg;
+    session_store_t *store = ((session_server_t *)arg)->store;
     sh_ratelimit_hit_req_t *req = request->body;
     const char *invalid = NULL;
     if (req->key.len == 0)
@@ -198,11 +223,24 @@ static void s_on_ratelimit_hit(sh_service_t *service, sh_request_t *request, voi
             sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS), s_on_counted, call);
 }
 
-void session_server_register(sh_service_t *service, session_store_t *store)
+session_server_t *session_server_new(sh_service_t *service, session_store_t *store,
+                                     sh_events_t *events)
 {
-    sh_service_handle(service, SH_OP_session_touch, s_on_touch, store);
-    sh_service_handle(service, SH_OP_session_get, s_on_get, store);
-    sh_service_handle(service, SH_OP_session_destroy, s_on_destroy, store);
-    sh_service_handle(service, SH_OP_session_login, s_on_login, store);
-    sh_service_handle(service, SH_OP_ratelimit_hit, s_on_ratelimit_hit, store);
+    session_server_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->store = store;
+    self->events = events;
+    sh_service_handle(service, SH_OP_session_touch, s_on_touch, self);
+    sh_service_handle(service, SH_OP_session_get, s_on_get, self);
+    sh_service_handle(service, SH_OP_session_destroy, s_on_destroy, self);
+    sh_service_handle(service, SH_OP_session_login, s_on_login, self);
+    sh_service_handle(service, SH_OP_ratelimit_hit, s_on_ratelimit_hit, self);
+    return self;
+}
+
+void session_server_destroy(session_server_t **self_p)
+{
+    free(*self_p);
+    *self_p = NULL;
 }

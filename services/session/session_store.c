@@ -475,6 +475,11 @@ bool session_store_connected(const session_store_t *self)
     return sh_redis_connected(self->redis);
 }
 
+sh_redis_t *session_store_redis(session_store_t *self)
+{
+    return self->redis;
+}
+
 session_store_t *session_store_new(sh_loop_t *loop, const session_store_config_t *config,
                                    sh_metrics_t *metrics)
 {

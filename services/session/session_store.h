@@ -98,6 +98,8 @@ void session_store_ratelimit(session_store_t *self, const char *key, size_t len,
 
 /*  True while connected to Redis.  */
 bool session_store_connected(const session_store_t *self);
+/*  The store's Redis client, which the event history shares (borrowed).  */
+struct sh_redis_t *session_store_redis(session_store_t *self);
 
 /*  A new random session id (SESSION_ID_LEN chars + NUL).  */
 void session_id_new(char out[SESSION_ID_LEN + 1]);

@@ -112,7 +112,8 @@ static int s_redis_ping(int port)
     return ok;
 }
 
-pid_t t_redis_start(int port, const char *dir)
+/*  redis-server on port with data in dir, with or without its AOF.  */
+static pid_t s_redis_start(int port, const char *dir, bool aof)
 {
     pid_t pid = fork();
     if (pid == 0) {
@@ -120,8 +121,10 @@ pid_t t_redis_start(int port, const char *dir)
         snprintf(port_text, sizeof port_text, "%d", port);
         int fd = open("/dev/null", O_WRONLY);
         dup2(fd, STDOUT_FILENO);
+        /*  appendfsync always: a killed server keeps every write it answered  */
         execlp("redis-server", "redis-server", "--port", port_text, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", dir, (char *)NULL);
+               "", "--appendonly", aof ? "yes" : "no", "--appendfsync", "always", "--dir", dir,
+               (char *)NULL);
         _exit(127);
     }
     int64_t end = sh_clock_mono_ms() + 5000;
@@ -132,6 +135,16 @@ pid_t t_redis_start(int port, const char *dir)
     }
     t_kill(pid);
     return -1;
+}
+
+pid_t t_redis_start(int port, const char *dir)
+{
+    return s_redis_start(port, dir, false);
+}
+
+pid_t t_redis_start_aof(int port, const char *dir)
+{
+    return s_redis_start(port, dir, true);
 }
 
 void t_tail(const char *log)

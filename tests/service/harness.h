@@ -28,6 +28,9 @@ int t_wait_exit(pid_t pid, int timeout_ms);
 void t_kill(pid_t pid);
 /*  Start redis-server on port with data in dir; waits until it answers.  */
 pid_t t_redis_start(int port, const char *dir);
+/*  The same with its append-only file in dir (every write synced): a
+    server started again on the same dir has every write it answered.  */
+pid_t t_redis_start_aof(int port, const char *dir);
 /*  Print the last lines of a log (on failure).  */
 void t_tail(const char *log);
 

@@ -189,6 +189,22 @@ static void test_query_keys_array_quotes_and_skips(void **state)
     sh_buf_free(&out);
 }
 
+/*  An excerpt cuts by characters, as Postgres's left() does.  */
+static void test_query_excerpt_len_counts_characters(void **state)
+{
+    (void)state;
+    assert_int_equal(query_excerpt_len("abcdef", 6, 3), 3);
+    assert_int_equal(query_excerpt_len("ab", 2, 3), 2);
+    assert_int_equal(query_excerpt_len("", 0, 3), 0);
+    /*  U+00E9 takes two bytes, U+1F4AC four  */
+    assert_int_equal(query_excerpt_len("\xC3\xA9\xC3\xA9\xC3\xA9", 6, 2), 4);
+    assert_int_equal(query_excerpt_len("a\xF0\x9F\x92\xAC"
+                                       "b",
+                                       6, 2),
+                     5);
+    assert_int_equal(query_excerpt_len("abc", 3, 0), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -200,6 +216,7 @@ int main(void)
         cmocka_unit_test(test_query_objkey_bytes_and_characters),
         cmocka_unit_test(test_query_attachment_problem_names_the_field),
         cmocka_unit_test(test_query_keys_array_quotes_and_skips),
+        cmocka_unit_test(test_query_excerpt_len_counts_characters),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
