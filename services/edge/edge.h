@@ -7,6 +7,14 @@
     reply helpers; edge_board.c the board's routes (accounts, items).
     Both talk to services through sh_pool. edge_req.c has the pure helpers
     that read request fields (cookies, arguments, client address).
+
+    Live updates: edge_ws.c (the second module that includes libwebsockets)
+    holds the WebSocket connections of /ws - checks at the upgrade, the
+    JSON messages, limits and each connection's bounded queue.
+    edge_events.c holds the channels: it subscribes to every instance
+    that publishes events, orders each channel's events by offset, fills
+    gaps from the history, replays what a resuming client missed, and
+    checks delivery end to end with canary events (readiness).
 */
 #ifndef EDGE_H_INCLUDED
 #define EDGE_H_INCLUDED
@@ -30,6 +38,9 @@
 #define EDGE_IP_MAX        46 /* INET6_ADDRSTRLEN */
 #define EDGE_RESP_HEADERS  8
 #define EDGE_RETRY_AFTER_S 1
+#define EDGE_WS_COOKIE     "shoal_ws" /* proof that the session was checked */
+#define EDGE_WS_PRE        16         /* bytes before a WebSocket message (LWS_PRE) */
+#define EDGE_SECRET_BYTES  32
 
 typedef struct {
     sh_base_config_t base;
@@ -59,6 +70,20 @@ typedef struct {
     int64_t upload_finish_timeout_ms;
     char *download_mode; /* "stream" (through the edge) or "presigned" (302 to S3) */
     int64_t download_url_ttl_s;
+    char *edge_secret; /* hex; signs the WebSocket proof cookie */
+    int64_t ws_proof_ttl_s;
+    int64_t ws_max_connections;
+    int64_t ws_connect_rate;
+    int64_t ws_max_message_bytes;
+    int64_t ws_message_rate;
+    int64_t ws_max_channels;
+    int64_t ws_queue_bytes;
+    int64_t ws_ping_s;
+    int64_t ws_pong_timeout_s;
+    int64_t events_canary_ms;
+    int64_t events_ready_timeout_ms;
+    int64_t events_gap_wait_ms;
+    char *event_endpoints;
 } edge_config_t;
 
 typedef enum {
@@ -139,6 +164,20 @@ typedef struct {
     void *arg;
 } edge_body_source_t;
 
+/*  One message for WebSocket clients, shared by every connection that
+    queues it (refcounted): EDGE_WS_PRE bytes for the frame header, then
+    len bytes of JSON. A latest value (a counter) carries a key: a newer
+    message with the same key replaces it in a queue.  */
+typedef struct {
+    int refs;
+    uint64_t key; /* 0: ordered, never replaced */
+    size_t len;
+    unsigned char bytes[];
+} edge_msg_t;
+
+typedef struct edge_ws_t edge_ws_t;
+typedef struct edge_events_t edge_events_t;
+
 struct edge_t {
     edge_config_t *config;
     sh_metrics_t *metrics;
@@ -162,6 +201,8 @@ struct edge_t {
     uint64_t *late_replies;
     int64_t *connections;
     sh_histogram_t *latency;
+    unsigned char secret[EDGE_SECRET_BYTES];
+    edge_events_t *events;
 };
 
 /*  --- edge_http.c ---  */
@@ -271,6 +312,55 @@ typedef void(edge_user_fn)(void *arg, uint64_t user_id, const char *username);
 void edge_board_with_user(edge_t *edge, edge_req_t *req, bool need_csrf, edge_user_fn *fn,
                           void *arg);
 
+/*  --- edge_ws.c ---  */
+/*  Queue msg for the client (a reference is taken). Returns 0, or -1 when
+    the connection is closing (a laggard past its queue bound is closed
+    here with 4001).  */
+int edge_ws_send(edge_ws_t *ws, edge_msg_t *msg);
+/*  Send a text message built for this connection only. 0 or -1.  */
+int edge_ws_send_text(edge_ws_t *ws, const char *text, size_t len);
+/*  Close with code and reason (the connection ends after queued messages
+    are dropped).  */
+void edge_ws_close(edge_ws_t *ws, int code, const char *reason);
+/*  The connection's session channel (s:<hex>) and user.  */
+const char *edge_ws_session_channel(const edge_ws_t *ws);
+/*  Where edge_events keeps the connection's subscriptions.  */
+void **edge_ws_subs(edge_ws_t *ws, int **count);
+/*  Connections open, for metrics and draining.  */
+int64_t edge_ws_count(void);
+/*  Close the connections of session channel `channel` with 4401.  */
+void edge_ws_close_session(const char *channel);
+/*  Close every connection with 1001 (draining).  */
+void edge_ws_close_all(void);
+/*  Register metrics and read settings; call before edge_http_start.  */
+int edge_ws_init(edge_t *edge);
+
+/*  --- edge_msg (edge_events.c) ---  */
+/*  A message of len bytes of text (copied), refs 1. NULL when out of memory.  */
+edge_msg_t *edge_msg_new(const char *text, size_t len, uint64_t key);
+void edge_msg_ref(edge_msg_t *msg);
+void edge_msg_unref(edge_msg_t *msg);
+
+/*  --- edge_events.c ---  */
+/*  Create the SUB socket and the channels; NULL on failure (logged).  */
+edge_events_t *edge_events_new(edge_t *edge);
+void edge_events_destroy(edge_events_t **self_p);
+/*  The SUB socket, to watch in the loop.  */
+void *edge_events_socket(edge_events_t *self);
+/*  Read every waiting event.  */
+void edge_events_drain(edge_events_t *self);
+/*  Canaries, gap timers; call every few ms.  */
+void edge_events_tick(edge_events_t *self);
+/*  The registry saw a change: (dis)connect publishers, tell `cluster`.  */
+void edge_events_member(edge_events_t *self, const sh_member_t *member);
+/*  NULL when delivery works, else why not (for /health/ready).  */
+const char *edge_events_unready(edge_events_t *self);
+/*  A client message for the connection: subscribe, unsubscribe, ping.
+    json is the parsed message (a jansson object).  */
+void edge_events_message(edge_events_t *self, edge_ws_t *ws, struct json_t *json);
+/*  The connection is gone: drop its subscriptions.  */
+void edge_events_forget(edge_events_t *self, edge_ws_t *ws);
+
 /*  --- edge_req.c (pure: no connection, no library) ---  */
 /*  Value of cookie `name` in a Cookie header into out (size bytes).
     Names compare whole. Returns 0, or -1 when absent or too long.  */
@@ -308,4 +398,12 @@ int edge_content_disposition(const char *name, char *out, size_t size);
     object should be sent (no header, several ranges, not bytes, bad
     syntax), -1 when unsatisfiable (416).  */
 int edge_range_parse(const char *header, uint64_t size, uint64_t *first, uint64_t *last);
+/*  The WebSocket proof cookie's value for session sid and user_id,
+    valid until expires_s (Unix seconds), signed with key.  */
+void edge_ws_proof_make(const unsigned char *key, const char *sid, uint64_t user_id,
+                        int64_t expires_s, char *out, size_t size);
+/*  Check a proof against sid at now_s: the user id, or 0 when it is
+    malformed, forged, for another session or expired.  */
+uint64_t edge_ws_proof_check(const unsigned char *key, const char *sid, const char *proof,
+                             int64_t now_s);
 #endif

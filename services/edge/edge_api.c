@@ -196,7 +196,7 @@ static void s_health(edge_t *edge, edge_req_t *req)
                              : !sh_pool_ready(edge->sessions) ? "no session instance answers"
                              : edge->queries_known && !sh_pool_ready(edge->queries)
                                  ? "no query instance answers"
-                                 : NULL;
+                                 : edge_events_unready(edge->events);
         if (reason)
             edge_api_json(req, 503,
                           json_pack("{s:s, s:s, s:s}", "status", "not_ready", "reason", reason,

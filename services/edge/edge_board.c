@@ -130,6 +130,19 @@ static void s_answer_empty(s_flow_t *flow, const char *name, const char *value)
     s_end(flow);
 }
 
+/*  Set-Cookie for the WebSocket proof of session sid (logged in as
+    user_id), or one that clears it (user_id 0).  */
+static void s_ws_cookie(edge_t *edge, const char *sid, uint64_t user_id, char *out, size_t size)
+{
+    char proof[EDGE_COOKIE_MAX] = "";
+    long ttl = user_id ? (long)edge->config->ws_proof_ttl_s : 0;
+    if (user_id)
+        edge_ws_proof_make(edge->secret, sid, user_id, sh_clock_wall_ms() / 1000 + ttl, proof,
+                           sizeof proof);
+    snprintf(out, size, "%s=%s; Path=/ws; Max-Age=%ld; HttpOnly; SameSite=Strict%s", EDGE_WS_COOKIE,
+             proof, ttl, edge->config->cookie_secure ? "; Secure" : "");
+}
+
 static void s_fail_after(s_flow_t *flow, int status, const char *code, const char *message,
                          int64_t retry_after_s)
 {
@@ -422,9 +435,11 @@ static void s_on_logged_in(s_flow_t *flow, const sh_reply_t *reply)
     char id[SH_SESSION_MAX + 1], csrf[SH_CSRF_MAX + 1], cookie[S_COOKIE_TEXT_MAX];
     sh_str_copy(rec->id, id, sizeof id);
     sh_str_copy(rec->csrf, csrf, sizeof csrf);
+    char proof[S_COOKIE_TEXT_MAX];
     edge_api_cookie(flow->edge, EDGE_COOKIE_NAME, id, (long)flow->edge->config->cookie_max_age,
                     cookie, sizeof cookie);
-    const char *names[2] = {"set-cookie:", NULL}, *values[2] = {cookie, NULL};
+    s_ws_cookie(flow->edge, id, flow->user_id, proof, sizeof proof);
+    const char *names[3] = {"set-cookie:", "set-cookie:", NULL}, *values[3] = {cookie, proof, NULL};
     s_answer(flow, flow->login ? 200 : 201, s_user_json(flow->user_id, flow->user_name, csrf),
              names, values);
 }
@@ -523,9 +538,14 @@ static void s_on_logged_out(s_flow_t *flow, const sh_reply_t *reply)
         s_fail_call(flow, reply);
         return;
     }
-    char cookie[S_COOKIE_TEXT_MAX];
+    char cookie[S_COOKIE_TEXT_MAX], proof[S_COOKIE_TEXT_MAX];
     edge_api_cookie(flow->edge, EDGE_COOKIE_NAME, "", 0, cookie, sizeof cookie);
-    s_answer_empty(flow, "set-cookie:", cookie);
+    s_ws_cookie(flow->edge, "", 0, proof, sizeof proof);
+    if (flow->link.conn) {
+        edge_resp_t resp = {204, NULL, NULL, 0, {"set-cookie:", "set-cookie:"}, {cookie, proof}};
+        edge_http_respond(flow->link.conn, &resp);
+    }
+    s_end(flow);
 }
 
 static void s_logout_destroy(s_flow_t *flow)
@@ -543,10 +563,15 @@ static void s_logout(edge_t *edge, edge_req_t *req)
         s_need_user(flow, true, s_logout_destroy);
 }
 
+/*  GET /api/me also renews the shoal_ws cookie: a client calls it before
+    it opens /ws.  */
 static void s_me_answer(s_flow_t *flow)
 {
-    s_answer(flow, 200, s_user_json(flow->user_id, flow->user_name, flow->session_csrf), NULL,
-             NULL);
+    char proof[S_COOKIE_TEXT_MAX];
+    s_ws_cookie(flow->edge, flow->sid, flow->user_id, proof, sizeof proof);
+    const char *names[2] = {"set-cookie:", NULL}, *values[2] = {proof, NULL};
+    s_answer(flow, 200, s_user_json(flow->user_id, flow->user_name, flow->session_csrf), names,
+             values);
 }
 
 static void s_me(edge_t *edge, edge_req_t *req)

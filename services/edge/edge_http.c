@@ -1,5 +1,5 @@
-/*  edge_http.c - libwebsockets adapter of the edge (the only file that
-    includes it): one thread, one lws event loop, with the ZeroMQ sockets'
+/*  edge_http.c - libwebsockets adapter of the edge (with edge_ws.c, the
+    only files that include it): one thread, one lws event loop, with the ZeroMQ sockets'
     fds and a signalfd adopted into it as raw files.
 
     A request is copied into the connection's edge_req_t when its headers
@@ -22,6 +22,7 @@
 #include <libwebsockets.h>
 
 #include "edge.h"
+#include "edge_lws.h"
 #include "sh_log.h"
 #include "sh_transport.h"
 
@@ -742,6 +743,9 @@ static int s_callback_http(struct lws *wsi, enum lws_callback_reasons reason, vo
         if (conn)
             s_on_closed(conn);
         return 0;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        /*  only /ws upgrades, and only after its checks  */
+        return edge_ws_confirm(wsi);
     case LWS_CALLBACK_HTTP_BIND_PROTOCOL:
         (*s_http.edge->connections)++;
         break;
@@ -784,6 +788,7 @@ static void s_drain_all(edge_t *edge)
     sh_pool_drain(edge->scrape);
     if (edge->registry)
         sh_registry_drain(edge->registry);
+    edge_events_drain(edge->events);
     s_drain_workers(edge);
 }
 
@@ -797,6 +802,8 @@ static void s_on_signal(edge_t *edge)
         } else {
             edge->draining = true;
             edge->drain_started_ms = sh_clock_mono_ms();
+            /*  live clients reconnect to another edge and resume there  */
+            edge_ws_close_all();
             if (edge->registry) {
                 edge_api_beat(edge);
                 sh_registry_leave(edge->registry, "edge", edge->config->base.instance);
@@ -833,6 +840,7 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
         if (sh_clock_mono_ms() - edge->last_beat_ms >= edge->config->base.heartbeat_ms)
             edge_api_beat(edge);
     }
+    edge_events_tick(edge->events);
     s_drain_all(edge);
     if (edge->draining) {
         int64_t elapsed = sh_clock_mono_ms() - edge->drain_started_ms;
@@ -858,10 +866,13 @@ static int s_adopt(int fd, const char *protocol)
     return 0;
 }
 
-static const struct lws_protocols s_protocols[] = {
+#define S_WS_RX_BUFFER 1024 /* bytes lws reads at once per WebSocket; messages are reassembled */
+static struct lws_protocols s_protocols[] = {
     {"http", s_callback_http, sizeof(edge_conn_t), 0, 0, NULL, 0},
     {"shoal-raw", s_callback_raw, 0, 0, 0, NULL, 0},
+    {"shoal.v1", edge_ws_callback, 0, S_WS_RX_BUFFER, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
+static lws_retry_bo_t s_ws_policy;
 
 static void s_lws_log(int level, const char *line)
 {
@@ -883,7 +894,13 @@ int edge_http_start(edge_t *edge)
     memset(&info, 0, sizeof info);
     info.port = (int)edge->config->http_port;
     info.iface = edge->config->http_addr;
+    s_protocols[2].per_session_data_size = edge_ws_size();
     info.protocols = s_protocols;
+    /*  WebSocket clients are pinged when idle and dropped without a pong  */
+    s_ws_policy.secs_since_valid_ping = (uint16_t)edge->config->ws_ping_s;
+    s_ws_policy.secs_since_valid_hangup =
+        (uint16_t)(edge->config->ws_ping_s + edge->config->ws_pong_timeout_s);
+    info.retry_and_idle_policy = &s_ws_policy;
     /*  Debian's lws listens on every interface for "127.0.0.1" unless IPv6 is off  */
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     int64_t header_space = edge->config->max_header_bytes * EDGE_HEADER_SPACE_FACTOR;
@@ -904,13 +921,14 @@ int edge_http_start(edge_t *edge)
     s_http.signal_fd = edge->signal_fd;
     if (!s_http.vhost || s_http.signal_fd < 0 || s_adopt(s_http.signal_fd, "shoal-raw"))
         return -1;
-    void *sockets[SH_REGISTRY_SOCKETS + 4 * SH_POOL_SOCKETS + 1];
+    void *sockets[SH_REGISTRY_SOCKETS + 4 * SH_POOL_SOCKETS + 2];
     int n = sh_pool_sockets(edge->sessions, sockets, SH_POOL_SOCKETS);
     n += sh_pool_sockets(edge->queries, sockets + n, SH_POOL_SOCKETS);
     n += sh_pool_sockets(edge->uploads, sockets + n, SH_POOL_SOCKETS);
     n += sh_pool_sockets(edge->scrape, sockets + n, SH_POOL_SOCKETS);
 
     sockets[n++] = sh_workers_socket(edge->workers);
+    sockets[n++] = edge_events_socket(edge->events);
     if (edge->registry)
         n += sh_registry_sockets(edge->registry, sockets + n, SH_REGISTRY_SOCKETS);
     for (int i = 0; i < n; i++)

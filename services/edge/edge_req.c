@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "edge.h"
 #include "sh_util.h"
 
@@ -380,4 +382,58 @@ int edge_range_parse(const char *header, uint64_t size, uint64_t *first, uint64_
     *first = a;
     *last = has_last && b < size ? b : size - 1;
     return 1;
+}
+
+/*  --- the WebSocket proof cookie ---------------------------------------------------  */
+
+/*  "<user_id>.<expires>": the part of the proof that is signed with sid  */
+static void s_proof_mac(const unsigned char *key, const char *sid, uint64_t user_id,
+                        int64_t expires_s, unsigned char mac[crypto_auth_hmacsha256_BYTES])
+{
+    char text[EDGE_COOKIE_MAX + 64];
+    int n = snprintf(text, sizeof text, "ws1|%s|%llu|%lld", sid, (unsigned long long)user_id,
+                     (long long)expires_s);
+    crypto_auth_hmacsha256_state state;
+    crypto_auth_hmacsha256_init(&state, key, EDGE_SECRET_BYTES);
+    crypto_auth_hmacsha256_update(&state, (const unsigned char *)text, (size_t)n);
+    crypto_auth_hmacsha256_final(&state, mac);
+}
+
+void edge_ws_proof_make(const unsigned char *key, const char *sid, uint64_t user_id,
+                        int64_t expires_s, char *out, size_t size)
+{
+    unsigned char mac[crypto_auth_hmacsha256_BYTES];
+    s_proof_mac(key, sid, user_id, expires_s, mac);
+    char b64[sodium_base64_ENCODED_LEN(sizeof mac, sodium_base64_VARIANT_URLSAFE_NO_PADDING)];
+    sodium_bin2base64(b64, sizeof b64, mac, sizeof mac, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    snprintf(out, size, "%llu.%lld.%s", (unsigned long long)user_id, (long long)expires_s, b64);
+}
+
+uint64_t edge_ws_proof_check(const unsigned char *key, const char *sid, const char *proof,
+                             int64_t now_s)
+{
+    if (!sid || !sid[0] || !proof)
+        return 0;
+    const char *dot1 = strchr(proof, '.');
+    const char *dot2 = dot1 ? strchr(dot1 + 1, '.') : NULL;
+    if (!dot1 || !dot2 || dot1 - proof > 20 || dot2 - dot1 - 1 > 20)
+        return 0;
+    char id_text[24], exp_text[24];
+    memcpy(id_text, proof, (size_t)(dot1 - proof));
+    id_text[dot1 - proof] = 0;
+    memcpy(exp_text, dot1 + 1, (size_t)(dot2 - dot1 - 1));
+    exp_text[dot2 - dot1 - 1] = 0;
+    uint64_t user_id;
+    int64_t expires_s;
+    if (edge_parse_id(id_text, &user_id) != 0 ||
+        sh_parse_int(exp_text, 0, INT64_MAX, &expires_s) != 0 || expires_s < now_s)
+        return 0;
+    unsigned char given[crypto_auth_hmacsha256_BYTES], want[crypto_auth_hmacsha256_BYTES];
+    size_t given_len = 0;
+    if (sodium_base642bin(given, sizeof given, dot2 + 1, strlen(dot2 + 1), NULL, &given_len, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+        given_len != sizeof given)
+        return 0;
+    s_proof_mac(key, sid, user_id, expires_s, want);
+    return sodium_memcmp(given, want, sizeof want) == 0 ? user_id : 0;
 }

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "edge.h"
 #include "sh_log.h"
 #include "sh_service.h"
@@ -73,6 +75,38 @@ static const sh_setting_t s_settings[] = {
                "answer 302 with a short-lived S3 URL (S3 must be reachable by browsers)"),
     SH_SETTING(INT, "download_url_ttl_s", download_url_ttl_s, "300", 1, 604800,
                "lifetime of a presigned download URL, seconds"),
+    SH_SETTING(STR, "edge_secret", edge_secret, "", 0, 64,
+               "64 hex characters, the same on every edge: signs the shoal_ws cookie that "
+               "lets a session open /ws on any edge (empty: random, this edge only)"),
+    SH_SETTING(INT, "ws_proof_ttl_s", ws_proof_ttl_s, "3600", 10, 604800,
+               "lifetime of the shoal_ws cookie, seconds (GET /api/me renews it)"),
+    SH_SETTING(INT, "ws_max_connections", ws_max_connections, "3000", 1, 65535,
+               "WebSocket connections at once; keep below max_connections"),
+    SH_SETTING(INT, "ws_connect_rate", ws_connect_rate, "2000", 1, 1000000,
+               "new WebSocket connections per second (burst the same); more get 503"),
+    SH_SETTING(INT, "ws_max_message_bytes", ws_max_message_bytes, "4096", 64, 1048576,
+               "largest message a WebSocket client may send (larger: close 1009)"),
+    SH_SETTING(INT, "ws_message_rate", ws_message_rate, "20", 1, 100000,
+               "messages per second a WebSocket client may send, burst twice that "
+               "(more: close 1008)"),
+    SH_SETTING(INT, "ws_max_channels", ws_max_channels, "32", 1, 1024,
+               "channels one WebSocket connection may subscribe to"),
+    SH_SETTING(INT, "ws_queue_bytes", ws_queue_bytes, "65536", 1024, 16777216,
+               "bytes queued for one WebSocket client at most; a client that falls further "
+               "behind is closed with 4001 and resumes"),
+    SH_SETTING(INT, "ws_ping_s", ws_ping_s, "20", 1, 3600,
+               "idle seconds before a WebSocket client is pinged"),
+    SH_SETTING(INT, "ws_pong_timeout_s", ws_pong_timeout_s, "10", 1, 3600,
+               "seconds a pinged WebSocket client has to answer before it is closed"),
+    SH_SETTING(INT, "events_canary_ms", events_canary_ms, "1000", 50, 60000,
+               "how often a canary event is published through each of session and query"),
+    SH_SETTING(INT, "events_ready_timeout_ms", events_ready_timeout_ms, "5000", 100, 600000,
+               "/health/ready fails when no canary came back for this long"),
+    SH_SETTING(INT, "events_gap_wait_ms", events_gap_wait_ms, "100", 0, 60000,
+               "how long a gap in a channel may close by itself before the missing events "
+               "are read from the history"),
+    SH_SETTING(STR, "event_endpoints", event_endpoints, "", 0, 4095,
+               "comma-separated ZeroMQ PUB endpoints of publishers outside the registry"),
 };
 #undef SH_CONFIG_T
 
@@ -93,6 +127,27 @@ static void s_on_member(void *arg, const sh_member_t *member)
     /*  stay connected to every service instance for /metrics/cluster  */
     if (!sh_str_eq(member->service, "edge"))
         sh_pool_update(edge->scrape, member);
+    edge_events_member(edge->events, member);
+}
+
+/*  The key that signs the shoal_ws cookie: from edge_secret, or random.  */
+static int s_secret(edge_t *edge)
+{
+    const char *hex = edge->config->edge_secret;
+    size_t len = 0;
+    if (!hex[0]) {
+        randombytes_buf(edge->secret, sizeof edge->secret);
+        sh_warn("edge_secret is not set: /ws accepts only cookies this edge issued; set the "
+                "same SHOAL_EDGE_SECRET on every edge");
+        return 0;
+    }
+    if (strlen(hex) != 2 * EDGE_SECRET_BYTES ||
+        sodium_hex2bin(edge->secret, sizeof edge->secret, hex, strlen(hex), NULL, &len, NULL) ||
+        len != EDGE_SECRET_BYTES) {
+        fprintf(stderr, "invalid edge_secret (want %d hex characters)\n", 2 * EDGE_SECRET_BYTES);
+        return -1;
+    }
+    return 0;
 }
 
 /*  Connect the pool to a static endpoint list. Returns how many, or -1
@@ -141,6 +196,7 @@ int main(int argc, char **argv)
 
     edge.workers = sh_workers_new((int)config.base.workers, (int)config.base.workers * 4);
     edge.started_ms = sh_clock_wall_ms();
+    edge.events = edge.metrics ? edge_events_new(&edge) : NULL;
     bool with_registry = config.base.health_endpoints[0] != 0;
     if (with_registry)
         edge.registry =
@@ -153,6 +209,16 @@ int main(int argc, char **argv)
         rc = 2;
         goto done;
     }
+    if (s_secret(&edge)) {
+        rc = 2;
+        goto done;
+    }
+    if (config.ws_max_connections >= config.max_connections) {
+        fprintf(stderr, "ws_max_connections (%lld) must be below max_connections (%lld)\n",
+                (long long)config.ws_max_connections, (long long)config.max_connections);
+        rc = 2;
+        goto done;
+    }
     if (edge_proxies_check(config.trusted_proxies, bad, sizeof bad)) {
         fprintf(stderr, "invalid trusted_proxies entry \"%s\" (want an address or CIDR)\n", bad);
         rc = 2;
@@ -160,7 +226,7 @@ int main(int argc, char **argv)
     }
     int queries = 0;
     if (!edge.metrics || !edge.sessions || !edge.queries || !edge.scrape || !edge.workers ||
-        (with_registry && !edge.registry) ||
+        !edge.events || edge_ws_init(&edge) || (with_registry && !edge.registry) ||
         s_add_endpoints(edge.sessions, "session", config.session_endpoints, !with_registry) < 0 ||
         (queries = s_add_endpoints(edge.queries, "query", config.query_endpoints, false)) < 0 ||
         !edge.uploads ||
@@ -202,6 +268,7 @@ done:
     sh_pool_destroy(&edge.uploads);
     sh_pool_destroy(&edge.scrape);
     sh_workers_destroy(&edge.workers);
+    edge_events_destroy(&edge.events);
     sh_metrics_destroy(&edge.metrics);
     sh_transport_shutdown();
     sh_config_free(s_settings, SH_ARRAY_SIZE(s_settings), &config);

@@ -20,13 +20,14 @@ typedef struct {
     sh_service_t *service;
     sh_request_t *request;
     sh_events_t *events;
+    char channel[SH_CHANNEL_MAX + 1]; /* session_destroy: the session's channel */
 } s_call_t;
 
 static s_call_t *s_call_new(sh_service_t *service, sh_request_t *request)
 {
     s_call_t *call = malloc(sizeof *call);
     if (call)
-        *call = (s_call_t){service, request, NULL};
+        *call = (s_call_t){service, request, NULL, ""};
     else
         sh_service_reply(service, &request, SH_STATUS_INTERNAL, "out of memory", NULL);
     return call;
@@ -119,6 +120,9 @@ static void s_on_get(sh_service_t *service, sh_request_t *request, void *arg)
 static void s_on_removed(void *arg, uint64_t status, const session_record_t *rec)
 {
     s_call_t *call = arg;
+    if (status == SH_STATUS_OK && call->events && rec->views > 0)
+        /*  its live connections, on every edge, close now  */
+        sh_events_publish_latest(call->events, call->channel, "ended", "{}");
     if (status == SH_STATUS_OK) {
         sh_session_destroy_rep_t rep = {rec->views > 0, 0};
         sh_service_reply(call->service, &call->request, status, NULL, &rep);
@@ -129,7 +133,8 @@ static void s_on_removed(void *arg, uint64_t status, const session_record_t *rec
 
 static void s_on_destroy(sh_service_t *service, sh_request_t *request, void *arg)
 {
-    session_store_t *store = ((session_server_t *)arg)->store;
+    session_server_t *self = arg;
+    session_store_t *store = self->store;
     sh_session_destroy_req_t *req = request->body;
     if (!session_id_valid(req->id)) {
         sh_session_destroy_rep_t rep = {false, 0};
@@ -139,9 +144,12 @@ static void s_on_destroy(sh_service_t *service, sh_request_t *request, void *arg
     char id[SESSION_ID_LEN + 1];
     sh_str_copy(req->id, id, sizeof id);
     s_call_t *call = s_call_new(service, request);
-    if (call)
-        session_store_remove(store, id, sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS),
-                             s_on_removed, call);
+    if (!call)
+        return;
+    call->events = self->events;
+    sh_events_session_channel(id, call->channel);
+    session_store_remove(store, id, sh_request_remaining_ms(request, S_FALLBACK_TIMEOUT_MS),
+                         s_on_removed, call);
 }
 
 /*  3..32 characters of [A-Za-z0-9_.-], as accounts are named.  */

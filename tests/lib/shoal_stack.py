@@ -16,9 +16,11 @@ PATH); the S3 test server from deploy/local/s3 run by $SHOAL_NODE (default:
 node on PATH).
 """
 
+import base64
 import collections
 import errno
 import glob
+import hashlib
 import http.client as httplib
 import io as _io
 import json
@@ -27,6 +29,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -403,6 +406,292 @@ class Browser:
         if params:
             path += "?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
         return self.request("GET", path, **kw)
+
+
+# --------------------------------------------------------------- WebSocket
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+WS_CONT, WS_TEXT, WS_BINARY, WS_CLOSE, WS_PING, WS_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+WS_NO_STATUS = 1005  # a close frame without a code
+WS_ABNORMAL = 1006   # the connection ended without a close frame
+
+
+class WsRefused(Exception):
+    """The server answered the upgrade with something other than 101;
+    `reply` is the Reply (status, headers, body)."""
+
+    def __init__(self, reply):
+        super().__init__("upgrade refused: %r" % (reply,))
+        self.reply = reply
+
+
+class WsClosed(Exception):
+    """The server closed the connection: `code` from its close frame
+    (WS_NO_STATUS without one, WS_ABNORMAL when the TCP connection ended
+    with no close frame) and `reason`."""
+
+    def __init__(self, code, reason=""):
+        super().__init__("closed %s %r" % (code, reason))
+        self.code = code
+        self.reason = reason
+
+
+def _ws_mask(key, data):
+    n = len(data)
+    if not n:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(stream, "big")).to_bytes(n, "big")
+
+
+class WebSocket:
+    """A WebSocket client (RFC 6455) of one edge, standard library only, so
+    that tests control every byte: the upgrade's headers, socket options
+    set before connect (a small receive buffer or MSS for a client that
+    stalls), frames of any opcode and fragmentation, and the close code.
+
+    WebSocket(port, cookie=..., origin=..., protocols=...).connect() does
+    the upgrade and raises WsRefused with the Reply when it is not 101.
+    The default origin is the edge's own (http://127.0.0.1:<port>);
+    origin=None sends none, protocols=() no Sec-WebSocket-Protocol.
+    recv() returns the next text message as JSON (pings are answered);
+    a close from the server raises WsClosed (and answers it). Not
+    thread-safe."""
+
+    def __init__(self, port, path="/ws", cookie=None, origin="", protocols=("shoal.v1",),
+                 headers=None, host=LOOPBACK, timeout=5.0, sockopts=()):
+        self.port = port
+        self.path = path
+        self.cookie = cookie
+        self.origin = "http://%s:%d" % (host, port) if origin == "" else origin
+        self.protocols = tuple(protocols)
+        self.headers = dict(headers or {})
+        self.host = host
+        self.timeout = timeout
+        self.sockopts = list(sockopts)
+        self.sock = None
+        self.buf = b""
+        self.protocol = None   # the subprotocol the server chose
+        self.reply = None      # the 101 answer
+        self.close_code = None  # set once the server closed
+        self.close_reason = ""
+
+    # --- the upgrade
+
+    def connect(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            for opt in self.sockopts:
+                sock.setsockopt(*opt)
+            sock.settimeout(self.timeout)
+            sock.connect((self.host, self.port))
+            key = base64.b64encode(os.urandom(16))
+            lines = ["GET %s HTTP/1.1" % self.path, "Host: %s:%d" % (self.host, self.port),
+                     "Upgrade: websocket", "Connection: Upgrade",
+                     "Sec-WebSocket-Key: %s" % key.decode(), "Sec-WebSocket-Version: 13"]
+            if self.origin is not None:
+                lines.append("Origin: %s" % self.origin)
+            if self.protocols:
+                lines.append("Sec-WebSocket-Protocol: %s" % ", ".join(self.protocols))
+            if self.cookie:
+                lines.append("Cookie: %s" % self.cookie)
+            lines += ["%s: %s" % kv for kv in self.headers.items()]
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            self.sock = sock
+            reply = self._read_head()
+            if reply.status != 101:
+                raise WsRefused(reply)
+            want = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+            if reply.header("Sec-WebSocket-Accept") != want:
+                raise AssertionError("Sec-WebSocket-Accept %r, want %r"
+                                     % (reply.header("Sec-WebSocket-Accept"), want))
+            self.protocol = reply.header("Sec-WebSocket-Protocol")
+            self.reply = reply
+            return self
+        except BaseException:
+            sock.close()
+            self.sock = None
+            raise
+
+    def _read_head(self):
+        t0 = time.monotonic()
+        while b"\r\n\r\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("connection closed before an answer to the upgrade")
+            self.buf += chunk
+            if len(self.buf) > 65536:
+                raise AssertionError("answer header too long: %r" % self.buf[:200])
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status_line, _, rest = head.partition(b"\r\n")
+        headers = httplib.parse_headers(_io.BytesIO(rest + b"\r\n\r\n"))
+        status = int(status_line.split()[1])
+        body = b""
+        if status != 101:
+            length = int(headers.get("Content-Length") or 0)
+            while len(self.buf) < length:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    break
+                self.buf += chunk
+            body, self.buf = self.buf[:length], self.buf[length:]
+        reply = Reply(status, headers, body)
+        reply.elapsed = time.monotonic() - t0
+        return reply
+
+    # --- frames
+
+    def send_frame(self, opcode, payload=b"", fin=True):
+        """One masked frame (opcode WS_TEXT, WS_CONT, ...; fin=False for a
+        fragment that more follow)."""
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        n = len(payload)
+        head = bytes([(0x80 if fin else 0) | opcode])
+        if n < 126:
+            head += bytes([0x80 | n])
+        elif n < 65536:
+            head += bytes([0x80 | 126]) + struct.pack("!H", n)
+        else:
+            head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+        key = os.urandom(4)
+        self.sock.sendall(head + key + _ws_mask(key, payload))
+
+    def send(self, text):
+        self.send_frame(WS_TEXT, text)
+
+    def send_json(self, obj):
+        self.send_frame(WS_TEXT, json.dumps(obj))
+
+    def _fill(self, n, deadline):
+        while len(self.buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise socket.timeout("no complete frame within the timeout")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
+            if not chunk:
+                self._closed(WS_ABNORMAL, "")
+            self.buf += chunk
+
+    def _take(self, n, deadline):
+        self._fill(n, deadline)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _closed(self, code, reason):
+        self.close_code, self.close_reason = code, reason
+        raise WsClosed(code, reason)
+
+    def recv_frame(self, timeout=None):
+        """(opcode, payload) of the next frame, as sent (no reassembly)."""
+        if self.close_code is not None:
+            raise WsClosed(self.close_code, self.close_reason)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        b0, b1 = self._take(2, deadline)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._take(2, deadline))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._take(8, deadline))[0]
+        if b1 & 0x80:
+            raise AssertionError("the server masked a frame")
+        return b0, self._take(n, deadline)
+
+    def recv_message(self, timeout=None):
+        """(opcode, payload) of the next data message, fragments joined;
+        pings are answered, a close raises WsClosed. socket.timeout when
+        nothing complete arrives within `timeout` seconds."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        parts, first = [], None
+        while True:
+            b0, payload = self.recv_frame(max(0.0, deadline - time.monotonic()))
+            opcode = b0 & 0x0F
+            if opcode == WS_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else WS_NO_STATUS
+                try:
+                    self.send_frame(WS_CLOSE, payload[:2])
+                except OSError:
+                    pass
+                self._closed(code, payload[2:].decode("utf-8", "replace"))
+            if opcode == WS_PING:
+                self.send_frame(WS_PONG, payload)
+                continue
+            if opcode == WS_PONG:
+                continue
+            if first is None:
+                first = opcode
+            parts.append(payload)
+            if b0 & 0x80:
+                return first, b"".join(parts)
+
+    def recv(self, timeout=None):
+        """The next text message, parsed as JSON."""
+        opcode, payload = self.recv_message(timeout)
+        if opcode != WS_TEXT:
+            raise AssertionError("opcode %d message: %r" % (opcode, payload[:200]))
+        try:
+            return json.loads(payload.decode("utf-8"))
+        except ValueError as e:
+            raise AssertionError("a text message that is not JSON (%s): %r"
+                                 % (e, payload[:300])) from None
+
+    def recv_until(self, pred, timeout=None, what="a message"):
+        """Read messages until pred(message) is true; return every message
+        read, the matching one last. AssertionError (naming `what` and the
+        messages seen) after `timeout` seconds."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        seen = []
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise socket.timeout()
+                msg = self.recv(left)
+            except socket.timeout:
+                raise AssertionError("no %s within %.1fs; got %d messages, last: %r"
+                                     % (what, timeout or self.timeout, len(seen), seen[-3:]))
+            seen.append(msg)
+            if pred(msg):
+                return seen
+
+    def wait_close(self, timeout=None):
+        """Read (and drop) messages until the server closes; return the
+        close code. AssertionError when it is still open after `timeout`."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left <= 0:
+                    raise socket.timeout()
+                self.recv_message(left)
+            except WsClosed as e:
+                return e.code
+            except socket.timeout:
+                raise AssertionError("connection still open after %.1fs"
+                                     % (timeout or self.timeout))
+
+    def close(self, code=1000):
+        """Send a close frame (if still open) and drop the TCP connection."""
+        if self.sock is None:
+            return
+        if self.close_code is None:
+            try:
+                self.send_frame(WS_CLOSE, struct.pack("!H", code))
+            except OSError:
+                pass
+        self.sock.close()
+        self.sock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 # --------------------------------------------------------------- processes
@@ -867,15 +1156,22 @@ class ZmqService(Process):
 
     binary = None
 
+    publishes = False  # binds a PUB socket for live events (SHOAL_EVENTS_BIND)
+
     def __init__(self, name, workdir, redis_port=None, port=None, env=None):
         super().__init__(name, workdir)
         self.redis_port = redis_port
         self.port = port or free_port()
+        self.events_port = free_port() if self.publishes else None
         self.extra_env = dict(env or {})
 
     @property
     def endpoint(self):
         return "tcp://%s:%d" % (LOOPBACK, self.port)
+
+    @property
+    def events_endpoint(self):
+        return "tcp://%s:%d" % (LOOPBACK, self.events_port) if self.events_port else None
 
     def argv(self):
         return [os.path.join(BIN_DIR, self.binary)]
@@ -886,6 +1182,8 @@ class ZmqService(Process):
     def environment(self):
         env = dict(os.environ)
         env.update({"SHOAL_BIND": self.endpoint, "SHOAL_INSTANCE": self.name})
+        if self.events_port:
+            env["SHOAL_EVENTS_BIND"] = self.events_endpoint
         if self.redis_port:
             env["SHOAL_REDIS_HOST"] = LOOPBACK
             env["SHOAL_REDIS_PORT"] = str(self.redis_port)
@@ -904,6 +1202,7 @@ class Session(ZmqService):
     """shoal-session on its Redis."""
 
     binary = "shoal-session"
+    publishes = True
 
     def __init__(self, name, redis_port, workdir, port=None, env=None):
         super().__init__(name, workdir, redis_port=redis_port, port=port, env=env)
@@ -1144,6 +1443,7 @@ class Query(ZmqService):
     and Redis."""
 
     binary = "shoal-query"
+    publishes = True
 
     def __init__(self, name, workdir, primary, replica=None, redis_port=None, port=None,
                  env=None):
@@ -1228,8 +1528,11 @@ class Edge(Process):
     """shoal-edge on http://127.0.0.1:<port> (kept across restarts)."""
 
     def __init__(self, name, session_endpoints, workdir, port=None, static_dir=None, env=None,
-                 query_endpoints=None, upload_endpoints=None):
+                 query_endpoints=None, upload_endpoints=None, event_endpoints=None,
+                 secret=None):
         super().__init__(name, workdir)
+        self.event_endpoints = list(event_endpoints or [])
+        self.secret = secret
         self.session_endpoints = list(session_endpoints)
         self.query_endpoints = list(query_endpoints or [])
         self.upload_endpoints = list(upload_endpoints or [])
@@ -1256,6 +1559,10 @@ class Edge(Process):
             env["SHOAL_QUERY_ENDPOINTS"] = ",".join(self.query_endpoints)
         if self.upload_endpoints:
             env["SHOAL_UPLOAD_ENDPOINTS"] = ",".join(self.upload_endpoints)
+        if self.event_endpoints:
+            env["SHOAL_EVENT_ENDPOINTS"] = ",".join(self.event_endpoints)
+        if self.secret:
+            env["SHOAL_EDGE_SECRET"] = self.secret
         if self.static_dir:
             env["SHOAL_STATIC_DIR"] = self.static_dir
         env.update(self.extra_env)
@@ -1325,6 +1632,8 @@ class Stack:
         self.queries = []
         self.uploads = []
         self.healths = []
+        # every edge signs and checks the /ws cookie with the same key
+        self.edge_secret = os.urandom(32).hex()
 
     def _binaries(self):
         exes = ["shoal-session", "shoal-edge"]
@@ -1455,7 +1764,8 @@ class Stack:
         e = Edge(name or "edge-%s" % chr(ord("a") + len(self.edges)),
                  [s.endpoint for s in self.sessions], self.tmp, static_dir=self.static_dir,
                  env=self._registry_env(e_env), query_endpoints=query_endpoints,
-                 upload_endpoints=upload_endpoints)
+                 upload_endpoints=upload_endpoints, secret=self.edge_secret,
+                 event_endpoints=[p.events_endpoint for p in self.sessions + self.queries])
         self.edges.append(e)
         e.start()
         if wait_ready is None:

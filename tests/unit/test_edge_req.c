@@ -252,6 +252,44 @@ static void test_edge_req_ranges(void **state)
     assert_int_equal(edge_range_parse(NULL, 100, &a, &b), 0);
 }
 
+static void test_edge_req_ws_proof_binds_session_user_and_time(void **state)
+{
+    (void)state;
+    unsigned char key[EDGE_SECRET_BYTES], other_key[EDGE_SECRET_BYTES];
+    memset(key, 7, sizeof key);
+    memset(other_key, 8, sizeof other_key);
+    char proof[EDGE_COOKIE_MAX];
+    edge_ws_proof_make(key, "sid-A", 42, 1000, proof, sizeof proof);
+    assert_int_equal(edge_ws_proof_check(key, "sid-A", proof, 999), 42);
+    assert_int_equal(edge_ws_proof_check(key, "sid-A", proof, 1000), 42);
+    /*  expired, another session, another key  */
+    assert_int_equal(edge_ws_proof_check(key, "sid-A", proof, 1001), 0);
+    assert_int_equal(edge_ws_proof_check(key, "sid-B", proof, 999), 0);
+    assert_int_equal(edge_ws_proof_check(other_key, "sid-A", proof, 999), 0);
+    assert_int_equal(edge_ws_proof_check(key, "", proof, 999), 0);
+    /*  the user id and the expiry are signed: changing either breaks it  */
+    char forged[EDGE_COOKIE_MAX];
+    snprintf(forged, sizeof forged, "43%s", proof + 2);
+    assert_int_equal(edge_ws_proof_check(key, "sid-A", forged, 999), 0);
+    snprintf(forged, sizeof forged, "%.3s9%s", proof, proof + 4);
+    assert_int_equal(edge_ws_proof_check(key, "sid-A", forged, 999), 0);
+    /*  malformed  */
+    const char *bad[] = {"",
+                         "42",
+                         "42.1000",
+                         "42.1000.",
+                         "x.1000.AAAA",
+                         "42.-1.AAAA",
+                         "42.1000.!!!!",
+                         "0.1000.AAAA",
+                         "42.99999999999999999999999.AAAA"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        assert_int_equal(edge_ws_proof_check(key, "sid-A", bad[i], 0), 0);
+    /*  a truncated signature  */
+    snprintf(forged, sizeof forged, "%.*s", (int)strlen(proof) - 2, proof);
+    assert_int_equal(edge_ws_proof_check(key, "sid-A", forged, 999), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -267,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_edge_req_file_names_decoded_strictly),
         cmocka_unit_test(test_edge_req_content_disposition_is_safe),
         cmocka_unit_test(test_edge_req_ranges),
+        cmocka_unit_test(test_edge_req_ws_proof_binds_session_user_and_time),
     };
     return cmocka_run_group_tests_name("edge_req", tests, NULL, NULL);
 }
