@@ -16,6 +16,8 @@
 # and for the whole stack:
 #   stack.conf               the settings it runs with (ports, counts, dirs); scale reads them
 #   stack.env                the environment up ran in: the base of every piece's environment
+#   edge-secret              SHOAL_EDGE_SECRET of every edge (64 hex characters, mode 600):
+#                            made by the first up, kept by down, removed by down --purge
 #
 # A piece with pieces/<piece>.cmd is supervised: supervise restarts it when its
 # process is gone. Whoever stops a piece on purpose (down, scale, up on failure)
@@ -40,6 +42,11 @@ WAIT=${SHOAL_WAIT:-30}                   # seconds to wait for a piece to answer
 LOG_TAIL_LINES=25
 HOST=127.0.0.1
 HEALTH_PORT_STEP=10   # health-N: ROUTER at SHOAL_HEALTH_PORT + 10(N-1), PUB one above
+# session-N and query-N publish their events (ZeroMQ PUB, SHOAL_EVENTS_BIND) this far above
+# their ROUTER port: session-1 7101 -> 8101, query-1 7201 -> 8201. A fixed offset keeps every
+# stack that sets only the ROUTER bases (tests/run, the chaos and bench stacks) collision-free.
+EVENTS_PORT_OFFSET=1000
+EDGE_SECRET_FILE=$RUN_DIR/edge-secret
 # Lock file descriptors: 6 supervise's own lock, 7 the pieces lock, 8 the admin
 # lock. spawn closes them in every piece, which must never hold a lock.
 
@@ -285,6 +292,8 @@ load_stack_env() {
   return 0
 }
 
+session_events_port() { printf '%s\n' $(($(session_port "$1") + EVENTS_PORT_OFFSET)); }
+query_events_port() { printf '%s\n' $(($(query_port "$1") + EVENTS_PORT_OFFSET)); }
 health_port() { printf '%s\n' $((HEALTH_PORT + HEALTH_PORT_STEP * ($1 - 1))); }  # ROUTER; PUB is +1
 session_port() { printf '%s\n' $((SESSION_PORT + $1 - 1)); }
 edge_port() { printf '%s\n' $((EDGE_PORT + $1 - 1)); }
@@ -304,6 +313,14 @@ session_endpoints() {
 query_endpoints() {
   local i out=
   for ((i = 1; i <= QUERIES; i++)); do out+=${out:+,}tcp://$HOST:$(query_port "$i"); done
+  printf '%s\n' "$out"
+}
+# event_endpoints: the events PUB endpoint of every session and query instance, comma-separated
+# (SHOAL_EVENT_ENDPOINTS of the edges with SHOAL_STATIC_DISCOVERY=1).
+event_endpoints() {
+  local i out=
+  for ((i = 1; i <= SESSIONS; i++)); do out+=${out:+,}tcp://$HOST:$(session_events_port "$i"); done
+  for ((i = 1; i <= QUERIES; i++)); do out+=${out:+,}tcp://$HOST:$(query_events_port "$i"); done
   printf '%s\n' "$out"
 }
 upload_endpoints() {
@@ -338,8 +355,14 @@ claim_layout() {
     claim_port "$p" "health-$i"
     claim_port $((p + 1)) "health-$i (PUB)"
   done
-  for ((i = 1; i <= SESSIONS; i++)); do claim_port "$(session_port "$i")" "session-$i"; done
-  for ((i = 1; i <= QUERIES; i++)); do claim_port "$(query_port "$i")" "query-$i"; done
+  for ((i = 1; i <= SESSIONS; i++)); do
+    claim_port "$(session_port "$i")" "session-$i"
+    claim_port "$(session_events_port "$i")" "session-$i events (SHOAL_SESSION_PORT+$EVENTS_PORT_OFFSET)"
+  done
+  for ((i = 1; i <= QUERIES; i++)); do
+    claim_port "$(query_port "$i")" "query-$i"
+    claim_port "$(query_events_port "$i")" "query-$i events (SHOAL_QUERY_PORT+$EVENTS_PORT_OFFSET)"
+  done
   for ((i = 1; i <= UPLOADS; i++)); do claim_port "$(upload_port "$i")" "upload-$i"; done
   for ((i = 1; i <= EDGES; i++)); do claim_port "$(edge_port "$i")" "edge-$i"; done
 }
@@ -353,12 +376,50 @@ claim_port() {  # PORT WHO
   PORT_USER[$p]=$who
 }
 
+# ---------------------------------------------------------------- edge secret
+# is_edge_secret TEXT: 64 hex characters (32 bytes), what the edges accept.
+is_edge_secret() { [[ $1 =~ ^[0-9a-fA-F]{64}$ ]]; }
+
+# edge_secret: the stack's SHOAL_EDGE_SECRET (RUN_DIR/edge-secret); fails when it is missing
+# or malformed (up and scale call ensure_edge_secret first).
+edge_secret() {
+  local s=
+  [ -f "$EDGE_SECRET_FILE" ] && read -r s < "$EDGE_SECRET_FILE"
+  is_edge_secret "$s" || die "$EDGE_SECRET_FILE is missing or not 64 hex characters: run deploy/local/up"
+  printf '%s\n' "$s"
+}
+
+# ensure_edge_secret [LIVE]: make RUN_DIR/edge-secret (mode 600) hold the stack's edge secret.
+# SHOAL_EDGE_SECRET from up's environment wins (refused while a stack with another secret runs:
+# LIVE=1); otherwise the one kept from an earlier up; otherwise 32 random bytes, hex-encoded.
+ensure_edge_secret() {
+  local live=${1:-0} have='' want=${SHOAL_EDGE_SECRET:-}
+  [ -f "$EDGE_SECRET_FILE" ] && read -r have < "$EDGE_SECRET_FILE"
+  if [ -n "$want" ]; then
+    is_edge_secret "$want" || die "SHOAL_EDGE_SECRET must be 64 hex characters (e.g. od -An -vtx1 -N32 /dev/urandom | tr -d ' \\n')"
+    [ "$want" = "$have" ] && return 0
+    if [ "$live" = 1 ] && is_edge_secret "$have"; then
+      die "the stack running in $RUN_DIR has another SHOAL_EDGE_SECRET ($EDGE_SECRET_FILE): run deploy/local/down first to change it"
+    fi
+  elif is_edge_secret "$have"; then
+    return 0
+  else
+    want=$(od -An -vtx1 -N32 /dev/urandom | tr -d ' \n')
+    is_edge_secret "$want" || die "cannot read 32 random bytes from /dev/urandom"
+    [ -n "$have" ] && warn "$EDGE_SECRET_FILE is not 64 hex characters: making a new one"
+    say "  edge secret: new, in $EDGE_SECRET_FILE (mode 600; every edge gets it as SHOAL_EDGE_SECRET)"
+  fi
+  (umask 077 && printf '%s\n' "$want" > "$EDGE_SECRET_FILE.tmp") || die "cannot write $EDGE_SECRET_FILE.tmp"
+  mv -f "$EDGE_SECRET_FILE.tmp" "$EDGE_SECRET_FILE" || die "cannot write $EDGE_SECRET_FILE"
+}
+
 # ---------------------------------------------------------------- pieces
 # Set for every piece by the stack, never taken from the caller's environment
 # (one value for all instances would be wrong, or the stack decides it).
 # The local stack's own variables (settings of these scripts, not of a service)
 # are left out too.
 PER_PIECE_VARS=(SHOAL_INSTANCE SHOAL_BIND SHOAL_PUB_BIND SHOAL_ADVERTISE SHOAL_HTTP_ADDR SHOAL_HTTP_PORT
+  SHOAL_EVENTS_BIND SHOAL_EVENTS_ADVERTISE SHOAL_EVENT_ENDPOINTS SHOAL_EDGE_SECRET
   SHOAL_HEALTH_ENDPOINTS SHOAL_SESSION_ENDPOINTS SHOAL_QUERY_ENDPOINTS SHOAL_UPLOAD_ENDPOINTS
   SHOAL_HEARTBEAT_MS SHOAL_STATIC_DIR
   SHOAL_REDIS_HOST SHOAL_REDIS_PORT SHOAL_PG_PRIMARY SHOAL_PG_REPLICA SHOAL_TRUSTED_PROXIES
@@ -373,7 +434,7 @@ PER_PIECE_VARS=(SHOAL_INSTANCE SHOAL_BIND SHOAL_PUB_BIND SHOAL_ADVERTISE SHOAL_H
 # define_piece NAME: how NAME runs under the current settings. Sets PIECE_CMD
 # (argv), PIECE_SET (its own variables, NAME=VALUE), PIECE_PORTS and PIECE_ADDR.
 define_piece() {
-  local name=$1 k=${1##*-} p
+  local name=$1 k=${1##*-} p e
   PIECE_SET=() PIECE_PORTS=()
   case $name in
     redis)
@@ -411,16 +472,18 @@ define_piece() {
 
       PIECE_CMD=("$BIN_DIR/shoal-health") ;;
     session-*)
-      p=$(session_port "$k")
-      PIECE_PORTS=("$p") PIECE_ADDR=tcp://$HOST:$p
-      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p"
+      # ROUTER, and the PUB socket its events go out on (the edges subscribe to the
+      # endpoint the instance registers; SHOAL_EVENTS_ADVERTISE defaults to the bound one)
+      p=$(session_port "$k") e=$(session_events_port "$k")
+      PIECE_PORTS=("$p" "$e") PIECE_ADDR=tcp://$HOST:$p,tcp://$HOST:$e
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p" SHOAL_EVENTS_BIND="tcp://$HOST:$e"
                  SHOAL_REDIS_HOST="$HOST" SHOAL_REDIS_PORT="$REDIS_PORT"
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
       PIECE_CMD=("$BIN_DIR/shoal-session") ;;
     query-*)
-      p=$(query_port "$k")
-      PIECE_PORTS=("$p") PIECE_ADDR=tcp://$HOST:$p
-      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p"
+      p=$(query_port "$k") e=$(query_events_port "$k")
+      PIECE_PORTS=("$p" "$e") PIECE_ADDR=tcp://$HOST:$p,tcp://$HOST:$e
+      PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_BIND="tcp://$HOST:$p" SHOAL_EVENTS_BIND="tcp://$HOST:$e"
                  SHOAL_PG_PRIMARY="$(pg_conninfo "$PG_PORT")" SHOAL_PG_REPLICA="$(pg_conninfo "$PG_REPLICA_PORT")"
                  SHOAL_REDIS_HOST="$HOST" SHOAL_REDIS_PORT="$REDIS_PORT"
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
@@ -441,10 +504,14 @@ define_piece() {
       PIECE_PORTS=("$p") PIECE_ADDR=http://$HOST:$p
       # HAProxy on loopback is the only proxy in front: the edge takes the client's
       # address from the X-Forwarded-For HAProxy adds (option forwardfor).
+      # One SHOAL_EDGE_SECRET for all edges: a WebSocket proof cookie one edge issued
+      # (GET /api/me) opens /ws on any other (HAProxy balances each connection on its own).
       PIECE_SET=(SHOAL_INSTANCE="$name" SHOAL_HTTP_ADDR="$HOST" SHOAL_HTTP_PORT="$p"
                  SHOAL_STATIC_DIR="$STATIC_DIR" SHOAL_TRUSTED_PROXIES="$HOST"
+                 SHOAL_EDGE_SECRET="$(edge_secret)"
                  SHOAL_HEALTH_ENDPOINTS="$(health_endpoints)" SHOAL_HEARTBEAT_MS="$HEARTBEAT_MS")
-      [ "$STATIC_DISCOVERY" = 1 ] && PIECE_SET+=(SHOAL_SESSION_ENDPOINTS="$(session_endpoints)")
+      [ "$STATIC_DISCOVERY" = 1 ] && PIECE_SET+=(SHOAL_SESSION_ENDPOINTS="$(session_endpoints)"
+                                                 SHOAL_EVENT_ENDPOINTS="$(event_endpoints)")
       [ "$STATIC_DISCOVERY" = 1 ] && [ "$QUERIES" -gt 0 ] && PIECE_SET+=(SHOAL_QUERY_ENDPOINTS="$(query_endpoints)")
       [ "$STATIC_DISCOVERY" = 1 ] && [ "$UPLOADS" -gt 0 ] && PIECE_SET+=(SHOAL_UPLOAD_ENDPOINTS="$(upload_endpoints)")
       PIECE_CMD=("$BIN_DIR/shoal-edge") ;;

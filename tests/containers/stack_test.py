@@ -13,7 +13,11 @@ Without --full (the podman-compose pass): up, ready through HTTPS, counter acros
 edges, cluster lists 2 edges + 2 sessions + 1 query + 1 upload + 2 health, the board through
 HAProxy (signup, login, POST /api/items with X-CSRF-Token and Origin, GET /api/items lists it,
 search finds it), an upload through HAProxy (POST /api/uploads of 5 MiB + 1 random bytes, the
-attachment listed, GET /api/uploads/:id returns the same SHA-256, a range), down.
+attachment listed, GET /api/uploads/:id returns the same SHA-256, a range), live updates
+(GET /api/me sets the proof cookie; two WebSockets to /ws through HAProxy over TLS get hello,
+subscribe to `board`, answer a ping, and both receive item_created for an item posted over
+HTTPS; an upgrade without cookies is refused with 401, one from a foreign Origin with 403), down.
+The edges share a SHOAL_EDGE_SECRET made for each run (compose.yaml requires one).
 With --browser DIR (tests/browser), after the board checks: the board's real flow in Chromium,
 DIR/board.test.mjs against https://127.0.0.1:HTTPS_PORT (sign up, post, search, open, delete,
 log out; the self-signed certificate accepted, the stubbed tests skipped).
@@ -37,6 +41,7 @@ import json
 import os
 import random
 import re
+import secrets
 import ssl
 import subprocess
 import sys
@@ -53,6 +58,8 @@ UPLOAD_BYTES = 5 * 1024 * 1024 + 1   # one byte over S3's smallest part size
 PASSWORD = "container check password"
 HEALTHCHECK_START_S = 60.0   # the longest start period of the images' HEALTHCHECKs (Postgres)
 BROWSER_TIMEOUT_S = 180.0    # the whole browser run; each of its steps has its own limit
+WS_TIMEOUT_S = 10.0          # the longest wait for one WebSocket message (an event included)
+FOREIGN_ORIGIN = "https://elsewhere.example"
 
 TLS = ssl.create_default_context()
 TLS.check_hostname = False
@@ -128,6 +135,8 @@ class Compose:
                         SHOAL_PUBLISH_ADDR="127.0.0.1",
                         SHOAL_QUERIES=str(START_QUERIES),
                         SHOAL_UPLOADS=str(START_UPLOADS),
+                        # one key for all edges (WebSocket proofs), new for every run
+                        SHOAL_EDGE_SECRET=secrets.token_hex(32),
                         # the page's origin as the browser sends it (HTTPS through HAProxy)
                         SHOAL_ALLOWED_ORIGINS="https://127.0.0.1:%d" % args.https_port)
 
@@ -392,6 +401,149 @@ def check_upload(args, label, user):
     except (OSError, http.client.HTTPException) as e:
         check("%s: upload" % label, False, repr(e))
     finally:
+        b.close()
+
+
+class LiveSocket:
+    """One WebSocket to /ws through HAProxy over TLS (websocket-client, Debian's
+    python3-websocket), JSON text frames in and out."""
+
+    def __init__(self, ws_mod, port, cookie=None, origin=None):
+        self.ws = ws_mod.create_connection(
+            "wss://127.0.0.1:%d/ws" % port, timeout=WS_TIMEOUT_S,
+            sslopt={"cert_reqs": ssl.CERT_NONE, "check_hostname": False},
+            cookie=cookie, origin=origin, suppress_origin=origin is None,
+            subprotocols=["shoal.v1"])
+        self.timeout_exc = ws_mod.WebSocketTimeoutException
+
+    def send(self, doc):
+        self.ws.send(json.dumps(doc))
+
+    def wait(self, pred, timeout=WS_TIMEOUT_S):
+        """The first message PRED accepts within TIMEOUT (None), and every message seen."""
+        seen, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ws.settimeout(max(0.05, deadline - time.monotonic()))
+            try:
+                raw = self.ws.recv()
+            except self.timeout_exc:
+                break
+            try:
+                msg = json.loads(raw)
+            except ValueError:
+                msg = {"unparsed": raw[:200]}
+            seen.append(msg)
+            if pred(msg):
+                return msg, seen
+        return None, seen
+
+    def close(self):
+        try:
+            self.ws.close()
+        except OSError:
+            pass
+
+
+def upgrade_status(ws_mod, port, cookie, origin):
+    """The HTTP status /ws answers an upgrade with (101 when it upgrades)."""
+    try:
+        LiveSocket(ws_mod, port, cookie=cookie, origin=origin).close()
+        return 101
+    except ws_mod.WebSocketBadStatusException as e:
+        return e.status_code
+
+
+def check_live_updates(args, label, user):
+    """Live updates through HAProxy over TLS, as a logged-in user: GET /api/me sets the proof
+    cookie shoal_ws; two WebSockets to /ws (HAProxy may put them on different edges) get hello,
+    subscribe to `board`, answer a ping; an item posted over HTTPS arrives on both as
+    item_created with its id, epoch and offset. Upgrades without cookies are refused (401), and
+    with cookies from a foreign Origin too (403)."""
+    try:
+        import websocket as ws_mod   # Debian's python3-websocket (websocket-client)
+    except ImportError:
+        check("%s: live: websocket-client available" % label, False,
+              "no python3-websocket (deploy/local/install-deps --test installs it)")
+        return
+    b = Board(args.https_port)
+    sockets = []
+    try:
+        st, doc, _ = b.call("POST", "/api/auth/login", {"username": user, "password": PASSWORD})
+        if not check("%s: live: login %s" % (label, user), st == 200 and b.csrf, "%d %s" % (st, doc)):
+            return
+        st, doc, r = b.call("GET", "/api/me")
+        proof = [c for c in r.msg.get_all("Set-Cookie") or [] if c.startswith("shoal_ws=")]
+        attrs = {a.strip().lower() for a in (proof[0].split(";")[1:] if proof else [])}
+        if not check("%s: live: GET /api/me sets the proof cookie shoal_ws (HttpOnly, SameSite=Strict, Secure)"
+                     % label, st == 200 and b.cookies.get("shoal_ws")
+                     and {"httponly", "samesite=strict", "secure"} <= attrs,
+                     "%d, Set-Cookie %s" % (st, [c.split("=")[0] + "=…" + c[c.find(";"):] for c in proof])):
+            return
+        cookie = "shoal_sid=%s; shoal_ws=%s" % (b.cookies.get("shoal_sid"), b.cookies["shoal_ws"])
+        hellos = []
+        for _ in range(2):
+            s = LiveSocket(ws_mod, args.https_port, cookie=cookie, origin=b.origin)
+            sockets.append(s)
+            hello, seen = s.wait(lambda m: True)
+            hellos.append(hello or {"seen": seen})
+        ok = all(h.get("type") == "hello" and h.get("user") == user and h.get("edge") for h in hellos) \
+            and all(s.ws.getsubprotocol() == "shoal.v1" for s in sockets)
+        if not check("%s: live: two WebSockets to /ws through HAProxy over TLS (101 shoal.v1, hello)" % label,
+                     ok, "edges %s" % [h.get("edge") for h in hellos] if ok else "hello %s" % hellos):
+            return
+        subs = []
+        for s in sockets:
+            s.send({"type": "subscribe", "channel": "board"})
+            sub, seen = s.wait(lambda m: m.get("type") in ("subscribed", "error"))
+            subs.append(sub or {"seen": seen})
+        # A board without events yet has no epoch (""): the first event starts one.
+        ok = all(m.get("type") == "subscribed" and m.get("channel") == "board" and "epoch" in m
+                 and isinstance(m.get("offset"), int) and "recovered" not in m for m in subs)
+        if not check("%s: live: subscribe to board (subscribed, epoch and offset, no recovered)" % label,
+                     ok, str(subs)):
+            return
+        sockets[0].send({"type": "ping"})
+        pong, seen = sockets[0].wait(lambda m: m.get("type") == "pong")
+        check("%s: live: ping -> pong" % label, pong is not None, "seen %s" % seen)
+        title = "Live check %06d" % random.randrange(10 ** 6)
+        t0 = time.monotonic()
+        st, doc, _ = b.call("POST", "/api/items", {"title": title, "body": "sent to every subscriber"})
+        item = (doc or {}).get("item") or {}
+        if not check("%s: live: POST /api/items over HTTPS (201)" % label, st == 201 and item.get("id"),
+                     "%d %s" % (st, doc)):
+            return
+
+        def created(m):
+            return m.get("type") == "event" and m.get("channel") == "board" \
+                and m.get("event") == "item_created" \
+                and ((m.get("data") or {}).get("item") or {}).get("id") == item["id"]
+        got = []
+        for s, sub in zip(sockets, subs):
+            ev, seen = s.wait(created)
+            got.append((ev, sub, seen))
+        took = time.monotonic() - t0
+        bad = [(seen[-3:]) for ev, _, seen in got if ev is None]
+        ok = not bad and all(ev["data"]["item"].get("title") == title and ev["data"]["item"].get("author") == user
+                             and ev.get("epoch") and ev.get("epoch") == (sub.get("epoch") or ev.get("epoch"))
+                             and ev.get("offset", 0) > sub.get("offset", 0)
+                             for ev, sub, _ in got)
+        check("%s: live: both WebSockets receive item_created for it (id, title, author, epoch, offset)" % label,
+              ok, "in %.2f s, offsets %s" % (took, [ev.get("offset") for ev, _, _ in got]) if ok
+              else "missing or wrong: %s %s" % (bad, [ev for ev, _, _ in got]))
+        if ok:
+            figure("%s live update: POST /api/items -> event on both WebSockets" % label, "%.3f s" % took)
+        st = upgrade_status(ws_mod, args.https_port, None, b.origin)
+        check("%s: live: an upgrade without cookies is refused (401)" % label, st == 401, "status %s" % st)
+        st = upgrade_status(ws_mod, args.https_port, cookie, FOREIGN_ORIGIN)
+        check("%s: live: an upgrade from a foreign Origin is refused (403)" % label, st == 403,
+              "Origin %s: status %s" % (FOREIGN_ORIGIN, st))
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        check("%s: live updates" % label, False, repr(e))
+    except Exception as e:   # websocket-client's own errors (handshake refused, closed)
+        check("%s: live updates" % label, False, "%s: %s" % (type(e).__name__, e))
+    finally:
+        for s in sockets:
+            s.close()
         b.close()
 
 
@@ -1184,6 +1336,7 @@ def main(argv):
                 if b:
                     b.close()
                     check_upload(args, label, user)
+                    check_live_updates(args, label, user)
                 if args.browser:
                     check_browser(args, label)
             else:
@@ -1195,6 +1348,7 @@ def main(argv):
                 if b:
                     b.close()
                     check_upload(args, label, user)
+                    check_live_updates(args, label, user)
                 if args.browser:
                     check_browser(args, label)
                 if b:

@@ -268,7 +268,8 @@ for w in workloads:
         declared_ports = {p.get("containerPort") for p in c.get("ports") or []}
         wrong = []
         for e in c.get("env") or []:
-            if e.get("name") in ("SHOAL_BIND", "SHOAL_ADVERTISE", "SHOAL_PUB_BIND"):
+            if e.get("name") in ("SHOAL_BIND", "SHOAL_ADVERTISE", "SHOAL_PUB_BIND", "SHOAL_EVENTS_BIND",
+                                 "SHOAL_EVENTS_ADVERTISE"):
                 m = re.search(r":(\d+)$", str(e.get("value") or ""))
                 if not m or int(m.group(1)) not in declared_ports:
                     wrong.append(f"{e.get('name')}={e.get('value')}")
@@ -732,6 +733,89 @@ for kdir, k in sorted(kustomizations.items()):
             if op.get("op") in ("add", "replace") and parts[-1].startswith("SHOAL_") and parts[-1] not in documented:
                 bad.append(f"{parts[-1]} not in README.md")
         check(f"overlay {rel(kdir)}: patch of {t.get('kind')}/{t.get('name')} fits the base", not bad, "; ".join(bad))
+
+# ------------------------------------------------------------------ live updates (events, WebSocket)
+
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+WS_TIMEOUT_MIN_S = 3600   # an Ingress must not end a quiet WebSocket before an hour
+EDGE_BASE_MEMORY = 32 * 1024 ** 2   # the edge itself, besides the WebSocket queues
+
+
+def k8s_bytes(text):
+    """Kubernetes memory quantity (Ki, Mi, Gi) -> bytes; None if malformed."""
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi)", str(text or ""))
+    return int(m.group(1)) * {"Ki": 1024, "Mi": 1024 ** 2, "Gi": 1024 ** 3}[m.group(2)] if m else None
+
+
+# Session and query publish events on a ZeroMQ PUB socket the edges subscribe to: bound on every
+# interface on a fixed, declared port, advertised with the pod IP (the default, 127.0.0.1 on a
+# random port, is unreachable from the edges), the port open to the edges.
+for comp in ("session", "query"):
+    for w in workload_for(comp):
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        env = {e.get("name"): e.get("value") for e in c.get("env") or []}
+        bind, adv = str(env.get("SHOAL_EVENTS_BIND") or ""), str(env.get("SHOAL_EVENTS_ADVERTISE") or "")
+        mb = re.fullmatch(r"tcp://(0\.0\.0\.0|\*):(\d+)", bind)
+        ma = re.fullmatch(r"tcp://\$\(POD_IP\):(\d+)", adv)
+        check(f"events: {comp} binds its PUB on every interface, a fixed port", mb,
+              f"SHOAL_EVENTS_BIND={bind or '(unset: 127.0.0.1, random port)'}")
+        check(f"events: {comp} advertises its PUB with the pod IP, the bound port",
+              mb and ma and ma.group(1) == mb.group(2),
+              f"SHOAL_EVENTS_BIND={bind}, SHOAL_EVENTS_ADVERTISE={adv or '(unset)'}")
+        router = re.search(r":(\d+)$", str(env.get("SHOAL_BIND") or ""))
+        check(f"events: {comp} PUB port is not its ROUTER port", mb and router and mb.group(2) != router.group(1),
+              f"SHOAL_BIND={env.get('SHOAL_BIND')}, SHOAL_EVENTS_BIND={bind}")
+        if mb:
+            check(f"network policy: the edges reach {comp}'s events port {mb.group(2)}",
+                  policy_allows([w], "edge", mb.group(2)) and egress_allows(edge_ws, comp, mb.group(2)),
+                  "no policy lets them in, or an Egress policy of the edges does not let them out")
+
+# The edges: one WebSocket proof key from a Secret, 64 hex characters; connection limits.
+for w in edge_ws:
+    c = w["spec"]["template"]["spec"]["containers"][0]
+    ref = env_ref(c, "SHOAL_EDGE_SECRET")
+    check("edge: SHOAL_EDGE_SECRET comes from a Secret", ref, "not from a Secret (every edge needs the same one)")
+    if ref:
+        value = (configmap_data("Secret", ref[0]) or {}).get(ref[1])
+        check(f"edge: SHOAL_EDGE_SECRET in Secret/{ref[0]} is 64 hex characters",
+              value is not None and HEX64.fullmatch(str(value)), f"{len(str(value or ''))} characters")
+    env = container_env(w, c)
+    try:
+        ws_max = int(env.get("SHOAL_WS_MAX_CONNECTIONS") or 3000)
+        conn_max = int(env.get("SHOAL_MAX_CONNECTIONS") or 4096)
+        queue = int(env.get("SHOAL_WS_QUEUE_BYTES") or 65536)
+    except ValueError as e:
+        check("edge: WebSocket limits are numbers", False, str(e))
+        continue
+    check("edge: SHOAL_WS_MAX_CONNECTIONS below SHOAL_MAX_CONNECTIONS", ws_max < conn_max,
+          f"{ws_max} vs {conn_max}: HTTP requests would find no connection left")
+    have = k8s_bytes(((c.get("resources") or {}).get("limits") or {}).get("memory"))
+    need = ws_max * queue + EDGE_BASE_MEMORY
+    check("edge: memory limit holds SHOAL_WS_MAX_CONNECTIONS x SHOAL_WS_QUEUE_BYTES + 32 MiB",
+          have is not None and have >= need,
+          f"limit {have and round(have / 1024 ** 2)} MiB, needs {round(need / 1024 ** 2)} MiB")
+
+# The public entry for /ws: exactly one Ingress routes it, with long read and send timeouts.
+ws_ings = [ing for ing in objs("Ingress")
+           if any(p.get("path", "/") == "/ws" or (p.get("pathType") != "Exact" and "/ws".startswith(p.get("path", "/")))
+                  for r in ing["spec"].get("rules") or [] for p in ((r.get("http") or {}).get("paths") or []))]
+ws_exact = [ing for ing in ws_ings
+            if any(p.get("path") == "/ws" for r in ing["spec"].get("rules") or []
+                   for p in ((r.get("http") or {}).get("paths") or []))]
+if objs("Ingress"):
+    check("Ingress: exactly one Ingress routes /ws", len(ws_exact) == 1 and len(ws_ings) == 1,
+          f"/ws routed by {[name_of(i) for i in ws_ings]}")
+ping_s = pong_s = None
+if edge_ws:
+    eenv = container_env(edge_ws[0], edge_ws[0]["spec"]["template"]["spec"]["containers"][0])
+    ping_s, pong_s = int(eenv.get("SHOAL_WS_PING_S") or 20), int(eenv.get("SHOAL_WS_PONG_TIMEOUT_S") or 10)
+for ing in ws_exact:
+    ann = (ing.get("metadata") or {}).get("annotations") or {}
+    for key in ("proxy-read-timeout", "proxy-send-timeout"):
+        v = str(ann.get("nginx.ingress.kubernetes.io/" + key, "60"))
+        check(f"Ingress/{name_of(ing)}: {key} keeps quiet WebSockets open (>= {WS_TIMEOUT_MIN_S} s)",
+              v.isdigit() and int(v) >= WS_TIMEOUT_MIN_S and (ping_s is None or int(v) > ping_s + pong_s),
+              f"{key} {v} s: the controller would cut live connections")
 
 # ------------------------------------------------------------------ yamllint
 
