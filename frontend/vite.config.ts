@@ -25,6 +25,8 @@ export default defineConfig({
     proxy: {
       '/api': { target: API_TARGET, changeOrigin: false },
       '/health': { target: API_TARGET, changeOrigin: false },
+      // The live connection (WebSocket upgrade of GET /ws).
+      '/ws': { target: API_TARGET, changeOrigin: false, ws: true },
     },
   },
 });

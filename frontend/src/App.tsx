@@ -1,5 +1,5 @@
-// The page shell: a top bar with the pages and, on the board's pages, the account;
-// below it the page the URL names.
+// The page shell: a top bar with the pages, the live connection's state and, on the
+// board's pages, the account; below it the page the URL names.
 //   /              session counter and cluster panel
 //   /board         the board (?q= search)
 //   /items/:id     one item
@@ -9,6 +9,7 @@ import { AuthProvider } from './auth';
 import { BoardPage } from './Board';
 import { CounterPage } from './CounterPage';
 import { ItemPage } from './ItemPage';
+import { LiveIndicator, LiveSession } from './Live';
 import { Link, useLocation } from './router';
 import { useTitle } from './ui';
 
@@ -58,6 +59,7 @@ function TopBar({ current, account }: { current: Route['page']; account: boolean
           Board
         </Link>
       </nav>
+      <LiveIndicator />
       {/* Only the board's pages ask who is logged in: the counter page makes no call that may answer 401. */}
       {account ? <AccountBar /> : null}
     </header>
@@ -85,6 +87,7 @@ export function App() {
   const current = route(path);
   return (
     <AuthProvider>
+      <LiveSession />
       <TopBar current={current.page} account={current.page !== 'counter' && current.page !== 'missing'} />
       <Page current={current} />
     </AuthProvider>

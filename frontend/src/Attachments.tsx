@@ -2,6 +2,7 @@
 // each, and for the item's author a file picker that uploads the chosen files one
 // after another with a progress bar and a Cancel button. File names are text, never
 // markup; a download is always a same-origin link the server answers as an attachment.
+// Files others attach while the page is open arrive live and join the list.
 import { useEffect, useRef, useState, type FormEvent } from 'react';
 import { ApiError, describeError } from './api';
 import { fetchAttachments, isAbort, uploadFile, type Attachment } from './attachments';
@@ -240,12 +241,23 @@ function UploadForm({ itemId, onAttached }: { itemId: number; onAttached: (a: At
   );
 }
 
-function AttachmentList({ itemId, userId, mine }: { itemId: number; userId: number; mine: boolean }) {
+interface ListProps {
+  itemId: number;
+  userId: number;
+  mine: boolean;
+  arrived: Attachment[];
+  liveGeneration: number | null;
+}
+
+function AttachmentList({ itemId, userId, mine, arrived, liveGeneration }: ListProps) {
   const auth = useAuth();
   // Bumped after each upload and by Try again: the list is read anew.
   const [generation, setGeneration] = useState(0);
   const [attached, setAttached] = useState<Attachment[]>([]);
-  const loaded = useRetryingLoad(`${itemId}\n${userId}\n${generation}`, () => fetchAttachments(itemId));
+  const loaded = useRetryingLoad(
+    liveGeneration === null ? null : `${itemId}\n${userId}\n${generation}\n${liveGeneration}`,
+    () => fetchAttachments(itemId),
+  );
   const shown = loaded.data ?? loaded.previous;
   const state = loaded.state;
   const { lost } = auth;
@@ -260,7 +272,8 @@ function AttachmentList({ itemId, userId, mine }: { itemId: number; userId: numb
     setGeneration((g) => g + 1);
   };
 
-  const list = shown ? merge(shown, attached) : attached.length > 0 ? attached : null;
+  const extra = [...attached, ...arrived.filter((a) => a.itemId === itemId)];
+  const list = shown ? merge(shown, extra) : extra.length > 0 ? merge([], extra) : null;
   return (
     <div className="attachments-body" data-testid="attachments-body" data-state={state} aria-busy={state === 'loading'}>
       <p className={state === 'retrying' ? 'status retrying' : 'error'} role="status" data-testid="attachments-status">
@@ -298,15 +311,33 @@ function AttachmentList({ itemId, userId, mine }: { itemId: number; userId: numb
   );
 }
 
+interface AttachmentsProps {
+  itemId: number;
+  authorId: number;
+  /** Attachments that arrived live (attachment_created), shown with the list. */
+  arrived?: Attachment[];
+  /** From useLiveChannel: null = wait before reading the list; a change = read it again. */
+  liveGeneration?: number | null;
+  /** The item is gone: no more uploads. */
+  closed?: boolean;
+}
+
 /** The attachments section of item `itemId`; `authorId` may attach files to it. */
-export function Attachments({ itemId, authorId }: { itemId: number; authorId: number }) {
+export function Attachments({ itemId, authorId, arrived = [], liveGeneration = 0, closed = false }: AttachmentsProps) {
   const auth = useAuth();
   const userId = auth.status === 'logged-in' && auth.user ? auth.user.id : null;
   return (
     <section className="attachments" aria-labelledby="attachments-heading" data-testid="attachments">
       <h2 id="attachments-heading">Attachments</h2>
       {userId !== null ? (
-        <AttachmentList key={userId} itemId={itemId} userId={userId} mine={userId === authorId} />
+        <AttachmentList
+          key={userId}
+          itemId={itemId}
+          userId={userId}
+          mine={userId === authorId && !closed}
+          arrived={arrived}
+          liveGeneration={liveGeneration}
+        />
       ) : auth.status === 'logged-out' ? (
         <p className="note" data-testid="attachments-logged-out">
           <Link to="/login">Log in</Link> to see the attachments.

@@ -1,7 +1,9 @@
 // The board: a form to post an item (logged in), a search box, and the items newest
 // first, a page at a time ("Load more" follows next_cursor). The search text is
 // sent once typing pauses and kept in the URL (/board?q=...), so Back from an item
-// returns to the same search. All user text is rendered as text.
+// returns to the same search. All user text is rendered as text. While the live
+// connection is up, items others post appear at the top of the unfiltered list and
+// deleted ones disappear, without a reload.
 import { useEffect, useRef, useState, type FormEvent } from 'react';
 import { ApiError, describeError } from './api';
 import { useAuth } from './auth';
@@ -15,8 +17,10 @@ import {
   type Item,
   type ItemPage,
   type ItemSummary,
+  parseItemSummary,
 } from './board';
 import { DeleteItem } from './DeleteItem';
+import { useLiveChannel, type LiveEvent } from './live';
 import { isPassing, retryDelayMs, retryingMessage, useRetryingLoad } from './retry';
 import { Link, navigate, useLocation } from './router';
 import { CharCount, Time, useTitle } from './ui';
@@ -98,9 +102,24 @@ function CreateForm({ onCreated }: { onCreated: (item: Item) => void }) {
   );
 }
 
-function ItemCard({ item, mine, onDeleted }: { item: ItemSummary; mine: boolean; onDeleted: () => void }) {
+function ItemCard({
+  item,
+  mine,
+  fresh,
+  onDeleted,
+}: {
+  item: ItemSummary;
+  mine: boolean;
+  fresh: boolean;
+  onDeleted: () => void;
+}) {
   return (
-    <li className="item-card" data-testid="item-card" data-item-id={item.id}>
+    <li
+      className={fresh ? 'item-card item-live' : 'item-card'}
+      data-testid="item-card"
+      data-item-id={item.id}
+      data-live={fresh || undefined}
+    >
       <h3 className="item-card-title">
         <Link to={`/items/${item.id}`} data-testid="item-link">
           {item.title}
@@ -157,7 +176,26 @@ export function BoardPage() {
     }
   }, [urlQ, q]);
 
-  const key = `${generation}\n${q}`;
+  // Items that arrived live for the list shown (by key): a reload of the list has them.
+  const [arrived, setArrived] = useState<{ key: string; items: ItemSummary[] } | null>(null);
+  const liveRef = useRef({ key: '', q });
+  const onLive = (event: LiveEvent) => {
+    if (event.event === 'item_deleted') {
+      const id = event.data.id;
+      if (typeof id === 'number') setRemoved((prev) => new Set(prev).add(id));
+    } else if (event.event === 'item_created') {
+      const item = parseItemSummary(event.data.item);
+      // A search shows only what matches, which only the server knows.
+      if (!item || liveRef.current.q !== '') return;
+      const listKey = liveRef.current.key;
+      setArrived((prev) => ({ key: listKey, items: [item, ...(prev && prev.key === listKey ? prev.items : [])] }));
+    }
+  };
+  // Null until the live subscription is in place; a new number when events were lost.
+  const liveGeneration = useLiveChannel('board', onLive);
+
+  const key = `${generation}\n${q}\n${liveGeneration ?? ''}`;
+  liveRef.current = { key, q };
   // The list a pending "Load more" belongs to; another search, a refresh or leaving
   // the page ends its retries.
   const keyRef = useRef(key);
@@ -168,7 +206,7 @@ export function BoardPage() {
     },
     [],
   );
-  const first = useRetryingLoad<{ q: string; page: ItemPage }>(key, async () => ({
+  const first = useRetryingLoad<{ q: string; page: ItemPage }>(liveGeneration === null ? null : key, async () => ({
     q,
     page: await fetchItems(q, null),
   }));
@@ -176,7 +214,9 @@ export function BoardPage() {
   const shown = first.data ?? first.previous;
 
   const extra = first.data && more && more.key === key ? more : null;
-  const pagesItems = shown ? [...shown.page.items, ...(extra ? extra.items : [])] : [];
+  const fresh = first.data && arrived && arrived.key === key ? arrived.items : [];
+  const freshIds = new Set(fresh.map((item) => item.id));
+  const pagesItems = shown ? [...fresh, ...shown.page.items, ...(extra ? extra.items : [])] : [];
   const seen = new Set<number>();
   const items = pagesItems.filter((item) => {
     if (seen.has(item.id) || removed.has(item.id)) return false;
@@ -291,6 +331,7 @@ export function BoardPage() {
                 key={item.id}
                 item={item}
                 mine={userId === item.authorId}
+                fresh={freshIds.has(item.id)}
                 onDeleted={() => onDeleted(item.id)}
               />
             ))}

@@ -2,6 +2,9 @@
 // with its state and load. Polls GET /api/cluster once a second while the tab is
 // visible (the next poll is scheduled only after the previous one finished), keeps
 // the last good table on screen when a poll fails and says so in a status line.
+// While the live channel `cluster` is subscribed, state changes arrive as `member`
+// events and are shown at once; the table is read anew on every (re)subscription
+// and polled only every 5 s for the load figures.
 import { useEffect, useState } from 'react';
 import {
   ApiError,
@@ -11,6 +14,7 @@ import {
   type ClusterInstance,
   type KnownInstanceState,
 } from './api';
+import { live, type LiveEvent } from './live';
 
 /** Pause between the end of one poll and the start of the next. */
 const POLL_MS = 1000;
@@ -18,8 +22,13 @@ const POLL_MS = 1000;
 const UNAVAILABLE_POLL_MS = 10_000;
 /** Longest pause a 503's Retry-After may ask for. */
 const MAX_RETRY_MS = 10_000;
-/** A table older than this is dimmed. */
+/** Pause between polls while member events arrive live (they carry no load figures). */
+const LIVE_POLL_MS = 5000;
+/** A table older than this is dimmed ... */
 const STALE_MS = 5000;
+/** ... or this, while member events keep its states current. */
+const LIVE_STALE_MS = 3 * LIVE_POLL_MS;
+const CLUSTER_CHANNEL = 'cluster';
 
 const PLACEHOLDER = '—';
 const COLUMNS = ['Instance', 'State', 'Address', 'Version', 'Uptime', 'Heartbeat age', 'In flight', 'RPS'];
@@ -88,6 +97,39 @@ function describeFailure(err: unknown): { message: string; retryMs: number } {
     return { message: `Could not update the cluster view: ${err.message}`, retryMs };
   }
   return { message: 'Could not update the cluster view.', retryMs: POLL_MS };
+}
+
+/**
+ * The table after a live `member` event: `left` removes the instance, `joined` and
+ * `changed` set its state and address (adding the row when it is new). An event that
+ * is not understood changes nothing.
+ */
+export function applyMember(cluster: ClusterInfo, event: LiveEvent): ClusterInfo {
+  const { service, instance, state, endpoint, change } = event.data;
+  if (event.event !== 'member' || typeof service !== 'string' || typeof instance !== 'string') return cluster;
+  if (service === '' || instance === '') return cluster;
+  const same = (i: ClusterInstance) => i.service === service && i.instance === instance;
+  if (change === 'left') return { ...cluster, instances: cluster.instances.filter((i) => !same(i)) };
+  if (typeof state !== 'string' || state === '') return cluster;
+  const address = typeof endpoint === 'string' && endpoint !== '' ? endpoint : null;
+  const known = cluster.instances.find(same);
+  const updated: ClusterInstance = known
+    ? { ...known, state, address: address ?? known.address }
+    : {
+        service,
+        instance,
+        state,
+        address,
+        version: null,
+        uptimeS: null,
+        heartbeatAgeMs: null,
+        inFlight: null,
+        rps: null,
+      };
+  return {
+    ...cluster,
+    instances: known ? cluster.instances.map((i) => (same(i) ? updated : i)) : [...cluster.instances, updated],
+  };
 }
 
 function StateBadge({ state }: { state: string }) {
@@ -185,10 +227,13 @@ export function Cluster() {
   const [updatedAt, setUpdatedAt] = useState<number | null>(null);
   const [error, setError] = useState('');
   const [now, setNow] = useState(() => Date.now());
+  const [liveMode, setLiveMode] = useState(false);
 
   useEffect(() => {
     let stopped = false;
     let inFlight = false;
+    // A (re)subscription came while a poll was in flight: that answer may predate it.
+    let readAgain = false;
     let pollTimer: number | undefined;
     let clockTimer: number | undefined;
     const controller = new AbortController();
@@ -202,7 +247,8 @@ export function Cluster() {
       pollTimer = undefined;
       if (stopped || document.hidden || inFlight) return;
       inFlight = true;
-      let next = POLL_MS;
+      readAgain = false;
+      let next = live.isSubscribed(CLUSTER_CHANNEL) ? LIVE_POLL_MS : POLL_MS;
       try {
         const answer = await fetchCluster(controller.signal);
         if (stopped) return;
@@ -222,8 +268,26 @@ export function Cluster() {
       } finally {
         inFlight = false;
       }
-      schedule(next);
+      schedule(readAgain ? 0 : next);
     };
+
+    const stopChannel = live.subscribe(CLUSTER_CHANNEL, {
+      onSubscribed: () => {
+        setLiveMode(true);
+        // Members may have changed while nothing came: read the whole table now.
+        if (inFlight) {
+          readAgain = true;
+        } else if (!document.hidden) {
+          window.clearTimeout(pollTimer);
+          void poll();
+        }
+      },
+      onEvent: (event) => setCluster((prev) => (prev ? applyMember(prev, event) : prev)),
+      onRefused: () => setLiveMode(false),
+    });
+    const stopStatus = live.subscribeStatus(() => {
+      if (!live.isLive()) setLiveMode(false);
+    });
 
     const startClock = () => {
       if (clockTimer === undefined) clockTimer = window.setInterval(() => setNow(Date.now()), 1000);
@@ -253,6 +317,8 @@ export function Cluster() {
     }
     return () => {
       stopped = true;
+      stopChannel();
+      stopStatus();
       document.removeEventListener('visibilitychange', onVisibilityChange);
       window.clearTimeout(pollTimer);
       stopClock();
@@ -261,10 +327,15 @@ export function Cluster() {
   }, []);
 
   const ageS = updatedAt === null ? null : Math.max(0, Math.floor((now - updatedAt) / 1000));
-  const stale = updatedAt !== null && now - updatedAt > STALE_MS;
+  const stale = updatedAt !== null && now - updatedAt > (liveMode ? LIVE_STALE_MS : STALE_MS);
 
   return (
-    <section className="card cluster" data-testid="cluster" aria-labelledby="cluster-title">
+    <section
+      className="card cluster"
+      data-testid="cluster"
+      data-live={liveMode || undefined}
+      aria-labelledby="cluster-title"
+    >
       <header className="cluster-header">
         <h2 id="cluster-title">Cluster</h2>
         <p className="cluster-updated" data-testid="cluster-updated">

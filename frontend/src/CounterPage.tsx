@@ -1,9 +1,14 @@
 // The session counter page (/): shows the view count of the browser's session and
 // which edge and session instances served it; Reload counts a view, Forget me
-// ends the session and starts a new one. Below it, the cluster panel.
+// ends the session and starts a new one. Below it, the cluster panel. While the
+// live connection is up (a logged-in session), the count follows views made
+// elsewhere (other tabs) through the session's own channel `me`. That channel is
+// not reloaded over REST on (re)subscription, against the design's usual rule:
+// reading the counter counts a view, so the next event brings the value instead.
 import { useCallback, useEffect, useRef, useState } from 'react';
 import { describeError, fetchSession, forgetSession, type SessionInfo } from './api';
 import { Cluster } from './Cluster';
+import { live } from './live';
 import { Time, useTitle } from './ui';
 
 type LoadState = 'loading' | 'ready' | 'error';
@@ -17,7 +22,22 @@ export function CounterPage() {
   // Only the latest action may update the page: a slow earlier reply must not
   // overwrite a newer one.
   const latest = useRef(0);
+  // Highest count a live `views` event announced for this session (0: none).
+  const [liveViews, setLiveViews] = useState(0);
   useTitle('Shoal — session counter');
+
+  useEffect(
+    () =>
+      live.subscribe('me', {
+        onEvent: (event) => {
+          const views = event.data.views;
+          if (event.event === 'views' && typeof views === 'number' && Number.isSafeInteger(views)) {
+            setLiveViews((prev) => Math.max(prev, views));
+          }
+        },
+      }),
+    [],
+  );
 
   const run = useCallback(async (action: () => Promise<SessionInfo>) => {
     const id = ++latest.current;
@@ -43,6 +63,7 @@ export function CounterPage() {
   const reload = () => void run(fetchSession);
   const forget = () =>
     void run(async () => {
+      setLiveViews(0);
       await forgetSession();
       return fetchSession();
     });
@@ -63,7 +84,7 @@ export function CounterPage() {
           <div className="fact fact-views">
             <dt id="views-label">Views</dt>
             <dd data-testid="views" aria-labelledby="views-label" aria-live="polite" aria-atomic="true">
-              {session ? session.views : PLACEHOLDER}
+              {session ? Math.max(session.views, liveViews) : liveViews > 0 ? liveViews : PLACEHOLDER}
             </dd>
           </div>
           <div className="fact">

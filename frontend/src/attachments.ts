@@ -95,6 +95,16 @@ function toAttachment(value: unknown, status: number): Attachment {
   throw notUnderstood(status);
 }
 
+/** An attachment from a live `attachment_created` event (the list's JSON), or null
+ *  when it is not one. */
+export function parseAttachment(value: unknown): Attachment | null {
+  try {
+    return toAttachment(value, 200);
+  } catch {
+    return null;
+  }
+}
+
 /** The attachments of an item, oldest first (an unknown item has none). */
 export async function fetchAttachments(itemId: number, signal?: AbortSignal): Promise<Attachment[]> {
   const body = await readJson(await request('GET', `/api/items/${itemId}/attachments`, { signal }));

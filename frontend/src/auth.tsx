@@ -1,7 +1,8 @@
 // Who is logged in, for every board page: one provider asks GET /api/me (401 means
 // logged out) the first time a page needs to know, retries while the service is
 // unavailable, and changes on sign-up, log-in, log-out and on a call that found the
-// session gone. The counter page never asks, so it makes no call that can answer 401.
+// session gone. The counter page asks only when this browser was logged in last
+// (see wasLoggedIn), so a logged-out visitor makes no call there that can answer 401.
 import { createContext, useCallback, useContext, useMemo, useRef, useState, type ReactNode } from 'react';
 import * as board from './board';
 import type { User } from './board';
@@ -25,6 +26,30 @@ export interface Auth {
 
 const AuthContext = createContext<Auth | null>(null);
 
+/** Remembers (across loads, in localStorage) that this browser was logged in last,
+ *  so a page that does not ask who is logged in (the counter page) knows whether
+ *  asking is worth it: a logged-out visitor makes no call that answers 401. Holds
+ *  no secret: only "1". */
+const LOGGED_IN_HINT = 'shoal.logged-in';
+
+function rememberLoggedIn(loggedIn: boolean): void {
+  try {
+    if (loggedIn) window.localStorage.setItem(LOGGED_IN_HINT, '1');
+    else window.localStorage.removeItem(LOGGED_IN_HINT);
+  } catch {
+    // Storage disabled: the counter page then stays without live updates.
+  }
+}
+
+/** True when this browser was logged in when it last knew. */
+export function wasLoggedIn(): boolean {
+  try {
+    return window.localStorage.getItem(LOGGED_IN_HINT) === '1';
+  } catch {
+    return false;
+  }
+}
+
 export function AuthProvider({ children }: { children: ReactNode }) {
   const [user, setUser] = useState<User | null>(null);
   const [status, setStatus] = useState<AuthStatus>('unknown');
@@ -35,6 +60,7 @@ export function AuthProvider({ children }: { children: ReactNode }) {
 
   const settle = useCallback((next: User | null) => {
     version.current++;
+    rememberLoggedIn(next !== null);
     setUser(next);
     setStatus(next ? 'logged-in' : 'logged-out');
     setProblem('');

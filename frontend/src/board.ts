@@ -101,6 +101,16 @@ function toItemSummary(value: unknown): ItemSummary {
   throw notUnderstood('an item');
 }
 
+/** An item as a list entry (the shape of GET /api/items entries and of live
+ *  `item_created` events), or null when it is not one. */
+export function parseItemSummary(value: unknown): ItemSummary | null {
+  try {
+    return toItemSummary(value);
+  } catch {
+    return null;
+  }
+}
+
 function toItem(body: unknown): Item {
   const value = isObject(body) ? body.item : undefined;
   if (

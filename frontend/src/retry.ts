@@ -46,7 +46,7 @@ export interface Loaded<T> {
 }
 
 interface Result<T> {
-  key: string;
+  key: string | null;
   state: LoadState;
   data: T | null;
   error: unknown;
@@ -56,15 +56,17 @@ interface Result<T> {
 /**
  * Runs `load` whenever `key` changes and keeps retrying passing failures until it
  * works or the key changes. Answers for an earlier key are never shown for a later
- * one: until the current key has its own answer the state is `loading`.
+ * one: until the current key has its own answer the state is `loading`. A null key
+ * loads nothing yet (state `loading`).
  */
-export function useRetryingLoad<T>(key: string, load: () => Promise<T>): Loaded<T> {
+export function useRetryingLoad<T>(key: string | null, load: () => Promise<T>): Loaded<T> {
   const loadRef = useRef(load);
   loadRef.current = load;
   const [result, setResult] = useState<Result<T> | null>(null);
   const [previous, setPrevious] = useState<T | null>(null);
 
   useEffect(() => {
+    if (key === null) return;
     let cancelled = false;
     let timer: number | undefined;
     let attempt = 0;

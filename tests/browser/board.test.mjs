@@ -15,11 +15,13 @@ import { randomBytes } from 'node:crypto';
 import {
   assertNoProblems,
   BASE_URL,
+  liveIndicator,
   openWatchedPage,
   pathOf,
   problemsOf,
   screenshot,
   STEP_TIMEOUT_MS,
+  stubLiveSocket,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
   textOf,
@@ -137,6 +139,10 @@ test(
       await page.waitForURL(url('/board'));
       assert.equal(await textOf(page.getByTestId('account-name')), username);
       const userId = Number(await page.getByTestId('account-name').getAttribute('data-user-id'));
+      // Logged in, the page opens its live connection and reloads the list once
+      // subscribed: let that settle before counting the post's requests.
+      await waitFor(page, liveIndicator(page, 'board'), 'live board after sign-up');
+      await waitForList(page, '', 'after sign-up');
       assertNoProblems(problems, 'after sign-up');
 
       // --- post, with a stale CSRF token on the first try ---
@@ -379,6 +385,8 @@ test('the forms show limits, their pending state and the server’s messages', S
     { method: 'POST', path: '/api/items', status: 400 },
   ];
   const { context, page, problems, cspViolations } = await openPage(allow);
+  // Once the stubbed /api/me says "logged in", the page opens its live connection.
+  await stubLiveSocket(page);
   try {
     // Log in: the button is disabled while the request is pending, then shows the message.
     let release;

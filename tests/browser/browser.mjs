@@ -182,3 +182,37 @@ export async function screenshot(page, name) {
 export async function textOf(locator) {
   return (await locator.textContent())?.trim() ?? '';
 }
+
+export const LIVE_PATH = '/ws';
+
+/** The page's live indicator once it is live and, with `channel`, subscribed to it. */
+export function liveIndicator(page, channel) {
+  const subscribed = channel === undefined ? '' : `[data-channels~=${JSON.stringify(channel)}]`;
+  return page.locator(`[data-testid="live-indicator"][data-state="live"]${subscribed}`);
+}
+
+/**
+ * Answers the page's live connection (GET /ws) from inside the browser like an edge
+ * on which nothing happens: `hello`, `subscribed` for every subscribe (as for a
+ * first subscription: the page loads over REST), `pong` for `ping`. For tests that
+ * answer the API from inside the browser too, so that no real socket (which the
+ * stubbed session could not open) makes the page retry.
+ */
+export async function stubLiveSocket(page, edge = 'stub-edge') {
+  await page.routeWebSocket(
+    (u) => pathOf(u.href) === LIVE_PATH,
+    (ws) => {
+      ws.onMessage((message) => {
+        let msg;
+        try {
+          msg = JSON.parse(String(message));
+        } catch {
+          return;
+        }
+        if (msg.type === 'subscribe') ws.send(JSON.stringify({ type: 'subscribed', channel: msg.channel }));
+        else if (msg.type === 'ping') ws.send(JSON.stringify({ type: 'pong' }));
+      });
+      ws.send(JSON.stringify({ type: 'hello', edge, user: 'stub' }));
+    },
+  );
+}

@@ -23,6 +23,7 @@ import {
   pathOf,
   screenshot,
   STEP_TIMEOUT_MS,
+  stubLiveSocket,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
   textOf,
@@ -474,6 +475,8 @@ test('upload failures are explained, a stale token is renewed, names stay text',
     json(403, errorBody('csrf', 'missing or wrong CSRF token')),
     'created',
   ];
+  // The stubbed session is logged in, so the page opens its live connection: answer it here too.
+  await stubLiveSocket(page);
   await page.route(
     (u) => pathOf(u.href) === '/api/me',
     (route) => {
