@@ -24,9 +24,11 @@
 #include "sh_log.h"
 #include "sh_util.h"
 
-#define QUERY_PROBE_MS         50
-#define QUERY_PROBE_STALE_MS   1000 /* a replica not heard from this long is out */
-#define QUERY_SAMPLES          128  /* primary LSN samples kept (6.4 s at 50 ms) */
+#define QUERY_PROBE_MS       50
+#define QUERY_PROBE_STALE_MS 1000 /* a replica not heard from this long is out */
+#define QUERY_REPLAY_WAIT_MS \
+    1000 /* primary down: how long a read waits for the replica to replay the caller's write */
+#define QUERY_SAMPLES          128 /* primary LSN samples kept (6.4 s at 50 ms) */
 #define QUERY_TICK_MS          10
 #define QUERY_RECONNECT_MIN_MS 100
 #define QUERY_RECONNECT_MAX_MS 2000
@@ -83,7 +85,8 @@ typedef struct s_call_t {
     query_db_fn *fn;
     void *arg;
     bool answered;
-    uint64_t seen_lsn; /* replica reads: its replay LSN when the call was routed */
+    uint64_t seen_lsn;     /* replica reads: its replay LSN when the call was routed */
+    int64_t wait_until_ms; /* waiting for the replica to replay min_lsn (monotonic) */
 } s_call_t;
 
 /*  What a pipeline still has to hand back, in order.  */
@@ -144,7 +147,12 @@ struct query_db_t {
     int sample_count;
     int64_t replica_lag_ms;
     uint64_t *rerouted;
+    s_call_t *waiting; /* reads waiting for the replica to replay their min_lsn */
+    int64_t nwaiting;
 };
+
+static void s_recheck_waiting(query_db_t *self);
+static void s_probe(query_db_t *self, s_role_t role);
 
 /*  --- results -------------------------------------------------------------  */
 
@@ -430,6 +438,8 @@ static void s_complete(s_conn_t *conn)
             server->last_probe_ok_ms = now;
             server->recovery = conn->role == S_REPLICA && PQnfields(conn->main) > 1 &&
                                PQgetvalue(conn->main, 0, 1)[0] == 't';
+            if (conn->role == S_REPLICA && self->waiting)
+                s_recheck_waiting(self);
             if (conn->role == S_PRIMARY) {
                 self->samples[self->sample_next].at_ms = now;
                 self->samples[self->sample_next].lsn = (uint64_t)lsn;
@@ -743,6 +753,45 @@ void query_db_write(query_db_t *self, query_stmt_t stmt, int nparams, const char
     s_submit(self, S_PRIMARY, call);
 }
 
+static void s_refuse_unreplayed(query_db_t *self, s_call_t *call)
+{
+    (*self->servers[S_PRIMARY].m.calls)++;
+    s_answer(call, SH_STATUS_UNAVAILABLE,
+             "primary unavailable and the replica has not caught up with your last write", NULL, 0,
+             S_REPLICA);
+    s_call_free(call);
+}
+
+/*  Route the reads that wait for the replica: to it once it replayed
+    their write, to the primary if it is back, else refused when their
+    wait is over.  */
+static void s_recheck_waiting(query_db_t *self)
+{
+    int64_t now = sh_clock_mono_ms();
+    s_call_t **link = &self->waiting;
+    while (*link) {
+        s_call_t *call = *link;
+        s_role_t role;
+        if (s_replica_has(self, call->min_lsn))
+            role = S_REPLICA;
+        else if (s_ready_any(&self->servers[S_PRIMARY], self->config.pool))
+            role = S_PRIMARY;
+        else if (now >= call->wait_until_ms)
+            role = S_ROLES;
+        else {
+            link = &call->next;
+            continue;
+        }
+        *link = call->next;
+        call->next = NULL;
+        self->nwaiting--;
+        if (role == S_ROLES)
+            s_refuse_unreplayed(self, call);
+        else
+            s_submit(self, role, call);
+    }
+}
+
 void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int nparams,
                    const char *const *params, int64_t timeout_ms, query_db_fn *fn, void *arg)
 {
@@ -762,11 +811,20 @@ void query_db_read(query_db_t *self, query_stmt_t stmt, uint64_t min_lsn, int np
             role = S_REPLICA;
         else if (min_lsn && self->has_replica &&
                  s_ready_any(&self->servers[S_REPLICA], self->config.pool)) {
-            (*self->servers[S_PRIMARY].m.calls)++;
-            s_answer(call, SH_STATUS_UNAVAILABLE,
-                     "primary unavailable and the replica has not caught up with your last write",
-                     NULL, 0, S_REPLICA);
-            s_call_free(call);
+            /*  the replica may have it already (probes are 50 ms apart) or
+                soon: wait a little, asking again, before refusing  */
+            if (self->nwaiting >= self->config.max_pending) {
+                s_refuse_unreplayed(self, call);
+                return;
+            }
+            int64_t now = sh_clock_mono_ms();
+            call->wait_until_ms = now + QUERY_REPLAY_WAIT_MS < call->deadline_ms
+                                      ? now + QUERY_REPLAY_WAIT_MS
+                                      : call->deadline_ms;
+            call->next = self->waiting;
+            self->waiting = call;
+            self->nwaiting++;
+            s_probe(self, S_REPLICA);
             return;
         }
     }
@@ -885,6 +943,7 @@ static int s_on_tick(sh_loop_t *loop, void *arg)
             }
         }
     }
+    s_recheck_waiting(self);
     if (now - self->last_probe_ms >= QUERY_PROBE_MS) {
         self->last_probe_ms = now;
         s_probe(self, S_PRIMARY);
@@ -948,6 +1007,12 @@ void query_db_destroy(query_db_t **self_p)
     if (!self)
         return;
     sh_loop_timer_cancel(self->loop, self->timer);
+    while (self->waiting) {
+        s_call_t *call = self->waiting;
+        self->waiting = call->next;
+        s_answer(call, SH_STATUS_UNAVAILABLE, "shutting down", NULL, 0, S_REPLICA);
+        s_call_free(call);
+    }
     for (int r = 0; r < S_ROLES; r++) {
         s_server_t *server = &self->servers[r];
         for (int i = 0; i < self->config.pool; i++) {
