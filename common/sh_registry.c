@@ -284,14 +284,8 @@ static void s_drain_sub(sh_registry_t *self)
         sh_frames_t frames;
         if (sh_frames_recv(self->sub, &frames) != 0)
             break;
-        sh_envelope_t env;
         sh_member_event_req_t *ev = calloc(1, sizeof *ev);
-        if (ev && frames.count >= 3 &&
-            sh_codec_decode(&sh_envelope_codec, &env, zmq_msg_data(&frames.frames[1]),
-                            zmq_msg_size(&frames.frames[1])) == 0 &&
-            env.kind == SH_KIND_EVENT && env.type == SH_OP_member_event &&
-            sh_codec_decode(&sh_member_event_req_codec, ev, zmq_msg_data(&frames.frames[2]),
-                            zmq_msg_size(&frames.frames[2])) == 0)
+        if (ev && sh_frames_event(&frames, SH_OP_member_event, &sh_member_event_req_codec, ev) == 0)
             s_on_event(self, ev);
         free(ev);
         sh_frames_close(&frames);
@@ -320,12 +314,7 @@ sh_registry_t *sh_registry_new(const char *endpoints, sh_registry_fn *fn, void *
         *counters[i] =
             metrics ? sh_metrics_counter(metrics, names[i][0], names[i][1], NULL) : &self->local[i];
     if (fn) {
-        self->sub = zmq_socket(sh_transport_ctx(), ZMQ_SUB);
-        if (self->sub) {
-            int linger = 0;
-            zmq_setsockopt(self->sub, ZMQ_LINGER, &linger, sizeof linger);
-            zmq_setsockopt(self->sub, ZMQ_SUBSCRIBE, SH_TOPIC_MEMBERS, strlen(SH_TOPIC_MEMBERS));
-        }
+        self->sub = sh_transport_subscriber(SH_TOPIC_MEMBERS);
     }
     char *copy = strdup(endpoints ? endpoints : ""), *save = NULL;
     bool ok = copy && self->merged && self->all && (!fn || self->sub);

@@ -107,6 +107,32 @@ void *sh_transport_publisher(const char *endpoint, char *bound, size_t bound_siz
     return s_bind(socket, endpoint, bound, bound_size);
 }
 
+void *sh_transport_subscriber(const char *topic)
+{
+    void *socket = zmq_socket(sh_transport_ctx(), ZMQ_SUB);
+    if (!socket)
+        return NULL;
+    s_common_options(socket);
+    if (zmq_setsockopt(socket, ZMQ_SUBSCRIBE, topic, strlen(topic)) != 0) {
+        int err = errno;
+        zmq_close(socket);
+        errno = err;
+        return NULL;
+    }
+    return socket;
+}
+
+int sh_frames_event(const sh_frames_t *frames, uint64_t type, const sh_codec_t *codec, void *body)
+{
+    sh_envelope_t env;
+    zmq_msg_t *f = (zmq_msg_t *)frames->frames;
+    if (frames->count < 3 ||
+        sh_codec_decode(&sh_envelope_codec, &env, zmq_msg_data(&f[1]), zmq_msg_size(&f[1])) ||
+        env.kind != SH_KIND_EVENT || env.type != type)
+        return -1;
+    return sh_codec_decode(codec, body, zmq_msg_data(&f[2]), zmq_msg_size(&f[2])) ? -1 : 0;
+}
+
 int sh_transport_publish(void *socket, const char *topic, const sh_envelope_t *env,
                          const sh_codec_t *codec, const void *body)
 {

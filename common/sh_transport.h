@@ -72,6 +72,14 @@ void *sh_transport_publisher(const char *endpoint, char *bound, size_t bound_siz
 int sh_transport_publish(void *socket, const char *topic, const sh_envelope_t *env,
                          const sh_codec_t *codec, const void *body);
 
+/*  A SUB socket (bounded HWM, heartbeats, no linger) subscribed to topic
+    ("" for every topic). Returns NULL (errno set).  */
+void *sh_transport_subscriber(const char *topic);
+/*  Decode a published [topic][envelope][body] as an event of operation
+    `type` into body (codec's struct; strings point into the frames).
+    Returns 0, or -1 when it is not one.  */
+int sh_frames_event(const sh_frames_t *frames, uint64_t type, const sh_codec_t *codec, void *body);
+
 /*  A ROUTER that connects out to many instances (the caller side of a
     pool): each connection is addressed by the routing id given to
     sh_transport_connect_peer. own_id names this socket to its peers.  */

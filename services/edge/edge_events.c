@@ -808,14 +808,8 @@ void edge_events_drain(edge_events_t *self)
         sh_frames_t frames;
         if (sh_frames_recv(self->sub, &frames) != 0)
             break;
-        sh_envelope_t env;
         sh_event_t *ev = calloc(1, sizeof *ev);
-        if (ev && frames.count >= 3 &&
-            sh_codec_decode(&sh_envelope_codec, &env, zmq_msg_data(&frames.frames[1]),
-                            zmq_msg_size(&frames.frames[1])) == 0 &&
-            env.kind == SH_KIND_EVENT && env.type == SH_OP_event &&
-            sh_codec_decode(&sh_event_req_codec, ev, zmq_msg_data(&frames.frames[2]),
-                            zmq_msg_size(&frames.frames[2])) == 0) {
+        if (ev && sh_frames_event(&frames, SH_OP_event, &sh_event_req_codec, ev) == 0) {
             (*self->received)++;
             s_on_event(self, ev);
         } else
@@ -987,14 +981,8 @@ edge_events_t *edge_events_new(edge_t *edge)
         return NULL;
     self->edge = edge;
     self->started_ms = sh_clock_mono_ms();
-    self->sub = zmq_socket(sh_transport_ctx(), ZMQ_SUB);
-    int hwm = SH_TRANSPORT_HWM, linger = 0, ivl = SH_TRANSPORT_HEARTBEAT_MS,
-        timeout = SH_TRANSPORT_HB_TIMEOUT;
-    if (!self->sub || zmq_setsockopt(self->sub, ZMQ_RCVHWM, &hwm, sizeof hwm) ||
-        zmq_setsockopt(self->sub, ZMQ_LINGER, &linger, sizeof linger) ||
-        zmq_setsockopt(self->sub, ZMQ_HEARTBEAT_IVL, &ivl, sizeof ivl) ||
-        zmq_setsockopt(self->sub, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout) ||
-        zmq_setsockopt(self->sub, ZMQ_SUBSCRIBE, "", 0)) {
+    self->sub = sh_transport_subscriber("");
+    if (!self->sub) {
         sh_error("cannot make the events SUB socket: %s", zmq_strerror(zmq_errno()));
         edge_events_destroy(&self);
         return NULL;
