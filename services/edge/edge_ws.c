@@ -29,11 +29,13 @@
 
 _Static_assert(LWS_PRE <= EDGE_WS_PRE, "EDGE_WS_PRE must leave room for the frame header");
 
-#define S_QUEUE_START   8
-#define S_REASON_MAX    100
-#define S_CLOSE_SESSION 4401
-#define S_CLOSE_SLOW    4001
-#define S_CLOSE_WAIT_S  5 /* a closing client that reads nothing is dropped after it */
+#define S_QUEUE_START      8
+#define S_REASON_MAX       100
+#define S_CLOSE_SESSION    4401
+#define S_CLOSE_SLOW       4001
+#define S_WRITE_MAX        65536 /* bytes of frames written at once */
+#define S_FRAME_HEADER_MAX 10
+#define S_CLOSE_WAIT_S     5 /* a closing client that reads nothing is dropped after it */
 
 struct edge_ws_t {
     struct lws *wsi;
@@ -262,7 +264,9 @@ int edge_ws_send(edge_ws_t *ws, edge_msg_t *msg)
     ws->queue[(ws->q_start + ws->q_len) % ws->q_cap] = msg;
     ws->q_len++;
     ws->q_bytes += msg->len;
-    lws_callback_on_writable(ws->wsi);
+    /*  once per burst: a queue that was not empty has asked already  */
+    if (ws->q_len == 1)
+        lws_callback_on_writable(ws->wsi);
     return 0;
 }
 
@@ -278,8 +282,45 @@ int edge_ws_send_text(edge_ws_t *ws, const char *text, size_t len)
     return rc;
 }
 
+/*  Pop the oldest queued message (the caller owns the reference).  */
+static edge_msg_t *s_pop(edge_ws_t *ws)
+{
+    edge_msg_t *msg = ws->queue[ws->q_start];
+    ws->q_start = (ws->q_start + 1) % ws->q_cap;
+    ws->q_len--;
+    ws->q_bytes -= msg->len;
+    return msg;
+}
+
+/*  The header of an unmasked, final text frame of len bytes into out;
+    returns its length (RFC 6455 5.2).  */
+static size_t s_frame_header(unsigned char *out, size_t len)
+{
+    out[0] = 0x81;
+    if (len < 126) {
+        out[1] = (unsigned char)len;
+        return 2;
+    }
+    if (len < 65536) {
+        out[1] = 126;
+        out[2] = (unsigned char)(len >> 8);
+        out[3] = (unsigned char)len;
+        return 4;
+    }
+    out[1] = 127;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    return 10;
+}
+
+/*  Everything queued goes out in one write: a client that fell behind
+    (or a burst of events) costs one system call and one poll cycle, not
+    one per message. The frames are made here and written raw (lws sends
+    LWS_WRITE_HTTP on a WebSocket as it is, buffering what the socket
+    does not take).  */
 static int s_on_writeable(edge_ws_t *ws)
 {
+    static unsigned char out[LWS_PRE + S_WRITE_MAX];
     if (ws->closing) {
         lws_close_reason(ws->wsi, (enum lws_close_status)ws->close_code,
                          (unsigned char *)ws->close_reason, strlen(ws->close_reason));
@@ -288,14 +329,30 @@ static int s_on_writeable(edge_ws_t *ws)
     if (!ws->q_len)
         return 0;
     edge_msg_t *msg = ws->queue[ws->q_start];
-    ws->q_start = (ws->q_start + 1) % ws->q_cap;
-    ws->q_len--;
-    ws->q_bytes -= msg->len;
-    int n = lws_write(ws->wsi, msg->bytes + EDGE_WS_PRE, msg->len, LWS_WRITE_TEXT);
-    edge_msg_unref(msg);
-    if (n < 0)
-        return -1;
-    (*s_ws.events_sent)++;
+    if (msg->len + S_FRAME_HEADER_MAX > S_WRITE_MAX) {
+        /*  a message too big for the batch goes alone, framed by lws  */
+        msg = s_pop(ws);
+        int n = lws_write(ws->wsi, msg->bytes + EDGE_WS_PRE, msg->len, LWS_WRITE_TEXT);
+        edge_msg_unref(msg);
+        if (n < 0)
+            return -1;
+        (*s_ws.events_sent)++;
+    } else {
+        size_t used = 0;
+        while (ws->q_len) {
+            msg = ws->queue[ws->q_start];
+            if (used + msg->len + S_FRAME_HEADER_MAX > S_WRITE_MAX)
+                break;
+            msg = s_pop(ws);
+            used += s_frame_header(out + LWS_PRE + used, msg->len);
+            memcpy(out + LWS_PRE + used, msg->bytes + EDGE_WS_PRE, msg->len);
+            used += msg->len;
+            edge_msg_unref(msg);
+            (*s_ws.events_sent)++;
+        }
+        if (lws_write(ws->wsi, out + LWS_PRE, used, LWS_WRITE_HTTP) < 0)
+            return -1;
+    }
     if (ws->q_len)
         lws_callback_on_writable(ws->wsi);
     return 0;
