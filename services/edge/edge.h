@@ -328,6 +328,8 @@ const char *edge_ws_session_channel(const edge_ws_t *ws);
 void **edge_ws_subs(edge_ws_t *ws, int **count);
 /*  Connections open, for metrics and draining.  */
 int64_t edge_ws_count(void);
+/*  Ping idle clients, drop those that did not answer; call every tick.  */
+void edge_ws_tick(void);
 /*  Close the connections of session channel `channel` with 4401.  */
 void edge_ws_close_session(const char *channel);
 /*  Close every connection with 1001 (draining).  */

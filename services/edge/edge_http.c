@@ -19,7 +19,6 @@
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <libwebsockets.h>
 
 #include "edge.h"
 #include "edge_lws.h"
@@ -841,6 +840,7 @@ static void s_on_tick(lws_sorted_usec_list_t *sul)
             edge_api_beat(edge);
     }
     edge_events_tick(edge->events);
+    edge_ws_tick();
     s_drain_all(edge);
     if (edge->draining) {
         int64_t elapsed = sh_clock_mono_ms() - edge->drain_started_ms;
@@ -867,12 +867,12 @@ static int s_adopt(int fd, const char *protocol)
 }
 
 #define S_WS_RX_BUFFER 1024 /* bytes lws reads at once per WebSocket; messages are reassembled */
+static const lws_retry_bo_t s_no_validity; /* all zero: no ping, no hangup timers */
 static struct lws_protocols s_protocols[] = {
     {"http", s_callback_http, sizeof(edge_conn_t), 0, 0, NULL, 0},
     {"shoal-raw", s_callback_raw, 0, 0, 0, NULL, 0},
     {"shoal.v1", edge_ws_callback, 0, S_WS_RX_BUFFER, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}};
-static lws_retry_bo_t s_ws_policy;
 
 static void s_lws_log(int level, const char *line)
 {
@@ -896,11 +896,7 @@ int edge_http_start(edge_t *edge)
     info.iface = edge->config->http_addr;
     s_protocols[2].per_session_data_size = edge_ws_size();
     info.protocols = s_protocols;
-    /*  WebSocket clients are pinged when idle and dropped without a pong  */
-    s_ws_policy.secs_since_valid_ping = (uint16_t)edge->config->ws_ping_s;
-    s_ws_policy.secs_since_valid_hangup =
-        (uint16_t)(edge->config->ws_ping_s + edge->config->ws_pong_timeout_s);
-    info.retry_and_idle_policy = &s_ws_policy;
+
     /*  Debian's lws listens on every interface for "127.0.0.1" unless IPv6 is off  */
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     int64_t header_space = edge->config->max_header_bytes * EDGE_HEADER_SPACE_FACTOR;
@@ -910,6 +906,10 @@ int edge_http_start(edge_t *edge)
     info.fd_limit_per_thread = (unsigned int)edge->config->max_connections + 64;
     info.keepalive_timeout = 5;
     info.timeout_secs = 10;
+    /*  no per-connection validity timers: lws re-sorts one into a list as
+        long as the connections on every read and write. edge_ws.c pings
+        idle clients itself, in one sweep a second.  */
+    info.retry_and_idle_policy = &s_no_validity;
     info.server_string = "shoal";
     s_http.context = lws_create_context(&info);
     if (!s_http.context) {

@@ -33,6 +33,7 @@ _Static_assert(LWS_PRE <= EDGE_WS_PRE, "EDGE_WS_PRE must leave room for the fram
 #define S_REASON_MAX       100
 #define S_CLOSE_SESSION    4401
 #define S_CLOSE_SLOW       4001
+#define S_SWEEP_MS         1000
 #define S_WRITE_MAX        65536 /* bytes of frames written at once */
 #define S_FRAME_HEADER_MAX 10
 #define S_CLOSE_WAIT_S     5 /* a closing client that reads nothing is dropped after it */
@@ -45,6 +46,9 @@ struct edge_ws_t {
     uint64_t user_id;
     uint64_t check; /* pool handle of the session check after 101 */
     bool established;
+    int64_t heard_ms;  /* last frame from the client (mono) */
+    int64_t pinged_ms; /* a ping waits for its pong since; 0: none */
+    bool ping_due;     /* write a ping with the next batch */
 
     edge_msg_t **queue; /* ring */
     int q_start, q_len, q_cap;
@@ -70,6 +74,8 @@ static struct {
     double connect_tokens;
     int64_t connect_ms;
     int64_t *connections;
+    int64_t swept_ms;
+    uint64_t *no_pong;
     uint64_t *rejected_origin, *rejected_auth, *rejected_full, *rejected_rate, *rejected_bad;
     uint64_t *messages_in, *events_sent, *coalesced, *laggards, *too_big, *too_fast, *session_ended;
 } s_ws;
@@ -326,10 +332,20 @@ static int s_on_writeable(edge_ws_t *ws)
                          (unsigned char *)ws->close_reason, strlen(ws->close_reason));
         return -1;
     }
+    size_t used = 0;
+    if (ws->ping_due) {
+        /*  a ping frame (RFC 6455 5.5.2) ahead of the messages; it carries
+            a payload because lws reports no pong with an empty one  */
+        ws->ping_due = false;
+        out[LWS_PRE] = 0x89;
+        out[LWS_PRE + 1] = 4;
+        memcpy(out + LWS_PRE + 2, "ping", 4);
+        used = 6;
+    }
     if (!ws->q_len)
-        return 0;
+        return used && lws_write(ws->wsi, out + LWS_PRE, used, LWS_WRITE_HTTP) < 0 ? -1 : 0;
     edge_msg_t *msg = ws->queue[ws->q_start];
-    if (msg->len + S_FRAME_HEADER_MAX > S_WRITE_MAX) {
+    if (!used && msg->len + S_FRAME_HEADER_MAX > S_WRITE_MAX) {
         /*  a message too big for the batch goes alone, framed by lws  */
         msg = s_pop(ws);
         int n = lws_write(ws->wsi, msg->bytes + EDGE_WS_PRE, msg->len, LWS_WRITE_TEXT);
@@ -338,7 +354,6 @@ static int s_on_writeable(edge_ws_t *ws)
             return -1;
         (*s_ws.events_sent)++;
     } else {
-        size_t used = 0;
         while (ws->q_len) {
             msg = ws->queue[ws->q_start];
             if (used + msg->len + S_FRAME_HEADER_MAX > S_WRITE_MAX)
@@ -376,6 +391,8 @@ static bool s_message_allowed(edge_ws_t *ws)
 
 static int s_on_receive(edge_ws_t *ws, const void *in, size_t len)
 {
+    ws->heard_ms = sh_clock_mono_ms();
+    ws->pinged_ms = 0;
     if (ws->closing)
         return 0;
     size_t cap = (size_t)s_ws.edge->config->ws_max_message_bytes;
@@ -459,6 +476,7 @@ static int s_on_established(struct lws *wsi, edge_ws_t *ws)
         return -1;
     ws->tokens = (double)s_ws.edge->config->ws_message_rate;
     ws->tokens_ms = sh_clock_mono_ms();
+    ws->heard_ms = ws->tokens_ms;
     ws->established = true;
     ws->next = s_ws.all;
     if (s_ws.all)
@@ -507,6 +525,10 @@ int edge_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *us
         return s_on_established(wsi, ws);
     case LWS_CALLBACK_RECEIVE:
         return s_on_receive(ws, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        ws->heard_ms = sh_clock_mono_ms();
+        ws->pinged_ms = 0;
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return s_on_writeable(ws);
     case LWS_CALLBACK_CLOSED:
@@ -538,6 +560,32 @@ void **edge_ws_subs(edge_ws_t *ws, int **count)
 int64_t edge_ws_count(void)
 {
     return s_ws.open;
+}
+
+void edge_ws_tick(void)
+{
+    /*  Pings are swept here, once a second, rather than left to a timer
+        per connection: with thousands of connections libwebsockets' timers
+        woke its poll loop (which scans every socket) hundreds of times a
+        second.  */
+    int64_t now = sh_clock_mono_ms();
+    if (now - s_ws.swept_ms < S_SWEEP_MS)
+        return;
+    s_ws.swept_ms = now;
+    int64_t idle = s_ws.edge->config->ws_ping_s * 1000,
+            wait = s_ws.edge->config->ws_pong_timeout_s * 1000;
+    for (edge_ws_t *ws = s_ws.all; ws; ws = ws->next) {
+        if (ws->pinged_ms && now - ws->pinged_ms > wait) {
+            /*  a peer that does not answer will not read a close frame either  */
+            (*s_ws.no_pong)++;
+            ws->closing = true;
+            lws_set_timeout(ws->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
+        } else if (!ws->pinged_ms && !ws->closing && now - ws->heard_ms > idle) {
+            ws->pinged_ms = now;
+            ws->ping_due = true;
+            lws_callback_on_writable(ws->wsi);
+        }
+    }
 }
 
 void edge_ws_close_session(const char *channel)
@@ -585,6 +633,8 @@ int edge_ws_init(edge_t *edge)
                                        "reason=\"rate\"");
     s_ws.session_ended = sh_metrics_counter(m, "shoal_ws_closed_total", "WebSocket clients closed",
                                             "reason=\"session\"");
+    s_ws.no_pong = sh_metrics_counter(m, "shoal_ws_closed_total", "WebSocket clients closed",
+                                      "reason=\"no_pong\"");
     if (!s_ws.connections || !s_ws.rejected_origin || !s_ws.rejected_auth || !s_ws.rejected_full ||
         !s_ws.rejected_rate || !s_ws.rejected_bad || !s_ws.messages_in || !s_ws.events_sent ||
         !s_ws.coalesced || !s_ws.laggards || !s_ws.too_big || !s_ws.too_fast || !s_ws.session_ended)

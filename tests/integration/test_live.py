@@ -26,7 +26,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 
-from shoal_stack import Stack, WebSocket, WsClosed, WsRefused, wait_until  # noqa: E402
+from shoal_stack import WS_PING, WS_PONG, Stack, WebSocket, WsClosed, WsRefused, wait_until  # noqa: E402
 from test_board import HIGH_LIMITS, BoardCase, nonce  # noqa: E402
 
 HISTORY = 30          # SHOAL_EVENTS_HISTORY of query and session: events kept per channel
@@ -884,6 +884,34 @@ class LiveStalledClients(LiveCase):
 
 
 # ----------------------------------------------------------------- draining
+
+class LivePing(LiveCase):
+
+    def test_idle_clients_are_pinged_and_silent_ones_dropped(self):
+        edge = self.stack.add_edge(name="edge-ping", env={"SHOAL_WS_PING_S": "1",
+                                                          "SHOAL_WS_PONG_TIMEOUT_S": "1"})
+        self.addCleanup(edge.stop)
+        b = self.user("pinged")
+        answering = self.connect(b, edge)
+        silent = self.connect(b, edge)
+        # the answering client sees pings (recv_frame does not answer them)
+        # and keeps its connection
+        pings = 0
+        deadline = time.monotonic() + 10
+        while pings < 2 and time.monotonic() < deadline:
+            opcode, payload = answering.recv_frame(timeout=5)
+            if opcode & 0x0F == WS_PING:
+                answering.send_frame(WS_PONG, payload)
+                pings += 1
+        self.assertEqual(pings, 2, "an idle client is pinged about once a second")
+        # the silent one never answered: dropped after ping + pong timeout
+        wait_until(lambda: metric(edge, 'shoal_ws_closed_total{reason="no_pong"}') >= 1, 10,
+                   "the client that answers no ping to be dropped")
+        self.assertEqual(metric(edge, 'shoal_ws_closed_total{reason="no_pong"}'), 1)
+        answering.send_json({"type": "ping"})
+        self.assertEqual(answering.recv_until(lambda m: m.get("type") == "pong")[-1],
+                         {"type": "pong"})
+
 
 class LiveDrain(LiveCase):
 
