@@ -11,34 +11,28 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import {
   assertNoProblems,
   BASE_URL,
+  CSRF_TOKEN_LENGTH,
   liveIndicator,
+  LOGGED_OUT_ME,
   openWatchedPage,
   pathOf,
-  problemsOf,
+  readPage,
   screenshot,
   STEP_TIMEOUT_MS,
+  stepWaits,
   stubLiveSocket,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
   textOf,
+  uniqueWord,
   url,
   useBrowser,
 } from './browser.mjs';
 
 const getBrowser = useBrowser();
-
-const CSRF_TOKEN_LENGTH = 43;
-/** A logged-out browser asks /api/me and gets 401: that is how the page learns it. */
-const LOGGED_OUT_ME = { method: 'GET', path: '/api/me', status: 401 };
-
-/** Lowercase letters only, so full-text search sees one plain word. */
-function uniqueWord(length = 12) {
-  return Array.from(randomBytes(length), (b) => String.fromCharCode(97 + (b % 26))).join('');
-}
 
 
 function openPage(allow = []) {
@@ -48,30 +42,17 @@ function openPage(allow = []) {
 
 
 /** What the board shows now, for failure messages. */
-async function describeBoard(page) {
-  return page
-    .evaluate(() => {
-      const main = document.querySelector('main');
-      const cards = [...document.querySelectorAll('[data-testid="item-card"]')].map((c) => c.dataset.itemId);
-      const status = document.querySelector('[data-testid="board-status"]')?.textContent ?? '';
-      const account = document.querySelector('[data-testid="account"]')?.dataset.state;
-      return `${location.pathname}${location.search} main=${main?.dataset.testid}/${main?.dataset.state} account=${account} cards=[${cards}] status="${status}"`;
-    })
-    .catch((err) => `page unreadable: ${err.message}`);
+function describeBoard(page) {
+  return readPage(page, () => {
+    const main = document.querySelector('main');
+    const cards = [...document.querySelectorAll('[data-testid="item-card"]')].map((c) => c.dataset.itemId);
+    const status = document.querySelector('[data-testid="board-status"]')?.textContent ?? '';
+    const account = document.querySelector('[data-testid="account"]')?.dataset.state;
+    return `${location.pathname}${location.search} main=${main?.dataset.testid}/${main?.dataset.state} account=${account} cards=[${cards}] status="${status}"`;
+  });
 }
 
-/** Waits for `locator`, or fails with what the page shows. */
-async function waitFor(page, locator, step, options = {}) {
-  try {
-    await locator.waitFor({ timeout: STEP_TIMEOUT_MS, ...options });
-  } catch (err) {
-    const seen = problemsOf(page);
-    assert.fail(
-      `${step}: ${err.message.split('\n')[0]}; page: ${await describeBoard(page)}` +
-        (seen.length ? `; problems: ${seen.join('; ')}` : ''),
-    );
-  }
-}
+const { waitFor, waitForAccount } = stepWaits(describeBoard);
 
 /**
  * Waits until the board shows a fresh answer (list or empty state) for search `q`,
@@ -89,10 +70,6 @@ async function waitForList(page, q, step) {
 
 function card(page, id) {
   return page.locator(`[data-testid="item-card"][data-item-id="${id}"]`);
-}
-
-async function waitForAccount(page, state, step) {
-  await waitFor(page, page.locator(`[data-testid="account"][data-state="${state}"]`), step);
 }
 
 async function apiStatus(context, pathname) {
@@ -197,7 +174,8 @@ test(
       if (new URL(BASE_URL).protocol === 'https:') {
         // Behind TLS the edge marks its cookies Secure; the flow above relied on them.
         const cookies = (await context.cookies()).map((c) => `${c.name}${c.secure ? ' Secure' : ''}`).sort();
-        assert.deepEqual(cookies, ['shoal_lsn Secure', 'shoal_sid Secure'], 'cookies over https');
+        assert.deepEqual(cookies, ['shoal_lsn Secure', 'shoal_sid Secure', 'shoal_ws Secure'],
+          'cookies over https');
       }
       await screenshot(page, 'board-list');
       assertNoProblems(problems, 'after posting');

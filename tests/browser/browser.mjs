@@ -4,6 +4,7 @@
 
 import { after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -60,6 +61,15 @@ export function useBrowser() {
     await browser?.close();
   });
   return () => browser;
+}
+
+/** A logged-out browser asks /api/me and gets 401: that is how the page learns it. */
+export const LOGGED_OUT_ME = { method: 'GET', path: '/api/me', status: 401 };
+export const CSRF_TOKEN_LENGTH = 43;
+
+/** Lowercase letters only, so full-text search sees one plain word. */
+export function uniqueWord(length = 12) {
+  return Array.from(randomBytes(length), (b) => String.fromCharCode(97 + (b % 26))).join('');
 }
 
 export const CLUSTER_PATH = '/api/cluster';
@@ -167,6 +177,37 @@ export async function openWatchedPage(getBrowser, allow = []) {
 /** The problems seen so far on a page from openWatchedPage ([] for others). */
 export function problemsOf(page) {
   return PROBLEMS.get(page) ?? [];
+}
+
+/** What `read` (run in the page) says the page shows, for failure messages; why
+ *  not, when the page cannot be read. */
+export function readPage(page, read) {
+  return page.evaluate(read).catch((err) => `page unreadable: ${err.message}`);
+}
+
+/**
+ * The waits of a file's steps; each fails with what `describe(page)` says the page
+ * shows and the problems seen on it (a page from openWatchedPage).
+ * `waitFor(page, locator, step, options)`: until `locator` is there (or as
+ * `options.state` says); `waitForAccount(page, state, step)`: until the account
+ * menu is in `state` ('logged-in', 'logged-out').
+ */
+export function stepWaits(describe) {
+  async function waitFor(page, locator, step, options = {}) {
+    try {
+      await locator.waitFor({ timeout: STEP_TIMEOUT_MS, ...options });
+    } catch (err) {
+      const seen = problemsOf(page);
+      assert.fail(
+        `${step}: ${err.message.split('\n')[0]}; page: ${await describe(page)}` +
+          (seen.length ? `; problems: ${seen.join('; ')}` : ''),
+      );
+    }
+  }
+  async function waitForAccount(page, state, step) {
+    await waitFor(page, page.locator(`[data-testid="account"][data-state="${state}"]`), step);
+  }
+  return { waitFor, waitForAccount };
 }
 
 /** A full-page screenshot into SHOAL_ARTIFACTS (none without it). */

@@ -13,21 +13,24 @@
 
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   assertNoProblems,
+  CSRF_TOKEN_LENGTH,
   LIVE_PATH,
   liveIndicator,
+  LOGGED_OUT_ME,
   openWatchedPage,
   pathOf,
-  problemsOf,
+  readPage,
   screenshot,
   STEP_TIMEOUT_MS,
+  stepWaits,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
   textOf,
+  uniqueWord,
   url,
   useBrowser,
   watchForProblems,
@@ -37,45 +40,25 @@ const getBrowser = useBrowser();
 
 /** The local stack's run dir (deploy/local): where pids/<edge>.pid names each edge's process. */
 const RUN_DIR = process.env.SHOAL_RUN_DIR;
-/** A logged-out browser asks /api/me and gets 401: that is how the page learns it. */
-const LOGGED_OUT_ME = { method: 'GET', path: '/api/me', status: 401 };
 const ITEMS_PATH = '/api/items';
-const CSRF_TOKEN_LENGTH = 43;
-
-function uniqueWord(length = 12) {
-  return Array.from(randomBytes(length), (b) => String.fromCharCode(97 + (b % 26))).join('');
-}
 
 /** What a page shows now, for failure messages. */
-async function describePage(page) {
-  return page
-    .evaluate(() => {
-      const main = document.querySelector('main');
-      const live = document.querySelector('[data-testid="live-indicator"]');
-      const cards = [...document.querySelectorAll('[data-testid="item-card"]')].map((c) => c.dataset.itemId);
-      const rows = [...document.querySelectorAll('[data-testid="attachment"]')].map((r) => r.dataset.attachmentId);
-      const views = document.querySelector('[data-testid="item-views"]')?.dataset.views;
-      return (
-        `${location.pathname} main=${main?.dataset.testid}/${main?.dataset.state} ` +
-        `live=${live?.dataset.state}/${live?.dataset.edge ?? '-'}/[${live?.dataset.channels ?? ''}] ` +
-        `cards=[${cards.slice(0, 8)}] attachments=[${rows}] views=${views ?? '-'}`
-      );
-    })
-    .catch((err) => `page unreadable: ${err.message}`);
+function describePage(page) {
+  return readPage(page, () => {
+    const main = document.querySelector('main');
+    const live = document.querySelector('[data-testid="live-indicator"]');
+    const cards = [...document.querySelectorAll('[data-testid="item-card"]')].map((c) => c.dataset.itemId);
+    const rows = [...document.querySelectorAll('[data-testid="attachment"]')].map((r) => r.dataset.attachmentId);
+    const views = document.querySelector('[data-testid="item-views"]')?.dataset.views;
+    return (
+      `${location.pathname} main=${main?.dataset.testid}/${main?.dataset.state} ` +
+      `live=${live?.dataset.state}/${live?.dataset.edge ?? '-'}/[${live?.dataset.channels ?? ''}] ` +
+      `cards=[${cards.slice(0, 8)}] attachments=[${rows}] views=${views ?? '-'}`
+    );
+  });
 }
 
-/** Waits for `locator`, or fails with what the page shows and the problems seen. */
-async function waitFor(page, locator, step, options = {}) {
-  try {
-    await locator.waitFor({ timeout: STEP_TIMEOUT_MS, ...options });
-  } catch (err) {
-    const seen = problemsOf(page);
-    assert.fail(
-      `${step}: ${err.message.split('\n')[0]}; page: ${await describePage(page)}` +
-        (seen.length ? `; problems: ${seen.join('; ')}` : ''),
-    );
-  }
-}
+const { waitFor, waitForAccount } = stepWaits(describePage);
 
 /** Waits until `check` (run in the page with `arg`) is true, or fails with what the page shows. */
 async function waitUntil(page, step, check, arg) {
@@ -93,10 +76,6 @@ async function until(check, step, describe = async () => '') {
     if (Date.now() > deadline) assert.fail(`${step}: not within ${STEP_TIMEOUT_MS} ms ${await describe()}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
-}
-
-async function waitForAccount(page, state, step) {
-  await waitFor(page, page.locator(`[data-testid="account"][data-state="${state}"]`), step);
 }
 
 /** Waits until the board shows a fresh, unfiltered list (or its empty state). */

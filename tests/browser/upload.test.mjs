@@ -19,14 +19,19 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   assertNoProblems,
+  CSRF_TOKEN_LENGTH,
+  LOGGED_OUT_ME,
   openWatchedPage,
   pathOf,
+  readPage,
   screenshot,
   STEP_TIMEOUT_MS,
+  stepWaits,
   stubLiveSocket,
   STUBBED_TEST,
   TEST_TIMEOUT_MS,
   textOf,
+  uniqueWord,
   url,
   useBrowser,
 } from './browser.mjs';
@@ -35,7 +40,6 @@ const getBrowser = useBrowser();
 
 const MIB = 1024 * 1024;
 const BIG_SIZE = 6 * MIB;
-const CSRF_TOKEN_LENGTH = 43;
 /** Upload bandwidth while the big file is sent: about 3 s for 6 MiB, so the
  *  progress bar passes through many values even on loopback. */
 const PROGRESS_BYTES_PER_S = 2 * MIB;
@@ -43,13 +47,7 @@ const PROGRESS_BYTES_PER_S = 2 * MIB;
 const CANCEL_BYTES_PER_S = 128 * 1024;
 /** Time for the big upload: its throttled duration plus the usual step limit. */
 const UPLOAD_TIMEOUT_MS = Math.ceil((BIG_SIZE / PROGRESS_BYTES_PER_S) * 1000) + 2 * STEP_TIMEOUT_MS;
-/** A logged-out browser asks /api/me and gets 401: that is how the page learns it. */
-const LOGGED_OUT_ME = { method: 'GET', path: '/api/me', status: 401 };
 const UPLOADS_PATH = '/api/uploads';
-
-function uniqueWord(length = 12) {
-  return Array.from(randomBytes(length), (b) => String.fromCharCode(97 + (b % 26))).join('');
-}
 
 
 function sha256(bytes) {
@@ -63,34 +61,21 @@ function openPage(allow = []) {
 
 
 /** What the item page shows now, for failure messages. */
-async function describePage(page) {
-  return page
-    .evaluate(() => {
-      const main = document.querySelector('main');
-      const body = document.querySelector('[data-testid="attachments-body"]');
-      const rows = [...document.querySelectorAll('[data-testid="attachment"]')].map((r) => r.dataset.attachmentId);
-      const results = [...document.querySelectorAll('[data-testid="upload-result"]')].map(
-        (r) => `${r.dataset.outcome}: ${r.textContent}`,
-      );
-      const status = document.querySelector('[data-testid="attachments-status"]')?.textContent ?? '';
-      const progress = document.querySelector('[data-testid="upload-progress-text"]')?.textContent ?? '';
-      return `${location.pathname} main=${main?.dataset.testid}/${main?.dataset.state} attachments=${body?.dataset.state} rows=[${rows}] results=${JSON.stringify(results)} progress="${progress}" status="${status}"`;
-    })
-    .catch((err) => `page unreadable: ${err.message}`);
+function describePage(page) {
+  return readPage(page, () => {
+    const main = document.querySelector('main');
+    const body = document.querySelector('[data-testid="attachments-body"]');
+    const rows = [...document.querySelectorAll('[data-testid="attachment"]')].map((r) => r.dataset.attachmentId);
+    const results = [...document.querySelectorAll('[data-testid="upload-result"]')].map(
+      (r) => `${r.dataset.outcome}: ${r.textContent}`,
+    );
+    const status = document.querySelector('[data-testid="attachments-status"]')?.textContent ?? '';
+    const progress = document.querySelector('[data-testid="upload-progress-text"]')?.textContent ?? '';
+    return `${location.pathname} main=${main?.dataset.testid}/${main?.dataset.state} attachments=${body?.dataset.state} rows=[${rows}] results=${JSON.stringify(results)} progress="${progress}" status="${status}"`;
+  });
 }
 
-/** Waits for `locator`, or fails with what the page shows. */
-async function waitFor(page, locator, step, options = {}) {
-  try {
-    await locator.waitFor({ timeout: STEP_TIMEOUT_MS, ...options });
-  } catch (err) {
-    assert.fail(`${step}: ${err.message.split('\n')[0]}; page: ${await describePage(page)}`);
-  }
-}
-
-async function waitForAccount(page, state, step) {
-  await waitFor(page, page.locator(`[data-testid="account"][data-state="${state}"]`), step);
-}
+const { waitFor, waitForAccount } = stepWaits(describePage);
 
 /** Waits until the attachment list shows a fresh answer with exactly `count` rows. */
 async function waitForAttachments(page, count, step) {

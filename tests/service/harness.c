@@ -18,6 +18,9 @@
 #include <sodium.h>
 
 #include "harness.h"
+#include "sh_loop.h"
+#include "sh_redis.h"
+#include "sh_transport.h"
 #include "sh_util.h"
 
 #define T_PORT_LOW  20000
@@ -32,6 +35,32 @@
 #define T_PSQL_MS      10000
 #define T_PG_PATH_MAX  512
 #define T_PG_ARGS_MAX  48
+
+#define T_REDIS_CONNECT_MS 3000
+#define T_REDIS_CALL_MS    1000 /* the command's deadline */
+#define T_REDIS_REPLY_MS   2000 /* past the deadline: the callback has run */
+
+#define T_QUERY_READY_MS 30000 /* migrations included */
+#define T_PG_CONNINFO    "host=127.0.0.1 port=%d dbname=" T_PG_DB " user=" T_PG_ROLE
+
+void *t_alloc(size_t size)
+{
+    void *p = calloc(1, size);
+    if (!p) {
+        fprintf(stderr, "out of memory\n");
+        abort();
+    }
+    return p;
+}
+
+int t_setup_failed(void **state, int (*teardown)(void **state), const char *log)
+{
+    if (log)
+        t_tail(log);
+    teardown(state);
+    *state = NULL;
+    return -1;
+}
 
 int t_free_port(void)
 {
@@ -48,6 +77,30 @@ int t_free_port(void)
             return port;
     }
     return -1;
+}
+
+void t_endpoint(char *out, size_t size)
+{
+    snprintf(out, size, "tcp://127.0.0.1:%d", t_free_port());
+}
+
+int t_dir_new(char *dir, size_t size, const char *name)
+{
+    snprintf(dir, size, "/tmp/shoal-%s-XXXXXX", name);
+    if (mkdtemp(dir))
+        return 0;
+    dir[0] = 0;
+    return -1;
+}
+
+void t_dir_remove(const char *dir)
+{
+    if (!dir[0])
+        return;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
 }
 
 const char *t_bin_dir(void)
@@ -147,12 +200,130 @@ pid_t t_redis_start_aof(int port, const char *dir)
     return s_redis_start(port, dir, true);
 }
 
+struct t_redis_client_t {
+    sh_loop_t *loop;
+    sh_redis_t *redis;
+};
+
+t_redis_client_t *t_redis_client_new(int port)
+{
+    t_redis_client_t *self = calloc(1, sizeof *self);
+    if (!self)
+        return NULL;
+    self->loop = sh_loop_new();
+    sh_redis_config_t config = {"127.0.0.1", port, "", 0, T_REDIS_CALL_MS, 100, "test"};
+    self->redis = self->loop ? sh_redis_new(self->loop, &config, NULL) : NULL;
+    if (!self->redis)
+        t_redis_client_destroy(&self);
+    return self;
+}
+
+void t_redis_client_destroy(t_redis_client_t **self_p)
+{
+    t_redis_client_t *self = *self_p;
+    if (!self)
+        return;
+    /*  the loop is not running: it may go  */
+    sh_redis_destroy(&self->redis);
+    sh_loop_destroy(&self->loop);
+    free(self);
+    *self_p = NULL;
+}
+
+static bool s_redis_connected(void *arg)
+{
+    return sh_redis_connected(((t_redis_client_t *)arg)->redis);
+}
+
+static bool s_redis_done(void *arg)
+{
+    return ((t_redis_reply_t *)arg)->done;
+}
+
+static void s_redis_text(const sh_redis_reply_t *reply, char *out, size_t size)
+{
+    size_t len = 0;
+    const char *text = sh_redis_str(reply, &len);
+    snprintf(out, size, "%.*s", text ? (int)len : 0, text ? text : "");
+}
+
+static void s_on_redis(void *arg, uint64_t status, const sh_redis_reply_t *reply)
+{
+    t_redis_reply_t *out = arg;
+    out->done = true;
+    out->status = status;
+    out->type = sh_redis_type(reply);
+    out->integer = sh_redis_int(reply, -1);
+    s_redis_text(reply, out->text, sizeof out->text);
+    out->count = sh_redis_count(reply);
+    for (size_t i = 0; i < out->count && i < T_REDIS_ELEMS_MAX; i++)
+        s_redis_text(sh_redis_elem(reply, i), out->elems[i], sizeof out->elems[i]);
+}
+
+int t_redis_command(t_redis_client_t *self, int argc, const char **argv, t_redis_reply_t *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!sh_loop_run_until(self->loop, s_redis_connected, self, T_REDIS_CONNECT_MS)) {
+        fprintf(stderr, "the test's Redis client did not connect\n");
+        return -1;
+    }
+    sh_redis_command(self->redis, T_REDIS_CALL_MS, s_on_redis, out, argc, argv, NULL);
+    if (!sh_loop_run_until(self->loop, s_redis_done, out, T_REDIS_REPLY_MS)) {
+        fprintf(stderr, "Redis %s: no reply\n", argv[0]);
+        return -1;
+    }
+    if (out->status != SH_STATUS_OK || out->type == SH_REDIS_ERROR) {
+        fprintf(stderr, "Redis %s: status %llu %s\n", argv[0], (unsigned long long)out->status,
+                out->text);
+        return -1;
+    }
+    return 0;
+}
+
 void t_tail(const char *log)
 {
     char cmd[512];
     snprintf(cmd, sizeof cmd, "tail -n 20 '%s' >&2", log);
     if (system(cmd) != 0)
         fprintf(stderr, "(no log at %s)\n", log);
+}
+
+/*  --- service binaries ---------------------------------------------------  */
+
+/*  Append the NULL-ended list to env (n entries so far); returns the new
+    count. putenv in the child keeps the pointers and never writes through
+    them: const may go.  */
+static int s_env_append(char **env, int n, const char *const *list)
+{
+    for (int i = 0; list && list[i]; i++) {
+        assert(n < T_SERVICE_ENV_MAX);
+        env[n++] = (char *)list[i];
+    }
+    return n;
+}
+
+int t_service_start(const t_service_spec_t *spec, pid_t *pid, sh_pool_t **pool)
+{
+    char bind[SH_ENDPOINT_MAX + 16], program[512];
+    snprintf(bind, sizeof bind, "SHOAL_BIND=%s", spec->endpoint);
+    snprintf(program, sizeof program, "%s/shoal-%s", t_bin_dir(), spec->name);
+    char *env[T_SERVICE_ENV_MAX + 2] = {bind};
+    int n = s_env_append(env, 1, spec->env);
+    n = s_env_append(env, n, spec->extra);
+    env[n] = NULL;
+    *pid = t_spawn(program, env, spec->log);
+    *pool = sh_pool_new(spec->name, NULL);
+    if (!*pool || sh_pool_add(*pool, spec->endpoint))
+        return -1;
+    return t_wait_ready(*pool, spec->ready_ms);
+}
+
+void *t_sub_open(const char *endpoint)
+{
+    void *sub = sh_transport_subscriber("");
+    if (sub && zmq_connect(sub, endpoint))
+        sh_transport_close(&sub);
+    return sub;
 }
 
 /*  --- Postgres ------------------------------------------------------------  */
@@ -381,6 +552,63 @@ void t_postgres_stop(pid_t pid)
         t_kill(pid);
 }
 
+/*  --- shoal-query over its stores -----------------------------------------  */
+
+int t_query_start(t_query_t *q, const char *name, bool with_replica, const char *const env[])
+{
+    if (t_dir_new(q->dir, sizeof q->dir, name))
+        return -1;
+    snprintf(q->log, sizeof q->log, "%s/query.log", q->dir);
+    snprintf(q->pg_log, sizeof q->pg_log, "%s/postgres.log", q->dir);
+    q->redis_port = t_free_port();
+    q->redis = t_redis_start(q->redis_port, q->dir);
+    q->primary_port = t_free_port();
+    q->primary = t_postgres_start(q->primary_port, q->dir, 0, q->pg_log);
+    int replica_port = t_free_port();
+    if (with_replica)
+        q->replica = q->primary > 0
+                         ? t_postgres_start(replica_port, q->dir, q->primary_port, q->pg_log)
+                         : -1;
+    if (q->redis < 0 || q->primary < 0 || q->replica < 0) {
+        fprintf(stderr, "cannot start Redis or Postgres\n");
+        t_tail(q->pg_log);
+        return -1;
+    }
+    char redis[64], conninfo[128], primary[160], replica[160], instance[96];
+    snprintf(redis, sizeof redis, "SHOAL_REDIS_PORT=%d", q->redis_port);
+    snprintf(conninfo, sizeof conninfo, T_PG_CONNINFO, q->primary_port);
+    snprintf(primary, sizeof primary, "SHOAL_PG_PRIMARY=%s", conninfo);
+    snprintf(conninfo, sizeof conninfo, T_PG_CONNINFO, replica_port);
+    snprintf(replica, sizeof replica, "SHOAL_PG_REPLICA=%s", conninfo);
+    snprintf(instance, sizeof instance, "SHOAL_INSTANCE=%s-test", name);
+    /*  no registry to join; Argon2 at its cheapest, as tests create many users  */
+    const char *stores[] = {redis,
+                            primary,
+                            instance,
+                            "SHOAL_ARGON2_OPS=1",
+                            "SHOAL_ARGON2_MEM_KIB=8",
+                            "SHOAL_HEALTH_ENDPOINTS=",
+                            with_replica ? replica : NULL,
+                            NULL};
+    t_endpoint(q->endpoint, sizeof q->endpoint);
+    t_service_spec_t spec = {"query", q->endpoint, stores, env, q->log, T_QUERY_READY_MS};
+    if (t_service_start(&spec, &q->service, &q->pool)) {
+        t_tail(q->log);
+        return -1;
+    }
+    return 0;
+}
+
+void t_query_stop(t_query_t *q)
+{
+    sh_pool_destroy(&q->pool);
+    t_kill(q->service);
+    t_postgres_stop(q->replica);
+    t_postgres_stop(q->primary);
+    t_kill(q->redis);
+    t_dir_remove(q->dir);
+}
+
 /*  --- calls ------------------------------------------------------------------  */
 
 typedef struct {
@@ -472,4 +700,9 @@ int t_wait_ready(sh_pool_t *pool, int timeout_ms)
         zmq_poll(NULL, 0, T_POLL_MS);
     }
     return -1;
+}
+
+t_reply_t *t_reply_new(void)
+{
+    return t_alloc(sizeof(t_reply_t));
 }

@@ -45,8 +45,7 @@ typedef struct {
     sh_pool_t *pool;
     void *sub;
     const char *env[T_ENV_MAX + 1]; /* extra settings of the service, NULL-ended */
-    sh_loop_t *loop;                /* the test's own Redis client, once asked for */
-    sh_redis_t *client;
+    t_redis_client_t *client;       /* the test's own, once asked for */
 } t_fixture_t;
 
 /*  One event as received on the SUB socket (strings copied).  */
@@ -66,64 +65,36 @@ typedef struct {
 
 static int s_start_service(t_fixture_t *f)
 {
-    int port = t_free_port();
-    snprintf(f->endpoint, sizeof f->endpoint, "tcp://127.0.0.1:%d", port);
-    snprintf(f->events, sizeof f->events, "tcp://127.0.0.1:%d", t_free_port());
-    static char bind[96], redis[64], events[96], health[96];
-    snprintf(bind, sizeof bind, "SHOAL_BIND=%s", f->endpoint);
+    t_endpoint(f->endpoint, sizeof f->endpoint);
+    t_endpoint(f->events, sizeof f->events);
+    char redis[64], events[96], health[96];
     snprintf(redis, sizeof redis, "SHOAL_REDIS_PORT=%d", f->redis_port);
     snprintf(events, sizeof events, "SHOAL_EVENTS_BIND=%s", f->events);
     snprintf(health, sizeof health, "SHOAL_HEALTH_ENDPOINTS=%s", f->health_endpoint);
-    static char extra[T_ENV_MAX][128];
-    char *env[6 + T_ENV_MAX + 1] = {
-        bind, redis, events, health, "SHOAL_INSTANCE=" T_INSTANCE, "SHOAL_REDIS_TIMEOUT_MS=300"};
-    for (int i = 0; i < T_ENV_MAX && f->env[i]; i++) {
-        snprintf(extra[i], sizeof extra[i], "%s", f->env[i]);
-        env[6 + i] = extra[i];
-    }
-    char program[512];
-    snprintf(program, sizeof program, "%s/shoal-session", t_bin_dir());
-    f->service = t_spawn(program, env, f->log);
-    f->pool = sh_pool_new("session", NULL);
-    sh_pool_add(f->pool, f->endpoint);
-    return t_wait_ready(f->pool, T_WAIT_MS);
+    const char *env[] = {
+        redis, events, health, "SHOAL_INSTANCE=" T_INSTANCE, "SHOAL_REDIS_TIMEOUT_MS=300", NULL};
+    t_service_spec_t spec = {"session", f->endpoint, env, f->env, f->log, T_WAIT_MS};
+    return t_service_start(&spec, &f->service, &f->pool);
 }
 
 static int s_teardown(void **state);
 
-/*  Stop whatever did start: a failed setup has no teardown.  */
-static int s_setup_failed(void **state)
-{
-    t_fixture_t *f = *state;
-    if (f && f->log[0])
-        t_tail(f->log);
-    s_teardown(state);
-    *state = NULL;
-    return -1;
-}
-
 static int s_setup_with(void **state, const char *const *env, bool with_health)
 {
-    t_fixture_t *f = calloc(1, sizeof *f);
-    if (!f)
-        return -1;
+    t_fixture_t *f = t_alloc(sizeof *f);
     for (int i = 0; env && env[i] && i < T_ENV_MAX; i++)
         f->env[i] = env[i];
-    snprintf(f->dir, sizeof f->dir, "/tmp/shoal-events-test-XXXXXX");
     *state = f;
-    if (!mkdtemp(f->dir)) {
-        f->dir[0] = 0;
-        return s_setup_failed(state);
-    }
+    if (t_dir_new(f->dir, sizeof f->dir, "events-test"))
+        return t_setup_failed(state, s_teardown, NULL);
     snprintf(f->log, sizeof f->log, "%s/session.log", f->dir);
     f->redis_port = t_free_port();
     f->redis = t_redis_start_aof(f->redis_port, f->dir);
     if (f->redis < 0)
-        return s_setup_failed(state);
+        return t_setup_failed(state, s_teardown, f->log);
     if (with_health) {
         char pub[96], bind[96], program[512];
-        snprintf(f->health_endpoint, sizeof f->health_endpoint, "tcp://127.0.0.1:%d",
-                 t_free_port());
+        t_endpoint(f->health_endpoint, sizeof f->health_endpoint);
         snprintf(bind, sizeof bind, "SHOAL_BIND=%s", f->health_endpoint);
         snprintf(pub, sizeof pub, "SHOAL_PUB_BIND=tcp://127.0.0.1:%d", t_free_port());
         char *env_health[] = {bind, pub, "SHOAL_INSTANCE=health-events-test", NULL};
@@ -131,10 +102,10 @@ static int s_setup_with(void **state, const char *const *env, bool with_health)
         f->health = t_spawn(program, env_health, f->log);
     }
     if (s_start_service(f))
-        return s_setup_failed(state);
-    f->sub = zmq_socket(sh_transport_ctx(), ZMQ_SUB);
-    if (!f->sub || zmq_connect(f->sub, f->events) || zmq_setsockopt(f->sub, ZMQ_SUBSCRIBE, "", 0))
-        return s_setup_failed(state);
+        return t_setup_failed(state, s_teardown, f->log);
+    f->sub = t_sub_open(f->events);
+    if (!f->sub)
+        return t_setup_failed(state, s_teardown, f->log);
     return 0;
 }
 
@@ -160,8 +131,7 @@ static int s_teardown(void **state)
     t_fixture_t *f = *state;
     if (!f)
         return 0;
-    sh_redis_destroy(&f->client);
-    sh_loop_destroy(&f->loop);
+    t_redis_client_destroy(&f->client);
     sh_pool_destroy(&f->pool);
     if (f->sub)
         sh_transport_close(&f->sub);
@@ -171,22 +141,12 @@ static int s_teardown(void **state)
         t_kill(f->health);
     if (f->redis > 0)
         t_kill(f->redis);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (f->dir[0] && system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
+    t_dir_remove(f->dir);
     free(f);
     return 0;
 }
 
 /*  --- helpers ---------------------------------------------------------------  */
-
-static t_reply_t *s_reply_new(void)
-{
-    t_reply_t *r = calloc(1, sizeof *r);
-    assert_non_null(r);
-    return r;
-}
 
 static void s_copy(sh_str_t s, char *out, size_t size)
 {
@@ -251,7 +211,7 @@ static int s_recv_on(t_fixture_t *f, const char *channel, t_event_t *out, int ti
 static uint64_t s_touch(t_fixture_t *f, const char *id, char sid[SH_SESSION_MAX + 1])
 {
     sh_session_touch_req_t req = {sh_str(id), true, 0};
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     assert_int_equal(t_call(f->pool, SH_OP_session_touch, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     sh_session_touch_rep_t *rep = (sh_session_touch_rep_t *)r->body;
@@ -283,7 +243,7 @@ static void s_sub_ready(t_fixture_t *f)
 static uint64_t s_canary(t_fixture_t *f, const char *token, bool *queued)
 {
     sh_event_canary_req_t req = {sh_str(token), 0};
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     assert_int_equal(t_call(f->pool, SH_OP_event_canary, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     uint64_t status = r->status;
     if (queued)
@@ -327,7 +287,7 @@ static sh_event_range_rep_t *s_range(t_fixture_t *f, const char *channel, uint64
 static int64_t s_metric(t_fixture_t *f, const char *name)
 {
     sh_metrics_req_t req = {0};
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     int64_t value = -1;
     if (t_call(f->pool, SH_OP_metrics, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
         r->status == SH_STATUS_OK) {
@@ -365,47 +325,13 @@ static bool s_metric_is(t_fixture_t *f, const t_metric_wait_t *w, int64_t timeou
 
 /*  --- the test's own Redis client ---------------------------------------------  */
 
-typedef struct {
-    bool done;
-    uint64_t status;
-    int type;
-    int64_t integer;
-} t_redis_reply_t;
-
-static bool s_client_connected(void *arg)
-{
-    return sh_redis_connected(((t_fixture_t *)arg)->client);
-}
-
-static bool s_reply_done(void *arg)
-{
-    return ((t_redis_reply_t *)arg)->done;
-}
-
-static void s_on_redis(void *arg, uint64_t status, const sh_redis_reply_t *reply)
-{
-    t_redis_reply_t *out = arg;
-    out->done = true;
-    out->status = status;
-    out->type = sh_redis_type(reply);
-    out->integer = sh_redis_int(reply, -1);
-}
-
 /*  One command (argc words) on the fixture's Redis, answered.  */
 static void s_redis(t_fixture_t *f, int argc, const char **argv, t_redis_reply_t *out)
 {
-    if (!f->client) {
-        f->loop = sh_loop_new();
-        sh_redis_config_t config = {"127.0.0.1", f->redis_port, "", 0, 1000, 100, "test"};
-        f->client = sh_redis_new(f->loop, &config, NULL);
-        assert_non_null(f->client);
-    }
-    assert_true(sh_loop_run_until(f->loop, s_client_connected, f, 3000));
-    memset(out, 0, sizeof *out);
-    sh_redis_command(f->client, 1000, s_on_redis, out, argc, argv, NULL);
-    assert_true(sh_loop_run_until(f->loop, s_reply_done, out, 2000));
-    assert_int_equal(out->status, SH_STATUS_OK);
-    assert_int_not_equal(out->type, SH_REDIS_ERROR);
+    if (!f->client)
+        f->client = t_redis_client_new(f->redis_port);
+    assert_non_null(f->client);
+    assert_int_equal(t_redis_command(f->client, argc, argv, out), 0);
 }
 
 /*  --- tests -------------------------------------------------------------------  */
@@ -453,7 +379,7 @@ static void test_events_range(void **state)
     for (int i = 0; i < 3; i++)
         s_expect_canary(f, tokens[i], (uint64_t)i + 1, NULL, &ev);
 
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     sh_event_range_rep_t *rep = s_range(f, "canary", 0, 10, r);
     assert_true(sh_str_eq(rep->epoch, ev.epoch));
     assert_int_equal(rep->first, 1);
@@ -521,7 +447,7 @@ static void test_events_history_trimmed(void **state)
         snprintf(token, sizeof token, "t%d", i);
         s_expect_canary(f, token, (uint64_t)i, NULL, &ev);
     }
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     sh_event_range_rep_t *rep = s_range(f, "canary", 0, 100, r);
     assert_int_equal(rep->first, 4);
     assert_int_equal(rep->top, 8);
@@ -554,7 +480,7 @@ static void test_events_latest_skips_redis(void **state)
     assert_string_equal(ev.data, "{\"views\":2}");
     assert_int_equal(ev.offset, 0);
 
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     sh_event_range_rep_t *rep = s_range(f, channel, 0, 10, r);
     assert_int_equal(rep->epoch.len, 0);
     assert_int_equal(rep->top, 0);
@@ -607,7 +533,7 @@ static void test_events_redis_down_queued(void **state)
     assert_int_equal(s_canary(f, "up7", NULL), SH_STATUS_OK);
     s_expect_canary(f, "up7", 7, epoch, &ev);
 
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     sh_event_range_rep_t *rep = s_range(f, "canary", 0, 100, r);
     assert_true(sh_str_eq(rep->epoch, epoch));
     assert_int_equal(rep->top, 7);
@@ -642,7 +568,7 @@ static void test_events_late_append_not_doubled(void **state)
     s_expect_canary(f, "paused", 2, epoch, &ev);
     assert_int_equal(s_canary(f, "after", NULL), SH_STATUS_OK);
     s_expect_canary(f, "after", 3, epoch, &ev);
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     sh_event_range_rep_t *rep = s_range(f, "canary", 0, 100, r);
     assert_int_equal(rep->top, 3);
     assert_int_equal(rep->events.count, 3);
@@ -672,7 +598,7 @@ static void test_events_meta_lost_new_epoch(void **state)
     assert_int_equal(s_canary(f, "new1", NULL), SH_STATUS_OK);
     s_expect_canary(f, "new1", 1, NULL, &ev);
     assert_string_not_equal(ev.epoch, epoch);
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     sh_event_range_rep_t *rep = s_range(f, "canary", 0, 100, r);
     assert_true(sh_str_eq(rep->epoch, ev.epoch));
     assert_int_equal(rep->first, 1);

@@ -113,12 +113,9 @@ typedef struct {
 
 static int s_setup(void **state)
 {
-    t_fix_t *f = calloc(1, sizeof *f);
-    if (!f)
-        return -1;
+    t_fix_t *f = t_alloc(sizeof *f);
     *state = f;
-    snprintf(f->dir, sizeof f->dir, "/tmp/shoal-health-test-XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (t_dir_new(f->dir, sizeof f->dir, "health-test"))
         return -1;
     f->members = calloc(SH_MEMBERS_MAX, sizeof *f->members);
     f->metrics = sh_metrics_new("test", "test-1");
@@ -173,10 +170,7 @@ static int s_teardown(void **state)
     }
     sh_metrics_destroy(&f->metrics);
     free(f->members);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
+    t_dir_remove(f->dir);
     free(f);
     return rc;
 }

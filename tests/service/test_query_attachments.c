@@ -21,25 +21,13 @@
 #include "sh_util.h"
 
 #define T_WAIT_MS     5000  /* longest wait for one reply */
-#define T_READY_MS    30000 /* migrations included */
 #define T_ROUTE_MS    10000 /* replica caught up and routed to */
 #define T_SHA256      "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #define T_RACERS      10
-#define T_CONNINFO    "host=127.0.0.1 port=%d dbname=" T_PG_DB " user=" T_PG_ROLE
 #define T_ATTACH_FULL "the item has 100 attachments"
 
 typedef struct {
-    char dir[256];
-    char log[300];
-    char pg_log[300];
-    pid_t redis;
-    int redis_port;
-    pid_t primary;
-    pid_t replica;
-    int primary_port;
-    pid_t service;
-    char endpoint[64];
-    sh_pool_t *pool;
+    t_query_t q;
     uint64_t alice; /* a user with an item, shared by tests that need no fresh quota */
     uint64_t bob;
     uint64_t alice_item;
@@ -48,111 +36,35 @@ typedef struct {
 
 /*  --- fixture ---------------------------------------------------------------  */
 
-static int s_start_query(t_fixture_t *f, int replica_port)
-{
-    int port = t_free_port();
-    snprintf(f->endpoint, sizeof f->endpoint, "tcp://127.0.0.1:%d", port);
-    static char bind[96], redis[64], primary[160], replica[160];
-    snprintf(bind, sizeof bind, "SHOAL_BIND=%s", f->endpoint);
-    snprintf(redis, sizeof redis, "SHOAL_REDIS_PORT=%d", f->redis_port);
-    char conninfo[128];
-    snprintf(conninfo, sizeof conninfo, T_CONNINFO, f->primary_port);
-    snprintf(primary, sizeof primary, "SHOAL_PG_PRIMARY=%s", conninfo);
-    snprintf(conninfo, sizeof conninfo, T_CONNINFO, replica_port);
-    snprintf(replica, sizeof replica, "SHOAL_PG_REPLICA=%s", conninfo);
-    char *env[] = {bind,
-                   redis,
-                   primary,
-                   replica,
-                   "SHOAL_INSTANCE=query-test",
-                   "SHOAL_ARGON2_OPS=1",
-                   "SHOAL_ARGON2_MEM_KIB=8",
-                   "SHOAL_PG_POOL=4",
-                   "SHOAL_HEALTH_ENDPOINTS=",
-                   NULL};
-    char program[512];
-    snprintf(program, sizeof program, "%s/shoal-query", t_bin_dir());
-    f->service = t_spawn(program, env, f->log);
-    f->pool = sh_pool_new("query", NULL);
-    sh_pool_add(f->pool, f->endpoint);
-    return t_wait_ready(f->pool, T_READY_MS);
-}
-
 static uint64_t s_user(t_fixture_t *f);
 static uint64_t s_item(t_fixture_t *f, uint64_t author);
-static int s_group_teardown(void **state);
-
-/*  Stop whatever did start: a failed group setup has no teardown.  */
-static int s_setup_failed(void **state, const char *log)
-{
-    t_tail(log);
-    s_group_teardown(state);
-    *state = NULL;
-    return -1;
-}
-
-static int s_group_setup(void **state)
-{
-    t_fixture_t *f = calloc(1, sizeof *f);
-    if (!f)
-        return -1;
-    snprintf(f->dir, sizeof f->dir, "/tmp/shoal-service-test-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->log, sizeof f->log, "%s/query.log", f->dir);
-    snprintf(f->pg_log, sizeof f->pg_log, "%s/postgres.log", f->dir);
-    *state = f;
-    f->redis_port = t_free_port();
-    f->redis = t_redis_start(f->redis_port, f->dir);
-    f->primary_port = t_free_port();
-    f->primary = t_postgres_start(f->primary_port, f->dir, 0, f->pg_log);
-    int replica_port = t_free_port();
-    f->replica =
-        f->primary > 0 ? t_postgres_start(replica_port, f->dir, f->primary_port, f->pg_log) : -1;
-    if (f->redis < 0 || f->primary < 0 || f->replica < 0) {
-        fprintf(stderr, "cannot start Redis or Postgres\n");
-        return s_setup_failed(state, f->pg_log);
-    }
-    if (s_start_query(f, replica_port))
-        return s_setup_failed(state, f->log);
-    f->alice = s_user(f);
-    f->bob = s_user(f);
-    f->alice_item = f->alice ? s_item(f, f->alice) : 0;
-    if (!f->alice || !f->bob || !f->alice_item)
-        return s_setup_failed(state, f->log);
-    return 0;
-}
 
 static int s_group_teardown(void **state)
 {
     t_fixture_t *f = *state;
     if (!f)
         return 0;
-    sh_pool_destroy(&f->pool);
-    if (f->service > 0)
-        t_kill(f->service);
-    t_postgres_stop(f->replica);
-    t_postgres_stop(f->primary);
-    if (f->redis > 0)
-        t_kill(f->redis);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
+    t_query_stop(&f->q);
     free(f);
     return 0;
 }
 
-/*  --- helpers ---------------------------------------------------------------  */
-
-static t_reply_t *s_reply_new(void)
+static int s_group_setup(void **state)
 {
-    t_reply_t *r = calloc(1, sizeof *r);
-    assert_non_null(r);
-    return r;
+    t_fixture_t *f = t_alloc(sizeof *f);
+    *state = f;
+    const char *env[] = {"SHOAL_PG_POOL=4", NULL};
+    if (t_query_start(&f->q, "query-attachments", true, env))
+        return t_setup_failed(state, s_group_teardown, NULL);
+    f->alice = s_user(f);
+    f->bob = s_user(f);
+    f->alice_item = f->alice ? s_item(f, f->alice) : 0;
+    if (!f->alice || !f->bob || !f->alice_item)
+        return t_setup_failed(state, s_group_teardown, f->q.log);
+    return 0;
 }
+
+/*  --- helpers ---------------------------------------------------------------  */
 
 /*  A new user (so its quota starts at zero bytes). Returns its id.  */
 static uint64_t s_user(t_fixture_t *f)
@@ -160,9 +72,9 @@ static uint64_t s_user(t_fixture_t *f)
     char name[32];
     snprintf(name, sizeof name, "user%d_%d", ++f->serial, (int)getpid());
     sh_user_create_req_t req = {sh_str(name), sh_str("password123"), 0};
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     uint64_t id = 0;
-    if (t_call(f->pool, SH_OP_user_create, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
+    if (t_call(f->q.pool, SH_OP_user_create, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
         r->status == SH_STATUS_OK)
         id = ((sh_user_create_rep_t *)r->body)->id;
     else
@@ -174,9 +86,9 @@ static uint64_t s_user(t_fixture_t *f)
 static uint64_t s_item(t_fixture_t *f, uint64_t author)
 {
     sh_item_create_req_t req = {author, sh_str("an item with files"), sh_str(""), 0};
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     uint64_t id = 0;
-    if (t_call(f->pool, SH_OP_item_create, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
+    if (t_call(f->q.pool, SH_OP_item_create, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
         r->status == SH_STATUS_OK)
         id = ((sh_item_create_rep_t *)r->body)->id;
     else
@@ -209,7 +121,7 @@ static sh_attachment_create_req_t s_create_req(uint64_t user, uint64_t item, con
 /*  attachment_create; the reply in *r. Returns the status.  */
 static uint64_t s_create(t_fixture_t *f, const sh_attachment_create_req_t *req, t_reply_t *r)
 {
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_create, req, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_create, req, T_WAIT_MS, T_WAIT_MS, r), 0);
     return r->status;
 }
 
@@ -231,7 +143,7 @@ static const sh_attachment_usage_rep_t *s_usage(t_fixture_t *f, uint64_t user, u
                                                 t_reply_t *r)
 {
     sh_attachment_usage_req_t req = {user, item, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_usage, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_usage, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     return (const sh_attachment_usage_rep_t *)r->body;
 }
@@ -240,7 +152,7 @@ static const sh_attachment_list_rep_t *s_list(t_fixture_t *f, uint64_t item, uin
                                               t_reply_t *r)
 {
     sh_attachment_list_req_t req = {item, min_lsn, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_list, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_list, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     return (const sh_attachment_list_rep_t *)r->body;
 }
@@ -256,7 +168,7 @@ static void s_assert_str(sh_str_t s, const char *want)
 static void test_query_attachment_create_get_list(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new(), *g = s_reply_new();
+    t_reply_t *r = t_reply_new(), *g = t_reply_new();
     char key[SH_OBJKEY_MAX + 1];
     s_key(f, key);
     sh_attachment_create_req_t req = s_create_req(f->alice, f->alice_item, key, 5242881, 0);
@@ -278,7 +190,7 @@ static void test_query_attachment_create_get_list(void **state)
 
     /*  read back where the write is known to be: never older than it  */
     sh_attachment_get_req_t get = {c->id, c->lsn, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, g), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, g), 0);
     assert_int_equal(g->status, SH_STATUS_OK);
     const sh_attachment_get_rep_t *a = (const void *)g->body;
     assert_int_equal(a->id, c->id);
@@ -298,11 +210,11 @@ static void test_query_attachment_create_get_list(void **state)
 
     /*  unknown ids  */
     sh_attachment_get_req_t missing = {c->id + 1000000, 0, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &missing, T_WAIT_MS, T_WAIT_MS, g), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &missing, T_WAIT_MS, T_WAIT_MS, g), 0);
     assert_int_equal(g->status, SH_STATUS_NOT_FOUND);
     assert_string_equal(g->error, "no such attachment");
     sh_attachment_get_req_t zero = {0, 0, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &zero, T_WAIT_MS, T_WAIT_MS, g), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &zero, T_WAIT_MS, T_WAIT_MS, g), 0);
     assert_int_equal(g->status, SH_STATUS_NOT_FOUND);
     assert_int_equal(s_list(f, f->alice_item + 1000000, 0, g)->attachments.count, 0);
     assert_int_equal(s_list(f, 0, 0, g)->attachments.count, 0);
@@ -314,7 +226,7 @@ static void test_query_attachment_create_get_list(void **state)
 static void test_query_attachment_retry_returns_first_row(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new(), *again = s_reply_new();
+    t_reply_t *r = t_reply_new(), *again = t_reply_new();
     char key[SH_OBJKEY_MAX + 1];
     s_key(f, key);
     sh_attachment_create_req_t req = s_create_req(f->alice, f->alice_item, key, 10, 0);
@@ -341,7 +253,7 @@ static void test_query_attachment_retry_returns_first_row(void **state)
 static void test_query_attachment_invalid_input(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     char key[SH_OBJKEY_MAX + 1], long_key[SH_OBJKEY_MAX + 2];
     s_key(f, key);
     memset(long_key, 'k', sizeof long_key - 1);
@@ -387,7 +299,7 @@ static void test_query_attachment_invalid_input(void **state)
     sh_attachment_keys_req_t keys = {0};
     keys.keys.count = 1;
     keys.keys.items[0].key = sh_str(key);
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_keys, &keys, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_keys, &keys, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     assert_int_equal(((const sh_attachment_keys_rep_t *)r->body)->keys.count, 0);
     free(r);
@@ -396,7 +308,7 @@ static void test_query_attachment_invalid_input(void **state)
 static void test_query_attachment_missing_item_and_other_author(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     char key[SH_OBJKEY_MAX + 1];
     s_key(f, key);
     sh_attachment_create_req_t req = s_create_req(f->alice, f->alice_item + 1000000, key, 1, 0);
@@ -413,7 +325,7 @@ static void test_query_attachment_missing_item_and_other_author(void **state)
 static void test_query_attachment_quota(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     uint64_t user = s_user(f), item = s_item(f, user);
     assert_true(user && item);
     char key[SH_OBJKEY_MAX + 1];
@@ -452,7 +364,7 @@ static void test_query_attachment_quota(void **state)
 static void test_query_attachment_limit_per_item(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     uint64_t user = s_user(f), item = s_item(f, user);
     assert_true(user && item);
     uint64_t ids[SH_ATTACH_MAX], lsn = 0;
@@ -505,7 +417,8 @@ static void test_query_attachment_racing_creates_respect_limits(void **state)
         bodies[i] = &reqs[i];
     }
     assert_int_equal(
-        t_call_all(f->pool, SH_OP_attachment_create, bodies, T_RACERS, T_WAIT_MS, T_WAIT_MS, r), 0);
+        t_call_all(f->q.pool, SH_OP_attachment_create, bodies, T_RACERS, T_WAIT_MS, T_WAIT_MS, r),
+        0);
     int ok = 0;
     for (int i = 0; i < T_RACERS; i++) {
         if (r[i].status == SH_STATUS_OK)
@@ -527,7 +440,8 @@ static void test_query_attachment_racing_creates_respect_limits(void **state)
         reqs[i] = s_create_req(spender, own_item, keys[i], 60, 100);
     }
     assert_int_equal(
-        t_call_all(f->pool, SH_OP_attachment_create, bodies, T_RACERS, T_WAIT_MS, T_WAIT_MS, r), 0);
+        t_call_all(f->q.pool, SH_OP_attachment_create, bodies, T_RACERS, T_WAIT_MS, T_WAIT_MS, r),
+        0);
     ok = 0;
     for (int i = 0; i < T_RACERS; i++) {
         if (r[i].status == SH_STATUS_OK)
@@ -544,7 +458,8 @@ static void test_query_attachment_racing_creates_respect_limits(void **state)
     for (int i = 0; i < T_RACERS; i++)
         reqs[i] = s_create_req(owner, target, keys[0], 5, 0);
     assert_int_equal(
-        t_call_all(f->pool, SH_OP_attachment_create, bodies, T_RACERS, T_WAIT_MS, T_WAIT_MS, r), 0);
+        t_call_all(f->q.pool, SH_OP_attachment_create, bodies, T_RACERS, T_WAIT_MS, T_WAIT_MS, r),
+        0);
     for (int i = 0; i < T_RACERS; i++) {
         assert_int_equal(r[i].status, SH_STATUS_OK);
         assert_int_equal(((const sh_attachment_create_rep_t *)r[i].body)->id,
@@ -557,7 +472,7 @@ static void test_query_attachment_racing_creates_respect_limits(void **state)
 static void test_query_attachment_usage(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     uint64_t user = s_user(f), item = s_item(f, user);
     assert_true(user && item);
     const sh_attachment_usage_rep_t *u = s_usage(f, user, item, r);
@@ -587,7 +502,8 @@ static void test_query_attachment_usage(void **state)
     u = s_usage(f, user, UINT64_MAX, r);
     assert_false(u->item_exists);
     sh_attachment_usage_req_t no_user = {0, item, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_usage, &no_user, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_usage, &no_user, T_WAIT_MS, T_WAIT_MS, r),
+                     0);
     assert_int_equal(r->status, SH_STATUS_INVALID);
     free(r);
 }
@@ -595,7 +511,7 @@ static void test_query_attachment_usage(void **state)
 static void test_query_attachment_keys(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     /*  a key with the characters an array literal must escape  */
     char stored[2][SH_OBJKEY_MAX + 1];
     snprintf(stored[0], sizeof stored[0], "odd \"quoted\" \\back,{brace}/%d", ++f->serial);
@@ -610,7 +526,7 @@ static void test_query_attachment_keys(void **state)
     const char *asked[] = {unknown, stored[1], "bad\x01key", stored[0], "", "NULL"};
     for (size_t i = 0; i < SH_ARRAY_SIZE(asked); i++)
         req.keys.items[req.keys.count++].key = sh_str(asked[i]);
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_keys, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_keys, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     const sh_attachment_keys_rep_t *k = (const void *)r->body;
     assert_int_equal(k->keys.count, 2);
@@ -621,7 +537,7 @@ static void test_query_attachment_keys(void **state)
     assert_true(seen[0] && seen[1]);
     /*  none asked, none known  */
     sh_attachment_keys_req_t none = {0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_keys, &none, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_keys, &none, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     assert_int_equal(((const sh_attachment_keys_rep_t *)r->body)->keys.count, 0);
     free(r);
@@ -630,7 +546,7 @@ static void test_query_attachment_keys(void **state)
 static void test_query_attachment_item_delete_removes_rows(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     uint64_t user = s_user(f), item = s_item(f, user);
     assert_true(user && item);
     const sh_attachment_create_rep_t *c = s_attach(f, user, item, 77, r);
@@ -638,18 +554,18 @@ static void test_query_attachment_item_delete_removes_rows(void **state)
     char key[SH_OBJKEY_MAX + 1];
     sh_str_copy(c->key, key, sizeof key);
     sh_item_delete_req_t del = {item, user, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_item_delete, &del, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_item_delete, &del, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     uint64_t lsn = ((const sh_item_delete_rep_t *)r->body)->lsn;
     sh_attachment_get_req_t get = {id, lsn, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_NOT_FOUND);
     assert_int_equal(s_list(f, item, lsn, r)->attachments.count, 0);
     assert_int_equal(s_usage(f, user, item, r)->used_bytes, 0);
     sh_attachment_keys_req_t keys = {0};
     keys.keys.count = 1;
     keys.keys.items[0].key = sh_str(key);
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_keys, &keys, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_keys, &keys, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(((const sh_attachment_keys_rep_t *)r->body)->keys.count, 0);
     free(r);
 }
@@ -659,11 +575,11 @@ static void test_query_attachment_item_delete_removes_rows(void **state)
 static void test_query_attachment_reads_follow_routing(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new(), *g = s_reply_new();
+    t_reply_t *r = t_reply_new(), *g = t_reply_new();
     for (int i = 0; i < 20; i++) {
         const sh_attachment_create_rep_t *c = s_attach(f, f->alice, f->alice_item, 3, r);
         sh_attachment_get_req_t get = {c->id, c->lsn, 0};
-        assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, g), 0);
+        assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, g), 0);
         assert_int_equal(g->status, SH_STATUS_OK);
         const sh_attachment_list_rep_t *l = s_list(f, f->alice_item, c->lsn, g);
         assert_true(l->attachments.count > 0);
@@ -674,7 +590,7 @@ static void test_query_attachment_reads_follow_routing(void **state)
     int64_t end = sh_clock_mono_ms() + T_ROUTE_MS;
     bool replica = false;
     while (!replica && sh_clock_mono_ms() < end) {
-        assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, g), 0);
+        assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, g), 0);
         assert_int_equal(g->status, SH_STATUS_OK);
         replica = sh_str_eq(((const sh_attachment_get_rep_t *)g->body)->source, "replica");
         if (!replica)
@@ -692,7 +608,7 @@ static void test_query_attachment_reads_follow_routing(void **state)
 static void test_query_attachment_primary_down(void **state)
 {
     t_fixture_t *f = *state;
-    t_reply_t *r = s_reply_new();
+    t_reply_t *r = t_reply_new();
     const sh_attachment_create_rep_t *c = s_attach(f, f->alice, f->alice_item, 9, r);
     sh_attachment_get_req_t get = {c->id, c->lsn, 0};
     char key[SH_OBJKEY_MAX + 1];
@@ -701,7 +617,7 @@ static void test_query_attachment_primary_down(void **state)
     int64_t end = sh_clock_mono_ms() + T_ROUTE_MS;
     bool replica = false;
     while (!replica && sh_clock_mono_ms() < end) {
-        assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
+        assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
         assert_int_equal(r->status, SH_STATUS_OK);
         replica = sh_str_eq(((const sh_attachment_get_rep_t *)r->body)->source, "replica");
         if (!replica)
@@ -709,29 +625,29 @@ static void test_query_attachment_primary_down(void **state)
     }
     assert_true(replica);
 
-    t_postgres_stop(f->primary);
-    f->primary = -1;
+    t_postgres_stop(f->q.primary);
+    f->q.primary = -1;
     char new_key[SH_OBJKEY_MAX + 1];
     s_key(f, new_key);
     sh_attachment_create_req_t req = s_create_req(f->alice, f->alice_item, new_key, 1, 0);
     assert_int_equal(s_create(f, &req, r), SH_STATUS_UNAVAILABLE);
     assert_true(r->elapsed_ms < 1000);
     sh_attachment_usage_req_t usage = {f->alice, f->alice_item, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_usage, &usage, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_usage, &usage, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_UNAVAILABLE);
     sh_attachment_keys_req_t keys = {0};
     keys.keys.items[keys.keys.count++].key = sh_str(key);
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_keys, &keys, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_keys, &keys, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_UNAVAILABLE);
 
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     assert_true(sh_str_eq(((const sh_attachment_get_rep_t *)r->body)->source, "replica"));
     get.min_lsn += 1000000000;
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_get, &get, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_UNAVAILABLE);
     sh_attachment_list_req_t list = {f->alice_item, get.min_lsn, 0};
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_list, &list, T_WAIT_MS, T_WAIT_MS, r), 0);
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_list, &list, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_UNAVAILABLE);
     free(r);
 }

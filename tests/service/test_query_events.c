@@ -22,26 +22,15 @@
 #include "sh_transport.h"
 #include "sh_util.h"
 
-#define T_WAIT_MS    5000  /* longest wait for one reply or event */
-#define T_READY_MS   30000 /* migrations included */
+#define T_WAIT_MS    5000 /* longest wait for one reply or event */
 #define T_SHA256     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-#define T_CONNINFO   "host=127.0.0.1 port=%d dbname=" T_PG_DB " user=" T_PG_ROLE
 #define T_EXCERPT    200 /* characters of a body in a list entry */
 #define T_LONG_CHARS 300
 #define T_DATA_MAX   (SH_EVENT_DATA_MAX + 1)
 
 typedef struct {
-    char dir[256];
-    char log[300];
-    char pg_log[300];
-    pid_t redis;
-    int redis_port;
-    pid_t primary;
-    int primary_port;
-    pid_t service;
-    char endpoint[64];
+    t_query_t q;
     char events[64];
-    sh_pool_t *pool;
     void *sub;
     uint64_t user;
     char username[32];
@@ -59,105 +48,44 @@ typedef struct {
 
 /*  --- fixture ---------------------------------------------------------------  */
 
-static int s_group_teardown(void **state);
-
-static int s_setup_failed(void **state, const char *log)
-{
-    t_tail(log);
-    s_group_teardown(state);
-    *state = NULL;
-    return -1;
-}
-
-static int s_group_setup(void **state)
-{
-    t_fixture_t *f = calloc(1, sizeof *f);
-    if (!f)
-        return -1;
-    snprintf(f->dir, sizeof f->dir, "/tmp/shoal-query-events-XXXXXX");
-    if (!mkdtemp(f->dir)) {
-        free(f);
-        return -1;
-    }
-    snprintf(f->log, sizeof f->log, "%s/query.log", f->dir);
-    snprintf(f->pg_log, sizeof f->pg_log, "%s/postgres.log", f->dir);
-    *state = f;
-    f->redis_port = t_free_port();
-    f->redis = t_redis_start(f->redis_port, f->dir);
-    f->primary_port = t_free_port();
-    f->primary = t_postgres_start(f->primary_port, f->dir, 0, f->pg_log);
-    if (f->redis < 0 || f->primary < 0) {
-        fprintf(stderr, "cannot start Redis or Postgres\n");
-        return s_setup_failed(state, f->pg_log);
-    }
-    snprintf(f->endpoint, sizeof f->endpoint, "tcp://127.0.0.1:%d", t_free_port());
-    snprintf(f->events, sizeof f->events, "tcp://127.0.0.1:%d", t_free_port());
-    char bind[96], redis[64], primary[160], events[96], conninfo[128];
-    snprintf(bind, sizeof bind, "SHOAL_BIND=%s", f->endpoint);
-    snprintf(redis, sizeof redis, "SHOAL_REDIS_PORT=%d", f->redis_port);
-    snprintf(conninfo, sizeof conninfo, T_CONNINFO, f->primary_port);
-    snprintf(primary, sizeof primary, "SHOAL_PG_PRIMARY=%s", conninfo);
-    snprintf(events, sizeof events, "SHOAL_EVENTS_BIND=%s", f->events);
-    char *env[] = {bind,
-                   redis,
-                   primary,
-                   events,
-                   "SHOAL_INSTANCE=query-events-test",
-                   "SHOAL_ARGON2_OPS=1",
-                   "SHOAL_ARGON2_MEM_KIB=8",
-                   "SHOAL_HEALTH_ENDPOINTS=",
-                   NULL};
-    char program[512];
-    snprintf(program, sizeof program, "%s/shoal-query", t_bin_dir());
-    f->service = t_spawn(program, env, f->log);
-    f->pool = sh_pool_new("query", NULL);
-    sh_pool_add(f->pool, f->endpoint);
-    if (t_wait_ready(f->pool, T_READY_MS))
-        return s_setup_failed(state, f->log);
-    f->sub = zmq_socket(sh_transport_ctx(), ZMQ_SUB);
-    if (!f->sub || zmq_connect(f->sub, f->events) || zmq_setsockopt(f->sub, ZMQ_SUBSCRIBE, "", 0))
-        return s_setup_failed(state, f->log);
-    snprintf(f->username, sizeof f->username, "writer_%d", (int)getpid());
-    sh_user_create_req_t req = {sh_str(f->username), sh_str("password123"), 0};
-    t_reply_t *r = calloc(1, sizeof *r);
-    if (r && t_call(f->pool, SH_OP_user_create, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
-        r->status == SH_STATUS_OK)
-        f->user = ((sh_user_create_rep_t *)r->body)->id;
-    free(r);
-    if (!f->user)
-        return s_setup_failed(state, f->log);
-    return 0;
-}
-
 static int s_group_teardown(void **state)
 {
     t_fixture_t *f = *state;
     if (!f)
         return 0;
+    t_query_stop(&f->q);
     if (f->sub)
         sh_transport_close(&f->sub);
-    sh_pool_destroy(&f->pool);
-    if (f->service > 0)
-        t_kill(f->service);
-    t_postgres_stop(f->primary);
-    if (f->redis > 0)
-        t_kill(f->redis);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
     free(f);
     return 0;
 }
 
-/*  --- helpers ---------------------------------------------------------------  */
-
-static t_reply_t *s_reply_new(void)
+static int s_group_setup(void **state)
 {
-    t_reply_t *r = calloc(1, sizeof *r);
-    assert_non_null(r);
-    return r;
+    t_fixture_t *f = t_alloc(sizeof *f);
+    *state = f;
+    t_endpoint(f->events, sizeof f->events);
+    char events[96];
+    snprintf(events, sizeof events, "SHOAL_EVENTS_BIND=%s", f->events);
+    const char *env[] = {events, NULL};
+    if (t_query_start(&f->q, "query-events", false, env))
+        return t_setup_failed(state, s_group_teardown, NULL);
+    f->sub = t_sub_open(f->events);
+    if (!f->sub)
+        return t_setup_failed(state, s_group_teardown, f->q.log);
+    snprintf(f->username, sizeof f->username, "writer_%d", (int)getpid());
+    sh_user_create_req_t req = {sh_str(f->username), sh_str("password123"), 0};
+    t_reply_t *r = t_reply_new();
+    if (t_call(f->q.pool, SH_OP_user_create, &req, T_WAIT_MS, T_WAIT_MS, r) == 0 &&
+        r->status == SH_STATUS_OK)
+        f->user = ((sh_user_create_rep_t *)r->body)->id;
+    free(r);
+    if (!f->user)
+        return t_setup_failed(state, s_group_teardown, f->q.log);
+    return 0;
 }
+
+/*  --- helpers ---------------------------------------------------------------  */
 
 /*  The next event on the SUB socket within timeout_ms; 0 or -1.  */
 static int s_recv_event(t_fixture_t *f, t_event_t *out, int timeout_ms)
@@ -262,8 +190,8 @@ static void s_sub_ready(t_fixture_t *f)
 static uint64_t s_item(t_fixture_t *f, const char *title, const char *body)
 {
     sh_item_create_req_t req = {f->user, sh_str(title), sh_str(body), 0};
-    t_reply_t *r = s_reply_new();
-    assert_int_equal(t_call(f->pool, SH_OP_item_create, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
+    t_reply_t *r = t_reply_new();
+    assert_int_equal(t_call(f->q.pool, SH_OP_item_create, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     uint64_t id = ((sh_item_create_rep_t *)r->body)->id;
     free(r);
@@ -324,17 +252,17 @@ static uint64_t s_item_idem(t_fixture_t *f, const char *key)
     sh_item_create_req_t req = {f->user, sh_str("once"), sh_str(""), 0};
     sh_call_opts_t opts = {.deadline_ms = sh_clock_wall_ms() + T_WAIT_MS, .idem_key = key};
     t_created_t c = {0};
-    sh_pool_send(f->pool, SH_OP_item_create, &req, &opts, s_on_created, &c);
+    sh_pool_send(f->q.pool, SH_OP_item_create, &req, &opts, s_on_created, &c);
     int64_t end = sh_clock_mono_ms() + T_WAIT_MS;
     while (!c.done && sh_clock_mono_ms() < end) {
         void *sockets[SH_POOL_SOCKETS];
         zmq_pollitem_t items[SH_POOL_SOCKETS];
-        int count = sh_pool_sockets(f->pool, sockets, SH_POOL_SOCKETS);
+        int count = sh_pool_sockets(f->q.pool, sockets, SH_POOL_SOCKETS);
         for (int i = 0; i < count; i++)
             items[i] = (zmq_pollitem_t){sockets[i], 0, ZMQ_POLLIN, 0};
         zmq_poll(items, count, 20);
-        sh_pool_drain(f->pool);
-        sh_pool_tick(f->pool);
+        sh_pool_drain(f->q.pool);
+        sh_pool_tick(f->q.pool);
     }
     assert_true(c.done);
     assert_int_equal(c.status, SH_STATUS_OK);
@@ -376,8 +304,8 @@ static void test_query_events_views(void **state)
     snprintf(channel, sizeof channel, "item:%llu", (unsigned long long)id);
     for (uint64_t views = 1; views <= 2; views++) {
         sh_item_get_req_t req = {id, 0, 0};
-        t_reply_t *r = s_reply_new();
-        assert_int_equal(t_call(f->pool, SH_OP_item_get, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
+        t_reply_t *r = t_reply_new();
+        assert_int_equal(t_call(f->q.pool, SH_OP_item_get, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
         assert_int_equal(r->status, SH_STATUS_OK);
         assert_int_equal(((sh_item_get_rep_t *)r->body)->views, views);
         free(r);
@@ -411,8 +339,8 @@ static void test_query_events_attachment_and_delete(void **state)
     req.sha256 = sh_str(T_SHA256);
     req.content_type = sh_str("application/pdf");
     req.name = sh_str("r\xC3\xA9sum\xC3\xA9 \"final\".pdf");
-    t_reply_t *r = s_reply_new();
-    assert_int_equal(t_call(f->pool, SH_OP_attachment_create, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
+    t_reply_t *r = t_reply_new();
+    assert_int_equal(t_call(f->q.pool, SH_OP_attachment_create, &req, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     sh_attachment_create_rep_t *rep = (sh_attachment_create_rep_t *)r->body;
     uint64_t attachment_id = rep->id;
@@ -448,8 +376,8 @@ static void test_query_events_attachment_and_delete(void **state)
     json_decref(data);
 
     sh_item_delete_req_t del = {id, f->user, 0};
-    r = s_reply_new();
-    assert_int_equal(t_call(f->pool, SH_OP_item_delete, &del, T_WAIT_MS, T_WAIT_MS, r), 0);
+    r = t_reply_new();
+    assert_int_equal(t_call(f->q.pool, SH_OP_item_delete, &del, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     free(r);
     char want[64];
@@ -462,8 +390,8 @@ static void test_query_events_attachment_and_delete(void **state)
 
     /*  the item's history has both, for a client that resumes  */
     sh_event_range_req_t range = {sh_str(channel), 0, 10, 0};
-    r = s_reply_new();
-    assert_int_equal(t_call(f->pool, SH_OP_event_range, &range, T_WAIT_MS, T_WAIT_MS, r), 0);
+    r = t_reply_new();
+    assert_int_equal(t_call(f->q.pool, SH_OP_event_range, &range, T_WAIT_MS, T_WAIT_MS, r), 0);
     assert_int_equal(r->status, SH_STATUS_OK);
     sh_event_range_rep_t *history = (sh_event_range_rep_t *)r->body;
     assert_int_equal(history->top, 2);

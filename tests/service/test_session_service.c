@@ -32,47 +32,32 @@ typedef struct {
     char endpoint[64];
     sh_pool_t *pool;
     const char *env[T_ENV_MAX + 1]; /* extra settings of the service, NULL-ended */
-    sh_loop_t *loop;                /* the test's own Redis client, once asked for */
-    sh_redis_t *client;
+    t_redis_client_t *client;       /* the test's own, once asked for */
 } t_fixture_t;
 
 static int s_start_service(t_fixture_t *f, bool with_redis)
 {
-    int port = t_free_port();
     f->redis_port = t_free_port();
     if (with_redis) {
         f->redis = t_redis_start(f->redis_port, f->dir);
         if (f->redis < 0)
             return -1;
     }
-    snprintf(f->endpoint, sizeof f->endpoint, "tcp://127.0.0.1:%d", port);
-    static char bind[96], redis[64], instance[64], timeout[64], load[64];
-    snprintf(bind, sizeof bind, "SHOAL_BIND=%s", f->endpoint);
+    t_endpoint(f->endpoint, sizeof f->endpoint);
+    char redis[64];
     snprintf(redis, sizeof redis, "SHOAL_REDIS_PORT=%d", f->redis_port);
-    snprintf(instance, sizeof instance, "SHOAL_INSTANCE=session-test");
-    snprintf(timeout, sizeof timeout, "SHOAL_REDIS_TIMEOUT_MS=300");
-    snprintf(load, sizeof load, "SHOAL_LOAD_MAX_MS=500");
-    static char extra[T_ENV_MAX][128];
-    char *env[5 + T_ENV_MAX + 1] = {bind, redis, instance, timeout, load};
-    for (int i = 0; i < T_ENV_MAX && f->env[i]; i++) {
-        snprintf(extra[i], sizeof extra[i], "%s", f->env[i]);
-        env[5 + i] = extra[i];
-    }
-    char program[512];
-    snprintf(program, sizeof program, "%s/shoal-session", t_bin_dir());
-    f->service = t_spawn(program, env, f->log);
-    f->pool = sh_pool_new("session", NULL);
-    sh_pool_add(f->pool, f->endpoint);
-    return t_wait_ready(f->pool, 5000);
+    const char *env[] = {redis, "SHOAL_INSTANCE=session-test", "SHOAL_REDIS_TIMEOUT_MS=300",
+                         "SHOAL_LOAD_MAX_MS=500", NULL};
+    t_service_spec_t spec = {"session", f->endpoint, env, f->env, f->log, 5000};
+    return t_service_start(&spec, &f->service, &f->pool);
 }
 
 static int s_setup(void **state, bool with_redis, const char *const *env)
 {
-    t_fixture_t *f = calloc(1, sizeof *f);
+    t_fixture_t *f = t_alloc(sizeof *f);
     for (int i = 0; env && env[i] && i < T_ENV_MAX; i++)
         f->env[i] = env[i];
-    snprintf(f->dir, sizeof f->dir, "/tmp/shoal-service-test-XXXXXX");
-    if (!mkdtemp(f->dir))
+    if (t_dir_new(f->dir, sizeof f->dir, "session-test"))
         return -1;
     snprintf(f->log, sizeof f->log, "%s/session.log", f->dir);
     *state = f;
@@ -111,99 +96,25 @@ static int s_setup_short_absolute(void **state)
 static int s_teardown(void **state)
 {
     t_fixture_t *f = *state;
-    /*  the client's loop is not running: it may go  */
-    sh_redis_destroy(&f->client);
-    sh_loop_destroy(&f->loop);
+    t_redis_client_destroy(&f->client);
     sh_pool_destroy(&f->pool);
     if (f->service > 0 && t_wait_exit(f->service, 0) == -1)
         t_kill(f->service);
     if (f->redis > 0)
         t_kill(f->redis);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", f->dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", f->dir);
+    t_dir_remove(f->dir);
     free(f);
     return 0;
 }
 
 /*  --- the test's own view of Redis ----------------------------------------  */
 
-#define T_ELEMS_MAX 8
-
-typedef struct {
-    bool done;
-    uint64_t status;
-    int type;
-    int64_t integer;
-    char text[256];
-    size_t count;
-    char elems[T_ELEMS_MAX][128];
-} t_redis_reply_t;
-
-/*  cond(f, arg) for sh_loop_run_until.  */
-typedef struct {
-    t_fixture_t *f;
-    bool (*cond)(t_fixture_t *f, void *arg);
-    void *arg;
-} t_cond_t;
-
-static bool s_cond(void *arg)
-{
-    t_cond_t *c = arg;
-    return c->cond(c->f, c->arg);
-}
-
-/*  Run the client's loop until cond holds or timeout_ms passes.  */
-static bool s_run_until(t_fixture_t *f, bool (*cond)(t_fixture_t *f, void *arg), void *arg,
-                        int64_t timeout_ms)
-{
-    t_cond_t c = {f, cond, arg};
-    return sh_loop_run_until(f->loop, s_cond, &c, timeout_ms);
-}
-
-static bool s_client_connected(t_fixture_t *f, void *arg)
-{
-    (void)arg;
-    return sh_redis_connected(f->client);
-}
-
-static bool s_reply_done(t_fixture_t *f, void *arg)
-{
-    (void)f;
-    return ((t_redis_reply_t *)arg)->done;
-}
-
-static void s_copy_text(const sh_redis_reply_t *reply, char *out, size_t size)
-{
-    size_t len = 0;
-    const char *text = sh_redis_str(reply, &len);
-    snprintf(out, size, "%.*s", text ? (int)len : 0, text ? text : "");
-}
-
-static void s_on_redis(void *arg, uint64_t status, const sh_redis_reply_t *reply)
-{
-    t_redis_reply_t *out = arg;
-    out->done = true;
-    out->status = status;
-    out->type = sh_redis_type(reply);
-    out->integer = sh_redis_int(reply, -1);
-    s_copy_text(reply, out->text, sizeof out->text);
-    out->count = sh_redis_count(reply);
-    for (size_t i = 0; i < out->count && i < T_ELEMS_MAX; i++)
-        s_copy_text(sh_redis_elem(reply, i), out->elems[i], sizeof out->elems[i]);
-}
-
 /*  One command on the fixture's Redis (space-separated words), answered.  */
 static void s_redis(t_fixture_t *f, const char *command, t_redis_reply_t *out)
 {
-    if (!f->client) {
-        f->loop = sh_loop_new();
-        sh_redis_config_t config = {"127.0.0.1", f->redis_port, "", 0, 1000, 100, "test"};
-        f->client = sh_redis_new(f->loop, &config, NULL);
-        assert_non_null(f->client);
-    }
-    assert_true(s_run_until(f, s_client_connected, NULL, 3000));
+    if (!f->client)
+        f->client = t_redis_client_new(f->redis_port);
+    assert_non_null(f->client);
     char words[256];
     snprintf(words, sizeof words, "%s", command);
     const char *argv[8];
@@ -211,11 +122,7 @@ static void s_redis(t_fixture_t *f, const char *command, t_redis_reply_t *out)
     for (char *save = NULL, *w = strtok_r(words, " ", &save); w && argc < 8;
          w = strtok_r(NULL, " ", &save))
         argv[argc++] = w;
-    memset(out, 0, sizeof *out);
-    sh_redis_command(f->client, 1000, s_on_redis, out, argc, argv, NULL);
-    assert_true(s_run_until(f, s_reply_done, out, 2000));
-    assert_int_equal(out->status, SH_STATUS_OK);
-    assert_int_not_equal(out->type, SH_REDIS_ERROR);
+    assert_int_equal(t_redis_command(f->client, argc, argv, out), 0);
 }
 
 /*  Name of the only key matching pattern.  */
