@@ -48,6 +48,7 @@ struct edge_ws_t {
     bool established;
     int64_t heard_ms;  /* last frame from the client (mono) */
     int64_t pinged_ms; /* a ping waits for its pong since; 0: none */
+    int64_t wrote_ms;  /* last write to the client (mono) */
     bool ping_due;     /* write a ping with the next batch */
 
     edge_msg_t **queue; /* ring */
@@ -367,6 +368,7 @@ static int s_on_writeable(edge_ws_t *ws)
         }
         if (lws_write(ws->wsi, out + LWS_PRE, used, LWS_WRITE_HTTP) < 0)
             return -1;
+        ws->wrote_ms = sh_clock_mono_ms();
     }
     if (ws->q_len)
         lws_callback_on_writable(ws->wsi);
@@ -567,7 +569,9 @@ void edge_ws_tick(void)
     /*  Pings are swept here, once a second, rather than left to a timer
         per connection: with thousands of connections libwebsockets' timers
         woke its poll loop (which scans every socket) hundreds of times a
-        second.  */
+        second. Only a connection quiet both ways is pinged: one that takes
+        events is alive as long as its queue drains (else it is closed as
+        a laggard), and every pong is one more wake-up of that loop.  */
     int64_t now = sh_clock_mono_ms();
     if (now - s_ws.swept_ms < S_SWEEP_MS)
         return;
@@ -580,7 +584,8 @@ void edge_ws_tick(void)
             (*s_ws.no_pong)++;
             ws->closing = true;
             lws_set_timeout(ws->wsi, PENDING_TIMEOUT_CLOSE_SEND, LWS_TO_KILL_ASYNC);
-        } else if (!ws->pinged_ms && !ws->closing && now - ws->heard_ms > idle) {
+        } else if (!ws->pinged_ms && !ws->closing && now - ws->heard_ms > idle &&
+                   now - ws->wrote_ms > idle) {
             ws->pinged_ms = now;
             ws->ping_due = true;
             lws_callback_on_writable(ws->wsi);
