@@ -26,8 +26,10 @@
 
 #define QUERY_PROBE_MS       50
 #define QUERY_PROBE_STALE_MS 1000 /* a replica not heard from this long is out */
-#define QUERY_REPLAY_WAIT_MS \
-    1000 /* primary down: how long a read waits for the replica to replay the caller's write */
+/*  primary down: how long a read waits for the replica to replay the
+    caller's write (short: the edge may try a second instance within its
+    own deadline)  */
+#define QUERY_REPLAY_WAIT_MS   250
 #define QUERY_SAMPLES          128 /* primary LSN samples kept (6.4 s at 50 ms) */
 #define QUERY_TICK_MS          10
 #define QUERY_RECONNECT_MIN_MS 100

@@ -17,6 +17,7 @@ import {
   CSRF_TOKEN_LENGTH,
   liveIndicator,
   LOGGED_OUT_ME,
+  navigate,
   openWatchedPage,
   pathOf,
   readPage,
@@ -98,7 +99,7 @@ test(
     });
     try {
       // --- logged out ---
-      await page.goto(url('/board'), { timeout: STEP_TIMEOUT_MS });
+      await navigate(page, url('/board'));
       await waitForAccount(page, 'logged-out', 'first load');
       await waitForList(page, '', 'first load');
       assert.equal(await page.title(), 'Shoal — board');
@@ -321,7 +322,7 @@ test(
       },
     );
     try {
-      await page.goto(url('/board'), { timeout: STEP_TIMEOUT_MS });
+      await navigate(page, url('/board'));
       await waitFor(page, page.locator('main[data-testid="board"][data-state="retrying"]'), 'retrying after 503');
       assert.equal(await textOf(page.getByTestId('board-status')), 'Service unavailable, retrying…');
       await waitForList(page, '', 'after the retry');
@@ -376,7 +377,7 @@ test('the forms show limits, their pending state and the server’s messages', S
         await route.fulfill(json(401, { error: { code: 'unauthorized', message: 'wrong username or password' } }));
       },
     );
-    await page.goto(url('/login'), { timeout: STEP_TIMEOUT_MS });
+    await navigate(page, url('/login'));
     await waitForAccount(page, 'logged-out', 'login page');
     await page.getByTestId('auth-username').fill('somebody');
     await page.getByTestId('auth-password').fill('not the password');

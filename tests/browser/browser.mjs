@@ -153,6 +153,19 @@ export function assertNoProblems(problems, step) {
 }
 
 /** An absolute URL of the stack under test. */
+/*  page.goto that tries again when Chromium aborts a navigation because
+    the machine's network changed (podman adds and removes interfaces
+    while the containers tests run): a signal about the host, not the app.  */
+export async function navigate(page, href, options = {}) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await page.goto(href, { timeout: STEP_TIMEOUT_MS, ...options });
+    } catch (e) {
+      if (attempt >= 3 || !String(e.message).includes('ERR_NETWORK_CHANGED')) throw e;
+    }
+  }
+}
+
 export function url(pathname) {
   return new URL(pathname, BASE_URL).href;
 }
