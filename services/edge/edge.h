@@ -317,6 +317,9 @@ void edge_board_with_user(edge_t *edge, edge_req_t *req, bool need_csrf, edge_us
     the connection is closing (a laggard past its queue bound is closed
     here with 4001).  */
 int edge_ws_send(edge_ws_t *ws, edge_msg_t *msg);
+/*  Send json (a jansson value, taken: freed here; NULL sends nothing) as
+    a text message for this connection only.  */
+void edge_ws_send_json(edge_ws_t *ws, struct json_t *json);
 /*  Send a text message built for this connection only. 0 or -1.  */
 int edge_ws_send_text(edge_ws_t *ws, const char *text, size_t len);
 /*  Close with code and reason (the connection ends after queued messages
@@ -400,6 +403,9 @@ int edge_content_disposition(const char *name, char *out, size_t size);
     object should be sent (no header, several ranges, not bytes, bad
     syntax), -1 when unsatisfiable (416).  */
 int edge_range_parse(const char *header, uint64_t size, uint64_t *first, uint64_t *last);
+/*  True when origin is an entry of list (SHOAL_ALLOWED_ORIGINS: comma-
+    separated, spaces around entries ignored, compared whole).  */
+bool edge_origin_listed(const char *list, const char *origin);
 /*  The WebSocket proof cookie's value for session sid and user_id,
     valid until expires_s (Unix seconds), signed with key.  */
 void edge_ws_proof_make(const unsigned char *key, const char *sid, uint64_t user_id,

@@ -274,17 +274,7 @@ bool edge_api_same_origin(edge_t *edge, const edge_req_t *req)
     const char *at = strstr(req->origin, "://");
     if (at && strcmp(at + 3, req->host) == 0)
         return true;
-    /*  configured origins, comma-separated, compared whole  */
-    const char *list = edge->config->allowed_origins;
-    size_t olen = strlen(req->origin);
-    for (const char *p = list; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        if (n == olen && strncmp(p, req->origin, n) == 0)
-            return true;
-        p = comma ? comma + 1 : NULL;
-    }
-    return false;
+    return edge_origin_listed(edge->config->allowed_origins, req->origin);
 }
 
 static void s_session(edge_t *edge, edge_req_t *req)

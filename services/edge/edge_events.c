@@ -171,23 +171,12 @@ static edge_msg_t *s_event_msg(const sh_event_t *ev, uint64_t key)
     return msg;
 }
 
-static void s_send_json(edge_ws_t *ws, json_t *json)
-{
-    if (!json)
-        return;
-    char *text = json_dumps(json, JSON_COMPACT);
-    if (text)
-        edge_ws_send_text(ws, text, strlen(text));
-    free(text);
-    json_decref(json);
-}
-
 static void s_send_error(edge_ws_t *ws, const char *code, const char *message, const char *channel)
 {
     json_t *json = json_pack("{s:s, s:s, s:s}", "type", "error", "code", code, "message", message);
     if (json && channel)
         json_object_set_new(json, "channel", json_string(channel));
-    s_send_json(ws, json);
+    edge_ws_send_json(ws, json);
 }
 
 /*  subscribed: recovered is 1 (true), 0 (false) or -1 (absent).  */
@@ -203,7 +192,7 @@ static void s_send_subscribed(s_sub_t *sub, int recovered)
     }
     if (recovered >= 0)
         json_object_set_new(json, "recovered", json_boolean(recovered));
-    s_send_json(sub->ws, json);
+    edge_ws_send_json(sub->ws, json);
 }
 
 /*  --- channels -------------------------------------------------------------------------  */
@@ -732,7 +721,7 @@ void edge_events_message(edge_events_t *self, edge_ws_t *ws, json_t *json)
             return;
         }
         s_sub_remove(self, ws, i);
-        s_send_json(ws, json_pack("{s:s, s:s}", "type", "unsubscribed", "channel", name));
+        edge_ws_send_json(ws, json_pack("{s:s, s:s}", "type", "unsubscribed", "channel", name));
     } else
         s_send_error(ws, "invalid", "types are subscribe, unsubscribe and ping", NULL);
 }

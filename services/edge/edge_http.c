@@ -402,11 +402,11 @@ static edge_method_t s_method(struct lws *wsi)
     return EDGE_OTHER;
 }
 
-static void s_copy_header(struct lws *wsi, enum lws_token_indexes token, char *buf, int len)
+void edge_lws_header(struct lws *wsi, enum lws_token_indexes token, char *buf, int size)
 {
     buf[0] = 0;
-    if (lws_hdr_total_length(wsi, token) < len)
-        lws_hdr_copy(wsi, buf, len, token);
+    if (lws_hdr_total_length(wsi, token) >= size || lws_hdr_copy(wsi, buf, size, token) < 0)
+        buf[0] = 0;
 }
 
 /*  Bytes of the headers lws knows by name. lws 4.1 cannot enumerate
@@ -538,10 +538,10 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
         return s_reject(conn, 431, "headers_too_large",
                         "request header block exceeds the size limit");
     char value[EDGE_HEADER_SMALL];
-    s_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value);
+    edge_lws_header(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH, value, sizeof value);
     if (value[0] && sh_parse_int(value, 0, INT64_MAX, &req->content_length))
         return s_reject(conn, 400, "bad_request", "invalid Content-Length");
-    s_copy_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, value, sizeof value);
+    edge_lws_header(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING, value, sizeof value);
     if (value[0])
         /*  lws cannot stream chunked request bodies: ask for a length  */
         return s_reject(conn, 411, "length_required",
@@ -549,13 +549,14 @@ static int s_on_request(struct lws *wsi, edge_conn_t *conn, const char *path)
     req->streamed = edge_http_streams_body(req->method, req->path);
     if (req->content_length > edge->config->max_body_bytes && !req->streamed)
         return s_reject(conn, 413, "too_large", "request body exceeds the size limit");
-    s_copy_header(wsi, WSI_TOKEN_ORIGIN, req->origin, sizeof req->origin);
-    s_copy_header(wsi, WSI_TOKEN_HOST, req->host, sizeof req->host);
+    edge_lws_header(wsi, WSI_TOKEN_ORIGIN, req->origin, sizeof req->origin);
+    edge_lws_header(wsi, WSI_TOKEN_HOST, req->host, sizeof req->host);
     s_custom_header(wsi, "sec-fetch-site:", req->fetch_site, sizeof req->fetch_site);
     s_custom_header(wsi, "x-csrf-token:", req->csrf, sizeof req->csrf);
-    s_copy_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, req->content_type, sizeof req->content_type);
-    s_copy_header(wsi, WSI_TOKEN_HTTP_RANGE, req->range, sizeof req->range);
-    s_copy_header(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, req->if_none_match, sizeof req->if_none_match);
+    edge_lws_header(wsi, WSI_TOKEN_HTTP_CONTENT_TYPE, req->content_type, sizeof req->content_type);
+    edge_lws_header(wsi, WSI_TOKEN_HTTP_RANGE, req->range, sizeof req->range);
+    edge_lws_header(wsi, WSI_TOKEN_HTTP_IF_NONE_MATCH, req->if_none_match,
+                    sizeof req->if_none_match);
     int name_len = lws_hdr_custom_length(wsi, "x-file-name:", 12);
     if (name_len > 0) {
         conn->file_name = malloc((size_t)name_len + 1);

@@ -6,6 +6,9 @@
 
 #include <libwebsockets.h>
 
+/*  A header lws knows by name into buf (size bytes); "" when absent or
+    too long.  */
+void edge_lws_header(struct lws *wsi, enum lws_token_indexes token, char *buf, int size);
 /*  LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: 0 lets the upgrade go on; 1 when it
     was refused with an HTTP status written here; -1 hangs up.  */
 int edge_ws_confirm(struct lws *wsi);

@@ -437,3 +437,22 @@ uint64_t edge_ws_proof_check(const unsigned char *key, const char *sid, const ch
     s_proof_mac(key, sid, user_id, expires_s, want);
     return sodium_memcmp(given, want, sizeof want) == 0 ? user_id : 0;
 }
+
+bool edge_origin_listed(const char *list, const char *origin)
+{
+    size_t len = strlen(origin);
+    for (const char *p = list; p && *p;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        while (n && *p == ' ') {
+            p++;
+            n--;
+        }
+        while (n && p[n - 1] == ' ')
+            n--;
+        if (len && n == len && strncmp(p, origin, n) == 0)
+            return true;
+        p = comma ? comma + 1 : NULL;
+    }
+    return false;
+}

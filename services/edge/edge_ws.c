@@ -83,13 +83,6 @@ static struct {
 
 /*  --- the upgrade -------------------------------------------------------------------------  */
 
-static void s_header(struct lws *wsi, enum lws_token_indexes token, char *buf, int size)
-{
-    buf[0] = 0;
-    if (lws_hdr_total_length(wsi, token) >= size || lws_hdr_copy(wsi, buf, size, token) < 0)
-        buf[0] = 0;
-}
-
 /*  A refusal with a JSON error, written before any upgrade.  */
 static int s_refuse(struct lws *wsi, int status, const char *code, const char *message)
 {
@@ -121,7 +114,7 @@ static int s_refuse(struct lws *wsi, int status, const char *code, const char *m
 static uint64_t s_authenticate(struct lws *wsi, char *sid, size_t sid_size)
 {
     char cookies[4096];
-    s_header(wsi, WSI_TOKEN_HTTP_COOKIE, cookies, sizeof cookies);
+    edge_lws_header(wsi, WSI_TOKEN_HTTP_COOKIE, cookies, sizeof cookies);
     char proof[EDGE_COOKIE_MAX];
     if (edge_cookie_get(cookies, EDGE_COOKIE_NAME, sid, sid_size) != 0 ||
         edge_cookie_get(cookies, EDGE_WS_COOKIE, proof, sizeof proof) != 0)
@@ -132,8 +125,8 @@ static uint64_t s_authenticate(struct lws *wsi, char *sid, size_t sid_size)
 static bool s_origin_allowed(struct lws *wsi)
 {
     char origin[EDGE_HEADER_SMALL], host[EDGE_HEADER_SMALL], own[EDGE_HEADER_SMALL + 16];
-    s_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
-    s_header(wsi, WSI_TOKEN_HOST, host, sizeof host);
+    edge_lws_header(wsi, WSI_TOKEN_ORIGIN, origin, sizeof origin);
+    edge_lws_header(wsi, WSI_TOKEN_HOST, host, sizeof host);
     if (!origin[0])
         return false; /* browsers always send one; anything else is not a page of ours */
     snprintf(own, sizeof own, "http://%s", host);
@@ -143,44 +136,36 @@ static bool s_origin_allowed(struct lws *wsi)
     if (host[0] && strcmp(origin, own) == 0)
         return true;
     /*  the same allow-list as state-changing HTTP requests  */
-    const char *list = s_ws.edge->config->allowed_origins;
-    size_t len = strlen(origin);
-    for (const char *p = list; p && *p;) {
-        const char *comma = strchr(p, ',');
-        size_t n = comma ? (size_t)(comma - p) : strlen(p);
-        while (n && *p == ' ') {
-            p++;
-            n--;
-        }
-        while (n && p[n - 1] == ' ')
-            n--;
-        if (n == len && strncmp(p, origin, n) == 0)
-            return true;
-        p = comma ? comma + 1 : NULL;
-    }
-    return false;
+    return edge_origin_listed(s_ws.edge->config->allowed_origins, origin);
+}
+
+/*  Take one token from a bucket refilled at rate per second up to burst;
+    false when it is empty.  */
+static bool s_take(double *tokens, int64_t *at_ms, double rate, double burst)
+{
+    int64_t now = sh_clock_mono_ms();
+    *tokens += (double)(now - *at_ms) * rate / 1000.0;
+    if (*tokens > burst)
+        *tokens = burst;
+    *at_ms = now;
+    if (*tokens < 1.0)
+        return false;
+    *tokens -= 1.0;
+    return true;
 }
 
 static bool s_connect_allowed(void)
 {
-    int64_t now = sh_clock_mono_ms();
     double rate = (double)s_ws.edge->config->ws_connect_rate;
-    s_ws.connect_tokens += (double)(now - s_ws.connect_ms) * rate / 1000.0;
-    if (s_ws.connect_tokens > rate)
-        s_ws.connect_tokens = rate;
-    s_ws.connect_ms = now;
-    if (s_ws.connect_tokens < 1.0)
-        return false;
-    s_ws.connect_tokens -= 1.0;
-    return true;
+    return s_take(&s_ws.connect_tokens, &s_ws.connect_ms, rate, rate);
 }
 
 int edge_ws_confirm(struct lws *wsi)
 {
     edge_t *edge = s_ws.edge;
     char uri[64], protocols[256], sid[SH_SESSION_MAX + 1];
-    s_header(wsi, WSI_TOKEN_GET_URI, uri, sizeof uri);
-    s_header(wsi, WSI_TOKEN_PROTOCOL, protocols, sizeof protocols);
+    edge_lws_header(wsi, WSI_TOKEN_GET_URI, uri, sizeof uri);
+    edge_lws_header(wsi, WSI_TOKEN_PROTOCOL, protocols, sizeof protocols);
     if (strcmp(uri, "/ws") != 0 || !strstr(protocols, "shoal.v1")) {
         (*s_ws.rejected_bad)++;
         return s_refuse(wsi, strcmp(uri, "/ws") ? 404 : 400, "invalid",
@@ -275,6 +260,15 @@ int edge_ws_send(edge_ws_t *ws, edge_msg_t *msg)
     if (ws->q_len == 1)
         lws_callback_on_writable(ws->wsi);
     return 0;
+}
+
+void edge_ws_send_json(edge_ws_t *ws, json_t *json)
+{
+    char *text = json ? json_dumps(json, JSON_COMPACT) : NULL;
+    if (text)
+        edge_ws_send_text(ws, text, strlen(text));
+    free(text);
+    json_decref(json);
 }
 
 int edge_ws_send_text(edge_ws_t *ws, const char *text, size_t len)
@@ -379,16 +373,8 @@ static int s_on_writeable(edge_ws_t *ws)
 
 static bool s_message_allowed(edge_ws_t *ws)
 {
-    int64_t now = sh_clock_mono_ms();
-    double rate = (double)s_ws.edge->config->ws_message_rate, burst = 2 * rate;
-    ws->tokens += (double)(now - ws->tokens_ms) * rate / 1000.0;
-    if (ws->tokens > burst)
-        ws->tokens = burst;
-    ws->tokens_ms = now;
-    if (ws->tokens < 1.0)
-        return false;
-    ws->tokens -= 1.0;
-    return true;
+    double rate = (double)s_ws.edge->config->ws_message_rate;
+    return s_take(&ws->tokens, &ws->tokens_ms, rate, 2 * rate);
 }
 
 static int s_on_receive(edge_ws_t *ws, const void *in, size_t len)
@@ -454,13 +440,8 @@ static void s_on_session(void *arg, const sh_reply_t *reply)
     char user[SH_USERNAME_MAX + 1] = "";
     if (reply->status == SH_STATUS_OK && rec)
         sh_str_copy(rec->username, user, sizeof user);
-    json_t *hello = json_pack("{s:s, s:s, s:s}", "type", "hello", "edge",
-                              s_ws.edge->config->base.instance, "user", user);
-    char *text = hello ? json_dumps(hello, JSON_COMPACT) : NULL;
-    if (text)
-        edge_ws_send_text(ws, text, strlen(text));
-    free(text);
-    json_decref(hello);
+    edge_ws_send_json(ws, json_pack("{s:s, s:s, s:s}", "type", "hello", "edge",
+                                    s_ws.edge->config->base.instance, "user", user));
     /*  hello is the first message; the client's wait in the socket until now  */
     lws_rx_flow_control(ws->wsi, 1);
 }

@@ -271,6 +271,19 @@ class LiveUpgrade(LiveCase):
         ws.send_frame(0x2, b'{"type":"ping"}')
         self.assertEqual(ws.wait_close(), 1003)
 
+    def test_allowed_origins_open_the_upgrade(self):
+        """An Origin listed in SHOAL_ALLOWED_ORIGINS (spaces around entries
+        ignored) is accepted; one merely starting like it is not."""
+        edge = self.stack.add_edge(name="edge-origins", env={
+            "SHOAL_ALLOWED_ORIGINS": "https://app.example , https://other.example"})
+        self.addCleanup(edge.stop)
+        b = self.user("wsorigin")
+        ws = self.connect(b, edge, origin="https://app.example")
+        ws.send_json({"type": "ping"})
+        self.assertEqual(ws.recv_until(lambda m: m.get("type") == "pong")[-1], {"type": "pong"})
+        self.assert_refusal(self.refused(edge.port, cookie=b.cookie_header(),
+                                         origin="https://app.example.evil"), 403, "forbidden")
+
     def test_refusals_before_101(self):
         s = self.stack
         edge = s.edge

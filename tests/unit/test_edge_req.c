@@ -290,6 +290,23 @@ static void test_edge_req_ws_proof_binds_session_user_and_time(void **state)
     assert_int_equal(edge_ws_proof_check(key, "sid-A", forged, 999), 0);
 }
 
+static void test_edge_req_origin_listed_whole_entries(void **state)
+{
+    (void)state;
+    const char *list = "https://a.example, http://b.example:8080 ,https://c.example";
+    assert_true(edge_origin_listed(list, "https://a.example"));
+    assert_true(edge_origin_listed(list, "http://b.example:8080"));
+    assert_true(edge_origin_listed(list, "https://c.example"));
+    /*  whole entries only: no prefixes, suffixes, other schemes or ports  */
+    assert_false(edge_origin_listed(list, "https://a.exampl"));
+    assert_false(edge_origin_listed(list, "https://a.example.evil"));
+    assert_false(edge_origin_listed(list, "http://a.example"));
+    assert_false(edge_origin_listed(list, "http://b.example"));
+    assert_false(edge_origin_listed(list, ""));
+    assert_false(edge_origin_listed("", "https://a.example"));
+    assert_false(edge_origin_listed(",, ,", ""));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -306,6 +323,7 @@ int main(void)
         cmocka_unit_test(test_edge_req_content_disposition_is_safe),
         cmocka_unit_test(test_edge_req_ranges),
         cmocka_unit_test(test_edge_req_ws_proof_binds_session_user_and_time),
+        cmocka_unit_test(test_edge_req_origin_listed_whole_entries),
     };
     return cmocka_run_group_tests_name("edge_req", tests, NULL, NULL);
 }
